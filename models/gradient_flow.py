@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
     p.add_argument("--out", type=Path, default=Path("docs"))
+    p.add_argument("--render", type=Path, default=None, metavar="JSON",
+                   help="only rewrite the plot and markdown from an earlier run's gradient_flow.json")
     return p.parse_args(argv)
 
 
@@ -140,13 +142,19 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def spread(net: dict) -> float:
+    """max / min of the conv layers' gradient norms (the classifier excluded)."""
+    convs = net["gradient_norms"][:-1]
+    return max(convs) / min(convs)
+
+
 def markdown(report: dict) -> str:
     nets = report["nets"]
     a = report["args"]
     shallow, deep = a["depths"]
     rows = "\n".join(
         f"| {name} | {n['depth']} | {n['first_layer_norm']:.3g} | {n['last_conv_norm']:.3g} | {n['classifier_norm']:.3g} "
-        f"| {n['first_over_last']:.3g} | {n['losses'][0]:.3f} | {n['final_loss']:.4f} |"
+        f"| {n['first_over_last']:.3g} | {spread(n):.3g} | {n['losses'][0]:.3f} | {n['final_loss']:.4f} |"
         for name, n in nets.items()
     )
     p_s, p_d, r_s, r_d = (nets[f"{k}-{d}"] for k, d in (("plain", shallow), ("plain", deep), ("resnet", shallow), ("resnet", deep)))
@@ -172,17 +180,21 @@ Training: {a['steps']} SGD steps (lr {a['lr']}, momentum 0.9, weight decay 1e-4,
 augmentation), the same batches in the same order for all four nets. "Final loss" is the mean training loss over
 the last {max(1, a['steps'] // 10)} steps.
 
-| net | depth | grad norm, first conv | grad norm, last conv | grad norm, classifier | first / last conv | loss at step 1 | final loss |
-|---|---|---|---|---|---|---|---|
+| net | depth | grad norm, first conv | grad norm, last conv | grad norm, classifier | first / last conv | max / min over layers | loss at step 1 | final loss |
+|---|---|---|---|---|---|---|---|---|
 {rows}
 
 ![gradient norms and training loss](gradient_flow.png)
 
 ## What this run showed
 
-- Gradient reaching the first layer, relative to the last conv: plain-{deep} {p_d['first_over_last']:.3g} vs
-  plain-{shallow} {p_s['first_over_last']:.3g}; resnet-{deep} {r_d['first_over_last']:.3g} vs resnet-{shallow}
-  {r_s['first_over_last']:.3g}.
+- Gradient at the first conv relative to the last conv (1 would be perfectly even): plain-{shallow}
+  {p_s['first_over_last']:.3g}, plain-{deep} {p_d['first_over_last']:.3g}; resnet-{shallow} {r_s['first_over_last']:.3g},
+  resnet-{deep} {r_d['first_over_last']:.3g}. A ratio far from 1 means the layers get gradients of very different
+  sizes, so no single learning rate suits them all (with BatchNorm the plain net's early-layer gradient can grow
+  rather than vanish).
+- Spread of gradient norms over all conv layers (max / min): plain-{deep} {spread(p_d):.3g} vs resnet-{deep}
+  {spread(r_d):.3g}.
 - Depth without skips: {compare(p_d, p_s)}.
 - Depth with skips: {compare(r_d, r_s)}.
 - At depth {deep}: {compare(r_d, p_d)}.
@@ -194,12 +206,16 @@ run; this is a short run of {a['steps']} steps, so it shows the early part of th
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        report = run(args)
-    except data.DatasetError as exc:
-        sys.exit(f"error: {exc}")
+    if args.render:
+        report = json.loads(args.render.read_text())
+    else:
+        try:
+            report = run(args)
+        except data.DatasetError as exc:
+            sys.exit(f"error: {exc}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gradient_flow.json").write_text(json.dumps(report, indent=1) + "\n")
+    if not args.render:
+        (args.out / "gradient_flow.json").write_text(json.dumps(report, indent=1) + "\n")
     plot(report, args.out / "gradient_flow.png")
     (args.out / "GRADIENT_FLOW.md").write_text(markdown(report))
     print(f"wrote {args.out / 'GRADIENT_FLOW.md'}")

@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=None, help=f"Fashion-MNIST IDX folder (default {data.DEFAULT_DATA_DIR})")
     p.add_argument("--out", type=Path, default=Path("runs/resnet20"), help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--stop-after-epoch", type=int, default=None,
+                   help="stop after this epoch (the schedule still spans --epochs); continue later with --resume")
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images (smoke tests)")
     p.add_argument("--limit-test", type=int, default=None, help="use only the first N test images (smoke tests)")
     return p.parse_args(argv)
@@ -173,7 +175,8 @@ def train(args: argparse.Namespace) -> dict:
         print(f"resumed from {checkpoint_path} after epoch {start_epoch}")
 
     run_start = time.monotonic()
-    for epoch in range(start_epoch, args.epochs):
+    last_epoch = min(args.epochs, args.stop_after_epoch or args.epochs)
+    for epoch in range(start_epoch, last_epoch):
         model.train()
         epoch_start = time.monotonic()
         order = torch.randperm(len(train_labels), generator=generator).to(device)
