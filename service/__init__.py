@@ -1,0 +1,1 @@
+"""resnet-serve: an image-classification inference server (FastAPI, ONNX Runtime, dynamic batching). No torch."""

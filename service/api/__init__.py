@@ -1,0 +1,1 @@
+"""The HTTP layer: routers that translate between HTTP and the data plane, and nothing else."""

@@ -1,0 +1,109 @@
+"""POST /v1/models/{name}/classify and POST /v1/classify: HTTP in, data plane, JSON out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Path, Query, Request
+
+from service.api.schemas import ClassifyResponse, ErrorResponse
+from service.api.uploads import UploadLimits, read_uploads
+from service.dataplane import DataPlane
+from service.errors import ClientDisconnected
+
+router = APIRouter(tags=["classify"])
+
+T = TypeVar("T")
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "Either multipart/form-data with one or more parts named `file`, or one raw image as the "
+        "body with an image/* Content-Type. JPEG, PNG, WebP, GIF (first frame), BMP and TIFF are decoded.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "required": ["file"],
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Undecodable or hostile image, or malformed multipart body"},
+    404: {"model": ErrorResponse, "description": "Unknown model"},
+    413: {"model": ErrorResponse, "description": "Upload, file count or image pixels over the limit"},
+    415: {"model": ErrorResponse, "description": "Unsupported Content-Type or image format"},
+    422: {"model": ErrorResponse, "description": "Bad parameters (top_k, unknown form field, no image)"},
+    503: {"model": ErrorResponse, "description": "Overloaded (with Retry-After), not ready, or shutting down"},
+    504: {"model": ErrorResponse, "description": "Request deadline passed"},
+}
+
+TopK = Annotated[
+    int | None,
+    Query(ge=1, description="How many classes to return per image (1 to the number of classes; default 5)."),
+]
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it if the client disconnects first (its queued images are then dropped)."""
+    task = asyncio.ensure_future(work)
+
+    async def client_left() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(client_left())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        raise ClientDisconnected("the client disconnected before its images were classified")
+    finally:
+        watcher.cancel()
+        task.cancel()
+
+
+async def _classify(request: Request, model_name: str | None, top_k: int | None) -> ClassifyResponse:
+    received_at = time.monotonic()
+    dataplane: DataPlane = request.app.state.dataplane
+    dataplane.admit(model_name, top_k)  # refuse cheaply before reading the upload
+    limits = UploadLimits(request.app.state.settings.max_upload_bytes, dataplane.max_files_per_request)
+    uploads = await read_uploads(request, limits)
+    outcome = await _unless_client_leaves(
+        request, dataplane.classify(model_name, uploads, top_k, received_at=received_at)
+    )
+    return ClassifyResponse.from_outcome(outcome)
+
+
+@router.post(
+    "/v1/models/{name}/classify",
+    response_model=ClassifyResponse,
+    responses=_ERRORS,
+    openapi_extra=_UPLOAD_BODY,
+    summary="Classify images with the named model",
+)
+async def classify_with_model(
+    request: Request,
+    name: Annotated[str, Path(description="Model name (its file stem in the model repository).")],
+    top_k: TopK = None,
+) -> ClassifyResponse:
+    return await _classify(request, name, top_k)
+
+
+@router.post(
+    "/v1/classify",
+    response_model=ClassifyResponse,
+    responses=_ERRORS,
+    openapi_extra=_UPLOAD_BODY,
+    summary="Classify images with the default model",
+)
+async def classify_with_default_model(request: Request, top_k: TopK = None) -> ClassifyResponse:
+    return await _classify(request, None, top_k)

@@ -1,0 +1,65 @@
+"""The serving gate: refuses new requests while draining, counts requests in flight, records HTTP metrics.
+
+A pure ASGI middleware (no BaseHTTPMiddleware), so request bodies still stream through untouched.
+"""
+
+from __future__ import annotations
+
+import time
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import error_body
+from service.lifecycle import Lifecycle
+from service.metrics import ServiceMetrics
+
+UNGATED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Probes and scrapes keep working while draining, and are not counted as work in flight."""
+
+
+class ServingGateMiddleware:
+    def __init__(self, app: ASGIApp, *, lifecycle: Lifecycle, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_recording_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        gated = scope["path"] not in UNGATED_PATHS
+        try:
+            if gated and not self.lifecycle.accepting:
+                self.metrics.rejections.labels("shutting_down").inc()
+                refusal = JSONResponse(
+                    error_body(503, "shutting_down", "the server is shutting down; retry on another instance"),
+                    status_code=503,
+                    headers={"Connection": "close", "Retry-After": "1"},
+                )
+                await refusal(scope, receive, send_recording_status)
+                return
+            if not gated:
+                await self.app(scope, receive, send_recording_status)
+                return
+            self.lifecycle.request_started()
+            self.metrics.http_in_flight.inc()
+            try:
+                await self.app(scope, receive, send_recording_status)
+            finally:
+                self.metrics.http_in_flight.dec()
+                self.lifecycle.request_finished()
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.http_requests.labels(template, scope["method"], str(status)).inc()
+            self.metrics.http_request_seconds.labels(template).observe(time.perf_counter() - started)

@@ -1,0 +1,179 @@
+"""Response models of the HTTP API (they are also what /docs shows)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from service.dataplane import ClassifyOutcome, ServedModel
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+
+class ScoredLabelOut(_Schema):
+    index: int
+    """Class index (position in the model's labels)."""
+    label: str
+    score: float
+    """Softmax probability."""
+
+
+class ClassificationOut(_Schema):
+    filename: str | None
+    """The multipart part's filename; null for a raw-body upload."""
+    width: int
+    """Width of the uploaded image in pixels, after EXIF orientation."""
+    height: int
+    top_k: list[ScoredLabelOut]
+    """The k most probable classes, highest first."""
+
+
+class StageTimingsOut(_Schema):
+    """Server-side milliseconds; for several images, the slowest image's time in each stage."""
+
+    preprocess: float
+    """Decoding and preprocessing."""
+    queue_wait: float
+    """Waiting in the batcher queue for a batch to start."""
+    inference: float
+    """The ONNX Runtime call for the batch the image ran in."""
+    total: float
+    """From the request's arrival to the ranked results (excluding sending the response)."""
+
+
+class ClassifyResponse(_Schema):
+    model: str
+    results: list[ClassificationOut]
+    """One entry per uploaded image, in upload order."""
+    timings_ms: StageTimingsOut
+
+    @classmethod
+    def from_outcome(cls, outcome: ClassifyOutcome) -> ClassifyResponse:
+        t = outcome.timings
+        return cls(
+            model=outcome.model,
+            results=[
+                ClassificationOut(
+                    filename=r.filename,
+                    width=r.width,
+                    height=r.height,
+                    top_k=[ScoredLabelOut(index=s.index, label=s.label, score=s.score) for s in r.top_k],
+                )
+                for r in outcome.results
+            ],
+            timings_ms=StageTimingsOut(
+                preprocess=t.preprocess_s * 1000,
+                queue_wait=t.queue_wait_s * 1000,
+                inference=t.inference_s * 1000,
+                total=t.total_s * 1000,
+            ),
+        )
+
+
+class InputSpecOut(_Schema):
+    name: str
+    shape: list[int | None]
+    """NCHW; null marks the dynamic batch axis."""
+    dtype: str
+
+
+class PreprocessingOut(_Schema):
+    color_mode: str
+    resize_size: int
+    crop_size: int
+    interpolation: str
+    mean: list[float]
+    std: list[float]
+
+
+class BatchingOut(_Schema):
+    max_batch_size: int
+    max_batch_delay_ms: float
+    max_queue_size: int
+    queue_depth: int
+
+
+class ModelOut(_Schema):
+    name: str
+    ready: bool
+    state: str
+    """loaded, warming_up, ready or failed."""
+    error: str | None = None
+    labels: list[str]
+    input: InputSpecOut
+    output_name: str
+    preprocessing: PreprocessingOut
+    architecture: str
+    dataset: str
+    test_accuracy: float | None
+    precision: str
+    """Weights' numeric precision: fp32, fp16 or int8 (inputs and outputs are float32 either way)."""
+    execution_provider: str
+    intra_op_threads: int
+    batching: BatchingOut
+    default: bool
+    """Whether POST /v1/classify uses this model."""
+
+    @classmethod
+    def from_model(cls, model: ServedModel, *, is_default: bool) -> ModelOut:
+        spec = model.spec
+        batcher = model.batcher
+        return cls(
+            name=model.name,
+            ready=model.state == "ready",
+            state=str(model.state),
+            error=model.error,
+            labels=list(spec.labels),
+            input=InputSpecOut(
+                name=spec.input_name, shape=[None, spec.channels, spec.crop_size, spec.crop_size], dtype="float32"
+            ),
+            output_name=spec.output_name,
+            preprocessing=PreprocessingOut(
+                color_mode=spec.color_mode, resize_size=spec.resize_size, crop_size=spec.crop_size,
+                interpolation=spec.interpolation, mean=list(spec.mean), std=list(spec.std),
+            ),
+            architecture=spec.architecture,
+            dataset=spec.dataset,
+            test_accuracy=spec.test_accuracy,
+            precision=spec.precision,
+            execution_provider=model.runtime.provider,
+            intra_op_threads=model.runtime.intra_op_threads,
+            batching=BatchingOut(
+                max_batch_size=batcher.max_batch_size,
+                max_batch_delay_ms=batcher.max_delay_s * 1000,
+                max_queue_size=batcher.max_queue_size,
+                queue_depth=batcher.queue_depth,
+            ),
+            default=is_default,
+        )
+
+
+class ModelListOut(_Schema):
+    default_model: str
+    models: list[ModelOut]
+
+
+class ErrorDetail(_Schema):
+    status: int
+    code: str
+    """Stable machine-readable code, for example invalid_image or overloaded."""
+    message: str
+    """What went wrong, for a person."""
+    filename: str | None = None
+    """The uploaded file the error is about, when it is about one."""
+
+
+class ErrorResponse(_Schema):
+    error: ErrorDetail
+
+
+class ReadinessOut(_Schema):
+    status: str
+    """ready, starting, draining or stopped."""
+    models: dict[str, str]
+    """Each model's state."""
+
+
+class LivenessOut(_Schema):
+    status: str

@@ -1,0 +1,159 @@
+"""Reading images out of a request body as it streams in, with the size and count limits enforced on the way.
+
+Two body forms are accepted: ``multipart/form-data`` with one or more parts named ``file`` (parsed incrementally
+with python-multipart's streaming parser), or a raw body whose Content-Type is an image type. A declared
+Content-Length over the limit is refused before any of the body is read; without one (chunked uploads) bytes are
+counted as they arrive and the request is refused as soon as the limit is passed, never buffering more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from service.dataplane import ImageUpload
+from service.errors import (
+    ClientDisconnected,
+    InvalidParameter,
+    MalformedRequest,
+    TooManyFiles,
+    UnsupportedMediaType,
+    UploadTooLarge,
+)
+
+FILE_FIELD = "file"
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_upload_bytes: int
+    max_files: int
+
+
+def _too_large(limits: UploadLimits) -> UploadTooLarge:
+    return UploadTooLarge(f"the request body is larger than the limit of {limits.max_upload_bytes} bytes")
+
+
+def check_content_length(request: Request, limits: UploadLimits) -> None:
+    """Refuse a declared body size over the limit before reading any of it."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    try:
+        length = int(declared)
+    except ValueError:
+        raise MalformedRequest(f"invalid Content-Length header {declared!r}") from None
+    if length > limits.max_upload_bytes:
+        raise _too_large(limits)
+
+
+async def _chunks(request: Request, limits: UploadLimits) -> AsyncIterator[bytes]:
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limits.max_upload_bytes:
+                raise _too_large(limits)
+            if chunk:
+                yield chunk
+    except ClientDisconnect:
+        raise ClientDisconnected("the client disconnected during the upload") from None
+
+
+class _MultipartCollector:
+    """Callbacks for python-multipart's MultipartParser, keeping each 'file' part in memory (bounded by the
+    upload limit)."""
+
+    def __init__(self, max_files: int) -> None:
+        self.max_files = max_files
+        self.uploads: list[ImageUpload] = []
+        self.finished = False
+        self._headers: dict[str, str] = {}
+        self._field = bytearray()
+        self._value = bytearray()
+        self._data = bytearray()
+        self._name: str | None = None
+        self._filename: str | None = None
+        self._content_type: str | None = None
+
+    def callbacks(self) -> dict[str, object]:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda data, start, end: self._field.extend(data[start:end]),
+            "on_header_value": lambda data, start, end: self._value.extend(data[start:end]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": lambda data, start, end: self._data.extend(data[start:end]),
+            "on_part_end": self._part_end,
+            "on_end": self._end,
+        }
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+        self._data = bytearray()
+
+    def _header_end(self) -> None:
+        self._headers[self._field.decode("latin-1").strip().lower()] = self._value.decode("latin-1").strip()
+        self._field.clear()
+        self._value.clear()
+
+    def _headers_finished(self) -> None:
+        disposition, options = parse_options_header(self._headers.get("content-disposition", ""))
+        if disposition != b"form-data" or b"name" not in options:
+            raise MalformedRequest("a multipart part has no 'Content-Disposition: form-data; name=...' header")
+        self._name = options[b"name"].decode("utf-8", errors="replace")
+        if self._name != FILE_FIELD:
+            raise InvalidParameter(f"unexpected form field {self._name!r}; send each image as a part named 'file'")
+        if len(self.uploads) + 1 > self.max_files:
+            raise TooManyFiles(f"more than {self.max_files} files in one request; send at most {self.max_files}")
+        raw_filename = options.get(b"filename")
+        self._filename = raw_filename.decode("utf-8", errors="replace") if raw_filename is not None else None
+        self._content_type = self._headers.get("content-type")
+
+    def _part_end(self) -> None:
+        self.uploads.append(ImageUpload(bytes(self._data), filename=self._filename, content_type=self._content_type))
+        self._data = bytearray()
+
+    def _end(self) -> None:
+        self.finished = True
+
+
+async def _read_multipart(request: Request, boundary: bytes | None, limits: UploadLimits) -> list[ImageUpload]:
+    if not boundary:
+        raise MalformedRequest("multipart/form-data without a boundary parameter in Content-Type")
+    collector = _MultipartCollector(limits.max_files)
+    try:
+        parser = MultipartParser(boundary, collector.callbacks())
+        async with aclosing(_chunks(request, limits)) as chunks:
+            async for chunk in chunks:
+                parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise MalformedRequest(f"the multipart body is malformed ({exc})") from None
+    if not collector.finished:
+        raise MalformedRequest("the multipart body ended before its closing boundary")
+    return collector.uploads
+
+
+async def read_uploads(request: Request, limits: UploadLimits) -> list[ImageUpload]:
+    """The images in the request body, in order; raises a ServiceError for anything not acceptable."""
+    check_content_length(request, limits)
+    media_type, options = parse_options_header(request.headers.get("content-type"))
+    if media_type == b"multipart/form-data":
+        return await _read_multipart(request, options.get(b"boundary"), limits)
+    if media_type.startswith(b"image/"):
+        body = bytearray()
+        async with aclosing(_chunks(request, limits)) as chunks:
+            async for chunk in chunks:
+                body.extend(chunk)
+        return [ImageUpload(bytes(body), filename=None, content_type=media_type.decode("latin-1"))]
+    shown = media_type.decode("latin-1") or "none"
+    raise UnsupportedMediaType(
+        f"request Content-Type {shown!r} is not supported; send multipart/form-data with parts named 'file' "
+        f"or a raw image body with an image/* Content-Type"
+    )

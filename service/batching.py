@@ -1,0 +1,305 @@
+"""Dynamic batching, model-agnostic: one `DynamicBatcher` per model wraps a plain `run_batch(payloads)` callable.
+
+The batch-forming policy (`BatchPolicy`) is a plain object with no clock and no event loop, so it is tested
+synchronously; `DynamicBatcher` is the thin async loop around it:
+
+- admission first: a request whose images do not all fit in the bounded queue is refused at once (`Overloaded`);
+- when the model is idle the first image runs at once (``max_delay_s == 0``); while a batch runs, arrivals queue
+  up and the next batch takes up to ``max_batch_size`` of them as soon as the model is free;
+- with ``max_delay_s > 0`` a batch is formed when it is full or when its first image has waited that long,
+  one fixed deadline from that image's arrival (not a timeout that restarts on every arrival);
+- images whose client has gone (their future is done) are skipped, images past their deadline are failed with
+  `DeadlineExceeded` without running, and a result is only ever set on a future that is not done;
+- `close()` fails whatever is still queued with `ShuttingDown` and lets the running batch finish.
+
+All times come from a monotonic clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
+
+logger = logging.getLogger(__name__)
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+class Waiter(Protocol):
+    """What the policy needs of a future: whether its client still waits for it."""
+
+    def done(self) -> bool: ...
+
+
+@dataclass(eq=False)
+class QueuedItem(Generic[P]):
+    """One unit of work (one image) waiting in a batcher's queue."""
+
+    payload: P
+    enqueued_at: float
+    deadline: float
+    waiter: Any
+    """An asyncio.Future (or anything with `done()`); done means the client no longer waits."""
+
+
+@dataclass
+class FormedBatch(Generic[P]):
+    """What `BatchPolicy.take_batch` decided: items to run now, items to fail as expired, abandoned ones dropped."""
+
+    items: list[QueuedItem[P]] = field(default_factory=list)
+    expired: list[QueuedItem[P]] = field(default_factory=list)
+    abandoned: int = 0
+
+
+class BatchPolicy(Generic[P]):
+    """The batch-forming rules over a bounded FIFO queue; every decision takes the current time as an argument."""
+
+    def __init__(self, *, max_batch_size: int, max_queue_size: int, max_delay_s: float = 0.0) -> None:
+        if max_batch_size < 1 or max_queue_size < 1 or max_delay_s < 0:
+            raise ValueError("max_batch_size and max_queue_size must be >= 1 and max_delay_s >= 0")
+        self.max_batch_size = max_batch_size
+        self.max_queue_size = max_queue_size
+        self.max_delay_s = max_delay_s
+        self._queue: deque[QueuedItem[P]] = deque()
+        self._abandoned_since_last_batch = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def _prune_abandoned(self) -> None:
+        kept = deque(item for item in self._queue if not item.waiter.done())
+        self._abandoned_since_last_batch += len(self._queue) - len(kept)
+        self._queue = kept
+
+    def has_room(self, count: int) -> bool:
+        """Whether `count` more items fit (abandoned items do not count against the room)."""
+        if len(self._queue) + count <= self.max_queue_size:
+            return True
+        self._prune_abandoned()
+        return len(self._queue) + count <= self.max_queue_size
+
+    def admit(self, items: Sequence[QueuedItem[P]]) -> bool:
+        """Queue all of `items` or none of them; False when they do not fit."""
+        if not self.has_room(len(items)):
+            return False
+        self._queue.extend(items)
+        return True
+
+    def ready_at(self) -> float | None:
+        """When the next batch should be formed (a time on the caller's clock), or None while the queue is empty."""
+        while self._queue and self._queue[0].waiter.done():
+            self._queue.popleft()
+            self._abandoned_since_last_batch += 1
+        if not self._queue:
+            return None
+        first_arrival = self._queue[0].enqueued_at
+        if self.max_delay_s == 0 or len(self._queue) >= self.max_batch_size:
+            return first_arrival
+        return first_arrival + self.max_delay_s
+
+    def take_batch(self, now: float) -> FormedBatch[P]:
+        """Take up to `max_batch_size` live items in arrival order; expired ones are set aside, abandoned dropped."""
+        formed: FormedBatch[P] = FormedBatch(abandoned=self._abandoned_since_last_batch)
+        self._abandoned_since_last_batch = 0
+        while self._queue and len(formed.items) < self.max_batch_size:
+            item = self._queue.popleft()
+            if item.waiter.done():
+                formed.abandoned += 1
+            elif item.deadline <= now:
+                formed.expired.append(item)
+            else:
+                formed.items.append(item)
+        return formed
+
+    def take_all(self) -> list[QueuedItem[P]]:
+        """Empty the queue, returning everything in it (used when closing)."""
+        items = list(self._queue)
+        self._queue.clear()
+        return items
+
+
+@dataclass(frozen=True)
+class ItemResult(Generic[R]):
+    """One item's output plus what happened to it in the batcher."""
+
+    value: R
+    queue_wait_s: float
+    inference_s: float
+    batch_size: int
+
+
+class BatchObserver(Protocol):
+    """Hooks for metrics; every method is called on the event loop."""
+
+    def batch_ran(self, size: int, inference_s: float) -> None: ...
+
+    def item_dequeued(self, queue_wait_s: float) -> None: ...
+
+    def items_dropped(self, reason: str, count: int) -> None: ...
+
+
+class DynamicBatcher(Generic[P, R]):
+    """Queues payloads from many requests and runs them through `run_batch` in batches, one batch at a time.
+
+    `run_batch` receives a list of payloads and must return one result per payload, in order; it runs in the
+    batcher's own worker thread, never on the event loop.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[P]], Sequence[R]],
+        *,
+        name: str,
+        max_batch_size: int,
+        max_queue_size: int,
+        max_delay_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.name = name
+        self._run_batch = run_batch
+        self._policy: BatchPolicy[P] = BatchPolicy(
+            max_batch_size=max_batch_size, max_queue_size=max_queue_size, max_delay_s=max_delay_s
+        )
+        self._clock = clock
+        self._observer = observer
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+        self._batch_running = False
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._policy.max_batch_size
+
+    @property
+    def max_queue_size(self) -> int:
+        return self._policy.max_queue_size
+
+    @property
+    def max_delay_s(self) -> float:
+        return self._policy.max_delay_s
+
+    @property
+    def queue_depth(self) -> int:
+        """Items waiting (not counting the batch being run)."""
+        return len(self._policy)
+
+    @property
+    def running(self) -> bool:
+        """True between `start()` and `close()` while the batch loop is alive."""
+        return self._task is not None and not self._task.done() and not self._closed
+
+    def start(self) -> None:
+        """Start the batch loop on the running event loop."""
+        if self._task is not None:
+            raise RuntimeError(f"batcher {self.name} already started")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{self.name}")
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    def has_room(self, count: int) -> bool:
+        return not self._closed and self._policy.has_room(count)
+
+    def submit(self, payloads: Sequence[P], deadline: float) -> list[asyncio.Future[ItemResult[R]]]:
+        """Queue all payloads (all or none) and return one future per payload.
+
+        Raises `Overloaded` at once when they do not fit and `ShuttingDown` after `close()`. Cancelling a
+        returned future tells the batcher its client is gone: the item is dropped before inference.
+        """
+        if self._closed:
+            raise ShuttingDown(f"model {self.name} is shutting down")
+        loop = asyncio.get_running_loop()
+        now = self._clock()
+        items = [QueuedItem(payload, now, deadline, loop.create_future()) for payload in payloads]
+        if not self._policy.admit(items):
+            raise Overloaded(
+                f"model {self.name} is overloaded: {self.queue_depth} images are queued (limit "
+                f"{self.max_queue_size}); retry later"
+            )
+        self._wakeup.set()
+        return [item.waiter for item in items]
+
+    async def close(self) -> None:
+        """Refuse new work, fail queued items with `ShuttingDown`, let the running batch finish, stop the loop."""
+        self._closed = True
+        queued = self._policy.take_all()
+        for item in queued:
+            if not item.waiter.done():
+                item.waiter.set_exception(ShuttingDown(f"model {self.name} shut down before this image ran"))
+        if queued and self._observer:
+            self._observer.items_dropped("shutdown", len(queued))
+        self._wakeup.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def _loop(self) -> None:
+        while not self._closed:
+            ready_at = self._policy.ready_at()
+            if ready_at is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            delay = ready_at - self._clock()
+            if delay > 0:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+                continue
+            batch = self._policy.take_batch(self._clock())
+            self._report_dropped(batch)
+            if batch.items:
+                await self._run(batch.items)
+
+    def _report_dropped(self, batch: FormedBatch[P]) -> None:
+        for item in batch.expired:
+            if not item.waiter.done():
+                item.waiter.set_exception(
+                    DeadlineExceeded(f"the request deadline passed while the image waited for model {self.name}")
+                )
+        if self._observer:
+            if batch.expired:
+                self._observer.items_dropped("timeout", len(batch.expired))
+            if batch.abandoned:
+                self._observer.items_dropped("client_disconnected", batch.abandoned)
+
+    async def _run(self, items: list[QueuedItem[P]]) -> None:
+        assert self._executor is not None
+        started = self._clock()
+        if self._observer:
+            for item in items:
+                self._observer.item_dequeued(started - item.enqueued_at)
+        self._batch_running = True
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run_batch, [item.payload for item in items]
+            )
+            if len(outputs) != len(items):
+                raise RuntimeError(f"run_batch returned {len(outputs)} results for {len(items)} inputs")
+        except Exception:
+            logger.exception("inference failed for a batch of %d on model %s", len(items), self.name)
+            for item in items:
+                if not item.waiter.done():
+                    item.waiter.set_exception(InferenceFailed(f"inference failed on model {self.name}; see the server log"))
+            return
+        finally:
+            self._batch_running = False
+        inference_s = self._clock() - started
+        if self._observer:
+            self._observer.batch_ran(len(items), inference_s)
+        for item, output in zip(items, outputs):
+            if not item.waiter.done():
+                item.waiter.set_result(ItemResult(output, started - item.enqueued_at, inference_s, len(items)))

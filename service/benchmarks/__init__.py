@@ -1,0 +1,1 @@
+"""Measurements behind the figures in docs/SERVICE.md; run as scripts, never imported by the server."""

@@ -1,0 +1,109 @@
+"""All settings of the server, in one pydantic-settings class.
+
+Every field can be set as an environment variable ``RESNET_SERVE_<FIELD>`` (for example
+``RESNET_SERVE_MAX_BATCH_SIZE=32``) and as a command-line flag ``--<field-with-dashes>`` of ``python -m service``;
+a flag wins over the environment. The docstring under each field is its documentation (``--help`` shows it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "RESNET_SERVE_"
+
+# Computed from this file's location, not by importing `models` (whose siblings need torch): the bundled model
+# repository sits next to the service package both in a checkout and in an installed wheel.
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "repository"
+
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+class Settings(BaseSettings):
+    """Configuration of one server process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        use_attribute_docstrings=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    host: str = "127.0.0.1"
+    """Interface to listen on; 0.0.0.0 to accept connections from other machines."""
+    port: int = Field(default=8000, ge=0, le=65535)
+    """TCP port to listen on (0 picks a free one)."""
+    model_dir: Path = BUNDLED_MODEL_DIR
+    """Folder whose *.onnx files are served, each under its file stem; defaults to the bundled repository."""
+    default_model: str | None = None
+    """Model answering POST /v1/classify; unset: the only model, or the first by name when there are several."""
+    max_batch_size: int = Field(default=16, ge=1, le=1024)
+    """Most images one ONNX Runtime call processes; also the largest batch warmed up at start-up."""
+    max_batch_delay_ms: float = Field(default=0.0, ge=0.0, le=10_000.0)
+    """How long the first queued image may wait for more to fill its batch; 0 runs at once when the model is idle."""
+    max_queue_size: int = Field(default=256, ge=1)
+    """Images waiting per model beyond which new requests are refused at once with 503 and Retry-After."""
+    request_timeout_s: float = Field(default=30.0, gt=0.0)
+    """Deadline of a classify request from its arrival; queued images past it are dropped and answered 504."""
+    intra_op_threads: int | None = Field(default=None, ge=1)
+    """ONNX Runtime threads per model; unset: the CPUs this process may use (affinity and cgroup quota)."""
+    providers: Annotated[list[str], NoDecode] = ["cpu"]
+    """ONNX Runtime execution providers in order of preference, comma-separated: cpu, cuda, tensorrt, auto (CUDA
+    when available) or full names such as CUDAExecutionProvider; unavailable ones are skipped, CPU is the fallback."""
+    max_files_per_request: int = Field(default=16, ge=1)
+    """Most images (multipart parts named 'file') one classify request may carry."""
+    max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    """Largest request body accepted; larger ones get 413 as soon as the excess arrives."""
+    max_image_pixels: int = Field(default=50_000_000, ge=1)
+    """Largest image (width x height, before any resizing) that is decoded; larger ones get 413."""
+    jpeg_draft: bool = True
+    """Let large JPEGs decode at 1/2, 1/4 or 1/8 scale (never below twice the model's resize size): several times
+    faster, a few levels of difference per pixel (measured in docs/SERVICE.md)."""
+    decode_threads: int | None = Field(default=None, ge=1)
+    """Threads decoding and preprocessing uploads; unset: the CPUs this process may use."""
+    shutdown_grace_s: float = Field(default=30.0, ge=0.0)
+    """After SIGTERM, how long in-flight requests may take to finish before the server stops anyway."""
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    """Log level of the server and of uvicorn."""
+    access_log: bool = True
+    """Log one line per HTTP request (uvicorn's access log)."""
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one execution provider is needed, for example 'cpu'")
+        for name in value:
+            if name != "auto" and name.lower() not in PROVIDER_ALIASES and not name.endswith("ExecutionProvider"):
+                raise ValueError(
+                    f"unknown execution provider {name!r}; use cpu, cuda, tensorrt, auto or a full ONNX Runtime "
+                    f"provider name ending in 'ExecutionProvider'"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _queue_holds_a_request(self) -> Settings:
+        if self.max_queue_size < self.max_files_per_request:
+            raise ValueError(
+                f"max_queue_size ({self.max_queue_size}) must be at least max_files_per_request "
+                f"({self.max_files_per_request}), or a full request could never be admitted"
+            )
+        return self
+
+    @property
+    def max_batch_delay_s(self) -> float:
+        return self.max_batch_delay_ms / 1000.0

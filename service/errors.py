@@ -1,0 +1,162 @@
+"""Domain errors of the service and their HTTP mapping.
+
+Every failure a client can cause or meet is a `ServiceError` subclass carrying its HTTP status, a stable
+machine-readable `code`, a message a person understands and the `reason` label counted in
+``resnet_serve_rejections_total``. The HTTP layer turns them into one JSON shape::
+
+    {"error": {"status": 413, "code": "image_too_large", "message": "...", "filename": "scan.png"}}
+
+Codes are part of the API: clients may branch on them, so they never change meaning.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ServiceError(Exception):
+    """A failure with a definite HTTP status; its message is safe to show to the client."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    reason: ClassVar[str] = "internal_error"
+    """Label of ``resnet_serve_rejections_total`` this error is counted under."""
+
+    def __init__(self, message: str, *, filename: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.filename = filename
+        self.headers = dict(headers or {})
+
+    def for_file(self, filename: str | None) -> ServiceError:
+        """The same error, naming the uploaded file it is about (the message gains the name too)."""
+        if filename is None or self.filename is not None:
+            return self
+        clone = type(self)(f"{filename}: {self.message}", filename=filename, headers=self.headers)
+        return clone
+
+
+class InvalidImage(ServiceError):
+    """The bytes are not a decodable image, or decoding them failed (truncated, corrupt, hostile)."""
+
+    status_code = 400
+    code = "invalid_image"
+    reason = "invalid_image"
+
+
+class MalformedRequest(ServiceError):
+    """The request body cannot be parsed (broken multipart framing, missing boundary)."""
+
+    status_code = 400
+    code = "malformed_request"
+    reason = "invalid_request"
+
+
+class ModelNotFound(ServiceError):
+    status_code = 404
+    code = "model_not_found"
+    reason = "unknown_model"
+
+
+class UploadTooLarge(ServiceError):
+    """The request body is over ``max_upload_bytes``; detected before or while it streams in."""
+
+    status_code = 413
+    code = "upload_too_large"
+    reason = "too_large"
+
+
+class ImageTooLarge(ServiceError):
+    """The image has more pixels than ``max_image_pixels`` (decompression-bomb protection)."""
+
+    status_code = 413
+    code = "image_too_large"
+    reason = "too_large"
+
+
+class TooManyFiles(ServiceError):
+    status_code = 413
+    code = "too_many_files"
+    reason = "too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    """The request or a part declares a type we do not decode, or the image format is not supported."""
+
+    status_code = 415
+    code = "unsupported_type"
+    reason = "unsupported_type"
+
+
+class InvalidParameter(ServiceError):
+    """A query parameter or form field is out of range or unknown."""
+
+    status_code = 422
+    code = "invalid_parameter"
+    reason = "invalid_request"
+
+
+class Overloaded(ServiceError):
+    """The model's queue has no room; the client should retry after ``Retry-After`` seconds."""
+
+    status_code = 503
+    code = "overloaded"
+    reason = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1, filename: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, filename=filename, headers={"Retry-After": str(retry_after_s), **(headers or {})})
+
+
+class NotReady(ServiceError):
+    """Models are still loading or warming up."""
+
+    status_code = 503
+    code = "not_ready"
+    reason = "not_ready"
+
+    def __init__(self, message: str, *, filename: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, filename=filename, headers={"Retry-After": "1", **(headers or {})})
+
+
+class ShuttingDown(ServiceError):
+    """The server is draining after SIGTERM; new work goes to another replica."""
+
+    status_code = 503
+    code = "shutting_down"
+    reason = "shutting_down"
+
+
+class DeadlineExceeded(ServiceError):
+    """The request was not answered within ``request_timeout_s``; queued work for it is dropped."""
+
+    status_code = 504
+    code = "timeout"
+    reason = "timeout"
+
+
+class ClientDisconnected(ServiceError):
+    """The client closed the connection before its answer was ready; its queued images are dropped.
+
+    Nobody reads the response; 499 (nginx's "client closed request") only shows in logs and metrics.
+    """
+
+    status_code = 499
+    code = "client_disconnected"
+    reason = "client_disconnected"
+
+
+class InferenceFailed(ServiceError):
+    """ONNX Runtime raised while running a batch; details go to the log, not to the client."""
+
+    status_code = 500
+    code = "inference_failed"
+    reason = "inference_failed"
+
+
+def error_body(status_code: int, code: str, message: str, filename: str | None = None) -> dict[str, object]:
+    """The one JSON error shape every error response uses."""
+    error: dict[str, object] = {"status": status_code, "code": code, "message": message}
+    if filename is not None:
+        error["filename"] = filename
+    return {"error": error}

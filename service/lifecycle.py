@@ -1,0 +1,70 @@
+"""The server's phase (starting, ready, draining, stopped) and its count of requests in flight.
+
+Readiness, the refusal of new requests while draining, and the SIGTERM drain all read this one object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    STARTING = "starting"
+    """Models are loading or warming up; /readyz answers 503."""
+    READY = "ready"
+    DRAINING = "draining"
+    """SIGTERM arrived: /readyz answers 503 and new requests are refused, in-flight ones finish."""
+    STOPPED = "stopped"
+
+
+class Lifecycle:
+    """Phase plus in-flight request accounting; used from the event loop only."""
+
+    def __init__(self) -> None:
+        self.phase = Phase.STARTING
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is Phase.READY
+
+    @property
+    def accepting(self) -> bool:
+        """Whether new requests are let in (refused only while draining or stopped)."""
+        return self.phase in (Phase.STARTING, Phase.READY)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def mark_ready(self) -> None:
+        if self.phase is Phase.STARTING:
+            self.phase = Phase.READY
+
+    def begin_drain(self) -> None:
+        """Stop admitting new requests; idempotent."""
+        if self.phase in (Phase.STARTING, Phase.READY):
+            self.phase = Phase.DRAINING
+
+    def mark_stopped(self) -> None:
+        self.phase = Phase.STOPPED
+
+    def request_started(self) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+
+    def request_finished(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight; False if `timeout_s` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
+        except TimeoutError:
+            return False
+        return True

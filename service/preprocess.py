@@ -1,0 +1,218 @@
+"""Pure preprocessing: uploaded bytes -> validated image -> float32 CHW tensor, as the model's spec says.
+
+The pipeline reproduces torchvision's reference ``Resize(resize_size, interpolation, antialias=True)`` on a PIL
+image, ``CenterCrop(crop_size)``, ``ToTensor()`` and ``Normalize(mean, std)`` with the same PIL calls, so the
+tensors agree to float rounding (JPEG draft decoding, when on, is the one deliberate difference).
+
+Nothing here touches global PIL state: the pixel limit is checked against the header before decoding, and PIL's
+own decompression-bomb warning/error is caught and reported the same way.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
+from service.modelspec import ModelSpec
+
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+"""PIL format names we decode; others are refused even when PIL could open them (smaller attack surface)."""
+
+SUPPORTED_MEDIA_TYPES = {
+    "image/jpeg": "JPEG",
+    "image/jpg": "JPEG",
+    "image/pjpeg": "JPEG",
+    "image/png": "PNG",
+    "image/webp": "WEBP",
+    "image/gif": "GIF",
+    "image/bmp": "BMP",
+    "image/x-bmp": "BMP",
+    "image/x-ms-bmp": "BMP",
+    "image/tiff": "TIFF",
+    "image/tiff-fx": "TIFF",
+}
+"""Declared content types and the format they promise."""
+
+GENERIC_MEDIA_TYPES = ("", "application/octet-stream", "image/*")
+"""Declared types that promise nothing; the bytes decide."""
+
+_RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+_SUPPORTED_LIST = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Limits and speed-ups of decoding, from the settings."""
+
+    max_image_pixels: int = 50_000_000
+    jpeg_draft: bool = True
+
+
+@dataclass(frozen=True)
+class PreprocessedImage:
+    tensor: np.ndarray
+    """float32, shape (channels, crop_size, crop_size), normalised."""
+    width: int
+    """Width of the uploaded image after EXIF orientation, before any resizing."""
+    height: int
+    format: str
+    """PIL format name, for example 'PNG'."""
+    seconds: float
+    """Time spent decoding and preprocessing this image (monotonic clock)."""
+
+
+def check_declared_type(content_type: str | None) -> str | None:
+    """The image format a declared Content-Type promises (None: no promise); refuses types we never decode."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type in GENERIC_MEDIA_TYPES:
+        return None
+    if media_type in SUPPORTED_MEDIA_TYPES:
+        return SUPPORTED_MEDIA_TYPES[media_type]
+    raise UnsupportedMediaType(f"content type {media_type!r} is not supported; send a {_SUPPORTED_LIST} image")
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """torchvision's Resize(int) output (width, height): the shorter side becomes `size`, the longer is truncated."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def center_crop_box(width: int, height: int, crop: int) -> tuple[int, int]:
+    """torchvision's CenterCrop offsets (left, top) for a crop x crop square out of width x height."""
+    return int(round((width - crop) / 2.0)), int(round((height - crop) / 2.0))
+
+
+def draft_request(width: int, height: int, resize_size: int) -> tuple[int, int] | None:
+    """The size to ask JPEG draft mode for so the shorter side stays >= 2 x resize_size; None when not worth it."""
+    target_short = 2 * resize_size
+    short, long = min(width, height), max(width, height)
+    if short < 2 * target_short:
+        return None  # draft could not even halve the image
+    target_long = -(-long * target_short // short)  # ceiling, in integers
+    return (target_short, target_long) if width <= height else (target_long, target_short)
+
+
+def _open(data: bytes, declared_format: str | None, options: DecodeOptions) -> Image.Image:
+    if not data:
+        raise InvalidImage("the file is empty")
+    try:
+        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+    except UnidentifiedImageError:
+        if declared_format is not None:
+            raise InvalidImage(f"the data is not a valid {declared_format} image (it cannot be decoded)") from None
+        raise UnsupportedMediaType(f"not a recognised image; send a {_SUPPORTED_LIST} image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"the image is too large to decode safely ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidImage(f"the image header cannot be read ({exc})") from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidImage(f"the image has an empty size {width}x{height}")
+    if width * height > options.max_image_pixels:
+        raise ImageTooLarge(
+            f"the image is {width}x{height} = {width * height} pixels, over the limit of {options.max_image_pixels}"
+        )
+    return image
+
+
+def _to_model_mode(image: Image.Image, color_mode: str) -> Image.Image:
+    """Convert any decoded mode (palette, alpha, CMYK, 16-bit, float) to 'RGB' or 'L' like `Image.convert` does,
+    except that 16- and 32-bit integer pixels are scaled to 8 bits instead of clipped."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        pixels = np.asarray(image).astype(np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or pixels.max(initial=0) > 255 else 255.0
+        eight_bit = np.clip(np.rint(pixels * (255.0 / peak)), 0, 255).astype(np.uint8)
+        image = Image.fromarray(eight_bit, mode="L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8), mode="L")
+    if image.mode != color_mode:
+        image = image.convert(color_mode)
+    return image
+
+
+def decode_image(data: bytes, spec: ModelSpec, options: DecodeOptions, content_type: str | None = None
+                 ) -> tuple[Image.Image, str, tuple[int, int]]:
+    """Decode `data` into a PIL image in the spec's colour mode, EXIF orientation applied.
+
+    Returns the image (possibly draft-reduced), its format and the full oriented size (width, height).
+    Raises InvalidImage (400), ImageTooLarge (413) or UnsupportedMediaType (415).
+    """
+    declared_format = check_declared_type(content_type)
+    image = _open(data, declared_format, options)
+    image_format = image.format or "unknown"
+    try:
+        full_size = image.size
+        if image_format in ("JPEG", "MPO") and options.jpeg_draft:  # MPO: a phone camera's multi-picture JPEG
+            request = draft_request(*image.size, spec.resize_size)
+            if request is not None:
+                # A grayscale model skips chroma decoding altogether: libjpeg hands out the stored luma (Y) plane.
+                draft_mode = "L" if spec.color_mode == "L" and image.mode == "RGB" else image.mode
+                image.draft(draft_mode, request)
+        image.seek(0)  # GIF/TIFF: the first frame
+        image.load()
+        try:
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        except Exception:  # noqa: BLE001 - a broken EXIF block only costs the orientation, not the image
+            orientation = 1
+        if orientation in range(2, 9):
+            image = ImageOps.exif_transpose(image)
+            if orientation >= 5:  # 5 to 8 swap the axes
+                full_size = (full_size[1], full_size[0])
+        image = _to_model_mode(image, spec.color_mode)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(f"the image is too large to decode safely ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - whatever a hostile file makes a decoder raise is the file's fault
+        raise InvalidImage(f"the {image_format} image cannot be decoded ({type(exc).__name__}: {exc})") from None
+    return image, image_format, full_size
+
+
+def image_to_tensor(image: Image.Image, spec: ModelSpec, max_resized_pixels: int | None = None) -> np.ndarray:
+    """Resize the shorter side, centre-crop, scale to [0, 1] and normalise: float32 (C, crop, crop).
+
+    This is torchvision's resize-then-crop, bit for bit. Only when the resized image would exceed
+    `max_resized_pixels` (a strip thousands of times wider than tall) does PIL resample just the crop's source box
+    instead: same filter, same bounded memory, within a few levels of the exact result.
+    """
+    width, height = image.size
+    new_width, new_height = resized_size(width, height, spec.resize_size)
+    crop = spec.crop_size
+    left, top = center_crop_box(new_width, new_height, crop)
+    resample = _RESAMPLING[spec.interpolation]
+    if max_resized_pixels is None or new_width * new_height <= max_resized_pixels:
+        resized = image.resize((new_width, new_height), resample)
+        cropped = resized.crop((left, top, left + crop, top + crop))
+    else:
+        scale_x, scale_y = width / new_width, height / new_height
+        box = (left * scale_x, top * scale_y, min(width, (left + crop) * scale_x), min(height, (top + crop) * scale_y))
+        cropped = image.resize((crop, crop), resample, box=box)
+    pixels = np.asarray(cropped, dtype=np.float32)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    tensor = pixels.transpose(2, 0, 1) / np.float32(255.0)
+    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
+    return np.ascontiguousarray((tensor - mean) / std, dtype=np.float32)
+
+
+def preprocess_image(data: bytes, spec: ModelSpec, options: DecodeOptions, content_type: str | None = None
+                     ) -> PreprocessedImage:
+    """Bytes of one upload -> the model's input tensor and what the client should hear about the image."""
+    started = time.perf_counter()
+    image, image_format, (width, height) = decode_image(data, spec, options, content_type)
+    try:
+        tensor = image_to_tensor(image, spec, options.max_image_pixels)
+    except (OSError, ValueError, MemoryError) as exc:
+        raise InvalidImage(f"the {image_format} image cannot be resized ({exc})") from None
+    return PreprocessedImage(tensor, width, height, image_format, time.perf_counter() - started)

@@ -1,0 +1,214 @@
+"""The one class that owns an ONNX Runtime session: providers, threads, warm-up and `run(batch)`.
+
+Also home of `available_cpus()`, because thread pools must be sized from the CPUs this process may really use:
+inside a container the host's core count is the wrong answer (onnxruntime #29510).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.config import PROVIDER_ALIASES
+from service.modelspec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+def _cgroup_v2_limit(cpu_max: Path) -> float | None:
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return int(quota) / int(period)
+
+
+def _cgroup_v1_limit(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    if quota <= 0 or period <= 0:
+        return None
+    return quota / period
+
+
+def _ancestors(root: Path, relative: str) -> list[Path]:
+    """`root/relative` and its parents up to `root`; just `root` when the path is not visible (container)."""
+    relative = relative.strip("/")
+    own = root / relative if relative else root
+    if not own.exists():
+        return [root]
+    folders = [own]
+    while folders[-1] != root:
+        folders.append(folders[-1].parent)
+    return folders
+
+
+def cgroup_cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
+    """CPUs' worth of time the cgroup quota allows this process (for example 1.5), or None when unlimited.
+
+    Reads cgroup v2 ``cpu.max`` and cgroup v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` along the process's
+    own cgroup path and its ancestors; the tightest limit wins.
+    """
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    limits: list[float] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            for folder in _ancestors(cgroup_root, path):
+                limit = _cgroup_v2_limit(folder / "cpu.max")
+                if limit is not None:
+                    limits.append(limit)
+        elif "cpu" in controllers.split(","):
+            for mount in (cgroup_root / "cpu", cgroup_root / "cpu,cpuacct", cgroup_root / "cpuacct,cpu"):
+                if mount.is_dir():
+                    for folder in _ancestors(mount, path):
+                        limit = _cgroup_v1_limit(folder)
+                        if limit is not None:
+                            limits.append(limit)
+                    break
+    return min(limits) if limits else None
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by the cgroup CPU quota (rounded up), at least 1."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
+    return max(1, count)
+
+
+def resolve_providers(requested: Iterable[str], available: Sequence[str]) -> list[str]:
+    """Requested providers (aliases expanded) that this onnxruntime build has, in order, always ending with CPU.
+
+    'auto' means CUDA when available. A requested provider that is missing is logged and skipped.
+    """
+    chosen: list[str] = []
+    for name in requested:
+        if name == "auto":
+            candidates = [CUDA_PROVIDER]
+        else:
+            candidates = [PROVIDER_ALIASES.get(name.lower(), name)]
+        for provider in candidates:
+            if provider in available:
+                if provider not in chosen:
+                    chosen.append(provider)
+            elif name != "auto":
+                logger.warning("execution provider %s is not available in this onnxruntime build (has %s); skipping it",
+                               provider, ", ".join(available))
+    if CPU_PROVIDER not in chosen:
+        chosen.append(CPU_PROVIDER)
+    return chosen
+
+
+class OnnxModelRuntime:
+    """One ONNX Runtime inference session for one model file.
+
+    `run` is called by exactly one batcher thread at a time; the session itself is thread-safe anyway.
+    """
+
+    def __init__(self, path: Path, *, providers: Sequence[str] = ("cpu",), intra_op_threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.intra_op_threads = intra_op_threads or available_cpus()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Spinning threads keep cores busy while the model is idle, stealing them from decoding and other models.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        self.providers = resolve_providers(providers, ort.get_available_providers())
+        self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=self.providers)
+        self._input = self._session.get_inputs()[0]
+        self._output_names = [output.name for output in self._session.get_outputs()]
+
+    @property
+    def session_options(self) -> ort.SessionOptions:
+        """The options the session runs with (threads, spinning, optimisation level)."""
+        return self._session.get_session_options()
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that actually runs the graph (the first one the session accepted)."""
+        return self._session.get_providers()[0]
+
+    @property
+    def metadata_props(self) -> Mapping[str, str]:
+        """The ONNX file's ``metadata_props`` (where `service.modelspec` stores a ModelSpec)."""
+        return dict(self._session.get_modelmeta().custom_metadata_map)
+
+    @property
+    def input_name(self) -> str:
+        return self._input.name
+
+    @property
+    def input_shape(self) -> list[int | str | None]:
+        """Declared input shape; symbolic dimensions (the batch axis) are strings or None."""
+        return list(self._input.shape)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._output_names)
+
+    def check_compatible(self, spec: ModelSpec) -> None:
+        """Raise ValueError, saying what differs, when the graph does not take what `spec` describes."""
+        problems: list[str] = []
+        if self._input.name != spec.input_name:
+            problems.append(f"graph input is named {self._input.name!r}, metadata says {spec.input_name!r}")
+        if spec.output_name not in self._output_names:
+            problems.append(f"graph has no output {spec.output_name!r} (outputs: {', '.join(self._output_names)})")
+        shape = self.input_shape
+        expected = [None, spec.channels, spec.crop_size, spec.crop_size]
+        if len(shape) != 4:
+            problems.append(f"graph input has rank {len(shape)}, expected 4 (NCHW)")
+        else:
+            for axis, (declared, wanted) in enumerate(zip(shape, expected)):
+                if wanted is not None and isinstance(declared, int) and declared != wanted:
+                    problems.append(f"input axis {axis} is {declared}, metadata implies {wanted}")
+            if isinstance(shape[0], int) and shape[0] != 1:
+                problems.append(f"batch axis is fixed at {shape[0]}; export it as dynamic")
+        if self._input.type != "tensor(float)":
+            problems.append(f"graph input type is {self._input.type}, expected tensor(float)")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def supports_batches(self) -> bool:
+        """False when the graph's batch axis is fixed at 1, so the batcher must run images one by one."""
+        first = self.input_shape[0] if self.input_shape else None
+        return not (isinstance(first, int) and first == 1)
+
+    def run(self, batch: np.ndarray, output_name: str | None = None) -> np.ndarray:
+        """Logits for a float32 NCHW batch."""
+        name = output_name or self._output_names[0]
+        (logits,) = self._session.run([name], {self._input.name: batch})
+        return logits
+
+    def warm_up(self, batch_sizes: Iterable[int], sample_shape: Sequence[int], output_name: str | None = None) -> None:
+        """Run each batch size once so allocation and kernel selection do not land on the first requests."""
+        for size in batch_sizes:
+            self.run(np.zeros((size, *sample_shape), dtype=np.float32), output_name)

@@ -1,0 +1,318 @@
+"""The batcher: its policy synchronously with explicit times, and the async loop with a deterministic fake runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import Future
+
+import pytest
+
+from service.batching import BatchPolicy, DynamicBatcher, QueuedItem
+from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
+
+FAR = 1e9  # a deadline that never passes
+
+
+def item(payload: object, at: float = 0.0, deadline: float = FAR) -> QueuedItem:
+    return QueuedItem(payload=payload, enqueued_at=at, deadline=deadline, waiter=Future())
+
+
+def payloads(items: list[QueuedItem]) -> list[object]:
+    return [i.payload for i in items]
+
+
+# --- the policy, without an event loop --------------------------------------------------------------------------
+
+
+def test_policy_full_batch_is_taken_in_arrival_order_up_to_the_limit():
+    policy = BatchPolicy(max_batch_size=4, max_queue_size=10)
+    assert policy.admit([item(n, at=n * 0.001) for n in range(6)])
+    assert policy.ready_at() == 0.0
+    assert payloads(policy.take_batch(now=1.0).items) == [0, 1, 2, 3]
+    assert payloads(policy.take_batch(now=1.0).items) == [4, 5]
+    assert policy.ready_at() is None
+
+
+def test_policy_idle_fast_path_runs_a_lone_item_at_once():
+    policy = BatchPolicy(max_batch_size=8, max_queue_size=8, max_delay_s=0.0)
+    policy.admit([item("only", at=5.0)])
+    assert policy.ready_at() == 5.0  # due the moment it arrived
+    assert payloads(policy.take_batch(now=5.0).items) == ["only"]
+
+
+def test_policy_delay_is_one_fixed_deadline_from_the_first_arrival():
+    policy = BatchPolicy(max_batch_size=3, max_queue_size=8, max_delay_s=0.010)
+    policy.admit([item("a", at=1.000)])
+    assert policy.ready_at() == pytest.approx(1.010)
+    policy.admit([item("b", at=1.008)])
+    assert policy.ready_at() == pytest.approx(1.010)  # later arrivals do not push it back
+    policy.admit([item("c", at=1.009)])
+    assert policy.ready_at() == 1.000  # full: due now
+
+
+def test_policy_queue_full_refuses_all_or_nothing():
+    policy = BatchPolicy(max_batch_size=2, max_queue_size=3)
+    assert policy.admit([item(1), item(2)])
+    assert not policy.admit([item(3), item(4)])
+    assert len(policy) == 2
+    assert policy.admit([item(3)])
+    assert not policy.admit([item(4)])
+
+
+def test_policy_abandoned_items_free_their_room():
+    policy = BatchPolicy(max_batch_size=2, max_queue_size=2)
+    gone, kept = item("gone"), item("kept")
+    policy.admit([gone, kept])
+    gone.waiter.cancel()
+    assert policy.admit([item("new")])
+    assert payloads(policy.take_batch(now=0.0).items) == ["kept", "new"]
+
+
+def test_policy_expired_items_are_set_aside_not_run():
+    policy = BatchPolicy(max_batch_size=4, max_queue_size=4)
+    policy.admit([item("late", deadline=1.0), item("fine", deadline=3.0)])
+    batch = policy.take_batch(now=2.0)
+    assert payloads(batch.items) == ["fine"]
+    assert payloads(batch.expired) == ["late"]
+
+
+def test_policy_cancelled_items_are_dropped_and_counted():
+    policy = BatchPolicy(max_batch_size=4, max_queue_size=4)
+    a, b, c = item("a"), item("b"), item("c")
+    policy.admit([a, b, c])
+    b.waiter.cancel()
+    batch = policy.take_batch(now=0.0)
+    assert payloads(batch.items) == ["a", "c"]
+    assert batch.abandoned == 1
+
+
+def test_policy_take_all_empties_the_queue():
+    policy = BatchPolicy(max_batch_size=1, max_queue_size=4)
+    policy.admit([item(1), item(2)])
+    assert payloads(policy.take_all()) == [1, 2]
+    assert len(policy) == 0
+
+
+# --- the async loop, with a fake runtime the test controls ------------------------------------------------------
+
+
+class GatedRuntime:
+    """Records every batch; each batch blocks until the test opens the gate (once open, it stays open)."""
+
+    def __init__(self, *, fail_on: object = None) -> None:
+        self.batches: list[list[object]] = []
+        self.entered = threading.Semaphore(0)
+        self.gate = threading.Event()
+        self.fail_on = fail_on
+
+    def __call__(self, batch: list[object]) -> list[object]:
+        self.batches.append(list(batch))
+        self.entered.release()
+        self.gate.wait()
+        if self.fail_on is not None and self.fail_on in batch:
+            raise RuntimeError("boom")
+        return [f"out-{p}" for p in batch]
+
+    async def wait_until_running(self) -> None:
+        """Return once a batch has entered the runtime (no sleeps: the runtime itself signals)."""
+        await asyncio.to_thread(self.entered.acquire)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, timeout=60))  # the timeout only guards against a hang
+
+
+def test_idle_fast_path_single_item_runs_alone_at_once():
+    async def scenario():
+        runtime = GatedRuntime()
+        runtime.gate.set()
+        batcher = DynamicBatcher(runtime, name="m", max_batch_size=8, max_queue_size=8)
+        batcher.start()
+        (future,) = batcher.submit(["a"], deadline=FAR)
+        result = await future
+        await batcher.close()
+        return runtime, result
+
+    runtime, result = run(scenario())
+    assert runtime.batches == [["a"]]
+    assert result.value == "out-a"
+    assert result.batch_size == 1
+
+
+def test_arrivals_while_busy_fill_the_next_batches_up_to_the_limit():
+    async def scenario():
+        runtime = GatedRuntime()
+        batcher = DynamicBatcher(runtime, name="m", max_batch_size=4, max_queue_size=16)
+        batcher.start()
+        first = batcher.submit([0], deadline=FAR)
+        await runtime.wait_until_running()
+        later = [batcher.submit([n], deadline=FAR)[0] for n in range(1, 7)]  # six separate requests
+        assert batcher.queue_depth == 6
+        runtime.gate.set()
+        results = await asyncio.gather(*first, *later)
+        await batcher.close()
+        return runtime, results
+
+    runtime, results = run(scenario())
+    assert runtime.batches == [[0], [1, 2, 3, 4], [5, 6]]
+    assert [r.value for r in results] == [f"out-{n}" for n in range(7)]
+    assert [r.batch_size for r in results] == [1, 4, 4, 4, 4, 2, 2]
+
+
+def test_a_full_batch_does_not_wait_for_the_delay():
+    async def scenario():
+        runtime = GatedRuntime()
+        runtime.gate.set()
+        # An hour-long delay: the test only finishes because a full batch runs at once.
+        batcher = DynamicBatcher(runtime, name="m", max_batch_size=3, max_queue_size=8, max_delay_s=3600)
+        batcher.start()
+        futures = batcher.submit(["a", "b", "c"], deadline=FAR)
+        results = await asyncio.gather(*futures)
+        await batcher.close()
+        return runtime, results
+
+    runtime, results = run(scenario())
+    assert runtime.batches == [["a", "b", "c"]]
+    assert [r.value for r in results] == ["out-a", "out-b", "out-c"]
+
+
+def test_queue_full_is_refused_at_once_and_all_or_nothing():
+    async def scenario():
+        runtime = GatedRuntime()
+        batcher = DynamicBatcher(runtime, name="m", max_batch_size=1, max_queue_size=2)
+        batcher.start()
+        running = batcher.submit(["a"], deadline=FAR)
+        await runtime.wait_until_running()
+        queued = batcher.submit(["b"], deadline=FAR)
+        with pytest.raises(Overloaded, match="overloaded"):
+            batcher.submit(["c", "d"], deadline=FAR)  # one slot left, two images: none admitted
+        assert batcher.queue_depth == 1
+        queued += batcher.submit(["c"], deadline=FAR)
+        with pytest.raises(Overloaded):
+            batcher.submit(["d"], deadline=FAR)
+        runtime.gate.set()
+        results = await asyncio.gather(*running, *queued)
+        await batcher.close()
+        return runtime, results
+
+    runtime, results = run(scenario())
+    assert runtime.batches == [["a"], ["b"], ["c"]]
+    assert [r.value for r in results] == ["out-a", "out-b", "out-c"]
+
+
+def test_item_past_its_deadline_fails_with_504_and_never_runs():
+    async def scenario():
+        runtime = GatedRuntime()
+        clock = FakeClock()
+        batcher = DynamicBatcher(runtime, name="m", max_batch_size=4, max_queue_size=8, clock=clock)
+        batcher.start()
+        running = batcher.submit(["a"], deadline=clock.now + 10)
+        await runtime.wait_until_running()
+        late = batcher.submit(["late"], deadline=clock.now + 1)
+        on_time = batcher.submit(["on-time"], deadline=clock.now + 10)
+        clock.now += 5  # "late" is now past its deadline, "on-time" is not
+        runtime.gate.set()
+        first = await running[0]
+        with pytest.raises(DeadlineExceeded):
+            await late[0]
+        second = await on_time[0]
+        await batcher.close()
+        return runtime, first, second
+
+    runtime, first, second = run(scenario())
+    assert runtime.batches == [["a"], ["on-time"]]
+    assert (first.value, second.value) == ("out-a", "out-on-time")
+    assert second.queue_wait_s == 5.0  # measured on the batcher's (monotonic) clock
+
+
+def test_cancelled_client_is_dropped_before_inference():
+    async def scenario():
+        runtime = GatedRuntime()
+        batcher = DynamicBatcher(runtime, name="m", max_batch_size=4, max_queue_size=8)
+        batcher.start()
+        running = batcher.submit(["a"], deadline=FAR)
+        await runtime.wait_until_running()
+        gone = batcher.submit(["gone-1", "gone-2"], deadline=FAR)
+        staying = batcher.submit(["stays"], deadline=FAR)
+        for future in gone:
+            future.cancel()
+        runtime.gate.set()
+        results = await asyncio.gather(*running, *staying)
+        after = batcher.submit(["after"], deadline=FAR)  # the batcher is not stuck after cancellations
+        results.append(await after[0])
+        await batcher.close()
+        return runtime, results
+
+    runtime, results = run(scenario())
+    assert runtime.batches == [["a"], ["stays"], ["after"]]
+    assert [r.value for r in results] == ["out-a", "out-stays", "out-after"]
+
+
+def test_close_fails_the_queued_lets_the_running_batch_finish_and_refuses_new_work():
+    async def scenario():
+        runtime = GatedRuntime()
+        batcher = DynamicBatcher(runtime, name="m", max_batch_size=1, max_queue_size=8)
+        batcher.start()
+        running = batcher.submit(["a"], deadline=FAR)
+        await runtime.wait_until_running()
+        queued = batcher.submit(["b", "c"], deadline=FAR)
+        closing = asyncio.create_task(batcher.close())
+        await asyncio.sleep(0)  # let close() fail the queue while "a" still runs
+        for future in queued:
+            with pytest.raises(ShuttingDown):
+                await future
+        runtime.gate.set()
+        finished = await running[0]
+        await closing
+        with pytest.raises(ShuttingDown):
+            batcher.submit(["d"], deadline=FAR)
+        return runtime, finished, batcher
+
+    runtime, finished, batcher = run(scenario())
+    assert finished.value == "out-a"
+    assert runtime.batches == [["a"]]
+    assert not batcher.running
+
+
+def test_runtime_error_fails_that_batch_only():
+    async def scenario():
+        runtime = GatedRuntime(fail_on="bad")
+        runtime.gate.set()
+        batcher = DynamicBatcher(runtime, name="m", max_batch_size=2, max_queue_size=8)
+        batcher.start()
+        failing = batcher.submit(["bad", "neighbour"], deadline=FAR)
+        outcomes = await asyncio.gather(*failing, return_exceptions=True)
+        fine = await batcher.submit(["good"], deadline=FAR)[0]
+        await batcher.close()
+        return outcomes, fine
+
+    outcomes, fine = run(scenario())
+    assert all(isinstance(o, InferenceFailed) for o in outcomes)
+    assert fine.value == "out-good"
+
+
+def test_results_are_never_set_on_a_cancelled_future():
+    async def scenario():
+        runtime = GatedRuntime()
+        batcher = DynamicBatcher(runtime, name="m", max_batch_size=4, max_queue_size=8)
+        batcher.start()
+        (future,) = batcher.submit(["a"], deadline=FAR)
+        await runtime.wait_until_running()
+        future.cancel()  # the client leaves while its batch is running
+        runtime.gate.set()
+        survivor = await batcher.submit(["b"], deadline=FAR)[0]
+        await batcher.close()
+        return future, survivor
+
+    future, survivor = run(scenario())
+    assert future.cancelled()
+    assert survivor.value == "out-b"

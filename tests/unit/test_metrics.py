@@ -1,0 +1,58 @@
+"""The metrics registry: per app, named consistently, documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.metrics import ServiceMetrics
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "SERVICE.md"
+
+
+def families(metrics: ServiceMetrics) -> dict[str, str]:
+    """Metric families by name and type, without prometheus-client's automatic *_created timestamps."""
+    return {
+        f.name: f.type
+        for f in text_string_to_metric_families(metrics.render().decode())
+        if not f.name.endswith("_created")
+    }
+
+
+def test_two_apps_in_one_process_have_separate_registries():
+    first, second = ServiceMetrics(), ServiceMetrics()
+    first.images_classified.labels("m").inc(3)
+    second.register_model("m")
+    assert 'resnet_serve_images_classified_total{model="m"} 3.0' in first.render().decode()
+    assert 'resnet_serve_images_classified_total{model="m"} 0.0' in second.render().decode()
+
+
+def test_every_metric_is_prefixed_and_documented():
+    metrics = ServiceMetrics()
+    observer = metrics.register_model("m")
+    metrics.watch_queue_depth("m", lambda: 2)
+    observer.batch_ran(4, 0.01)
+    observer.item_dequeued(0.002)
+    observer.items_dropped("timeout", 1)
+    doc = DOC.read_text()
+    names = families(metrics)
+    assert len(names) >= 12
+    for name, kind in names.items():
+        assert name.startswith("resnet_serve_")
+        exposed = name + "_total" if kind == "counter" else name
+        assert f"`{exposed}`" in doc, f"docs/SERVICE.md does not list {exposed}"
+
+
+def test_queue_depth_is_read_at_scrape_time():
+    metrics = ServiceMetrics()
+    depth = [0]
+    metrics.watch_queue_depth("m", lambda: depth[0])
+    depth[0] = 7
+    assert 'resnet_serve_queue_depth{model="m"} 7.0' in metrics.render().decode()
+
+
+def test_every_rejection_reason_starts_at_zero():
+    text = ServiceMetrics().render().decode()
+    for reason in ("overloaded", "invalid_image", "too_large", "unsupported_type", "timeout"):
+        assert f'resnet_serve_rejections_total{{reason="{reason}"}} 0.0' in text

@@ -1,0 +1,55 @@
+"""Softmax and top-k over a batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.postprocess import softmax, top_k
+
+
+def test_softmax_rows_are_probabilities_matching_the_definition():
+    logits = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [-5.0, 10.0, 2.5]], dtype=np.float32)
+    probabilities = softmax(logits)
+    expected = np.exp(logits.astype(np.float64)) / np.exp(logits.astype(np.float64)).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-12)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-12)
+
+
+def test_softmax_is_stable_for_huge_logits():
+    probabilities = softmax(np.array([[1000.0, 1001.0], [-1000.0, -1000.0]]))
+    assert np.isfinite(probabilities).all()
+    np.testing.assert_allclose(probabilities[0], [1 / (1 + np.e), np.e / (1 + np.e)])
+    np.testing.assert_allclose(probabilities[1], [0.5, 0.5])
+
+
+def test_softmax_rejects_a_single_vector():
+    with pytest.raises(ValueError, match="batch, classes"):
+        softmax(np.zeros(3))
+
+
+def test_top_k_is_sorted_highest_first_per_row():
+    scores = np.array([[0.1, 0.5, 0.2, 0.2], [0.7, 0.1, 0.15, 0.05]])
+    indices, values = top_k(scores, 3)
+    assert indices.tolist() == [[1, 2, 3], [0, 2, 1]]
+    np.testing.assert_allclose(values, [[0.5, 0.2, 0.2], [0.7, 0.15, 0.1]])
+
+
+def test_top_k_breaks_ties_by_lower_index():
+    indices, _ = top_k(np.full((1, 5), 0.2), 5)
+    assert indices.tolist() == [[0, 1, 2, 3, 4]]
+
+
+def test_top_k_of_all_classes_is_a_permutation():
+    rng = np.random.default_rng(0)
+    scores = softmax(rng.normal(size=(8, 10)))
+    indices, values = top_k(scores, 10)
+    for row in range(8):
+        assert sorted(indices[row].tolist()) == list(range(10))
+        assert np.all(np.diff(values[row]) <= 0)
+
+
+@pytest.mark.parametrize("k", [0, 5])
+def test_top_k_refuses_k_out_of_range(k):
+    with pytest.raises(ValueError, match="between 1 and 4"):
+        top_k(np.zeros((2, 4)), k)
