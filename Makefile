@@ -58,3 +58,7 @@ lint-deploy: $(VENV)/.installed-deploy-tools
 ## test-container: build the image and test it and the compose stack on a private dockerd (root, about 2-3 min)
 test-container: install data $(VENV)/.installed-deploy-tools
 	PYTHON=$(PY) bash tests/container/run.sh
+
+## bench: the full load benchmark (about 10 minutes on 2 cores); writes docs/BENCHMARKS.md
+bench: install-dev data
+	$(PY) -m bench $(ARGS)

@@ -1,0 +1,240 @@
+"""Everything one benchmark run measured, as plain data: the report is written from this and nothing else."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Environment:
+    cpu_model: str
+    simd: str
+    """Which vector and matrix instruction sets `lscpu` lists (they decide ONNX Runtime's kernels)."""
+    cores: int
+    """CPUs this process may use (affinity and cgroup quota): the `cores` of the ceiling."""
+    online_cpus: int
+    date: str
+    versions: dict[str, str]
+    git_commit: str
+    mode: str
+    command: str
+    load_average: str
+    """`uptime`'s load averages at the start, to show the machine was quiet."""
+
+
+@dataclass
+class BatchRow:
+    batch_size: int
+    ms_per_batch: float
+    images_per_second: float
+
+
+@dataclass
+class RawInference:
+    model: str
+    title: str
+    batches: list[BatchRow]
+    default_session_batch1: BatchRow | None = None
+    """The same model with a default `InferenceSession` (what the naive server uses), batch 1."""
+
+    @property
+    def best(self) -> BatchRow:
+        return max(self.batches, key=lambda row: row.images_per_second)
+
+    def batch(self, size: int) -> BatchRow | None:
+        return next((row for row in self.batches if row.batch_size == size), None)
+
+
+@dataclass
+class PreprocessRow:
+    model_input: str
+    """The preprocessing recipe, e.g. 'RGB, resize 256, crop 224'."""
+    size: str
+    size_label: str
+    full_decode_ms: float
+    draft_ms: float | None
+    """None when draft decoding does not apply to this size (PNG, or a JPEG too small to shrink)."""
+
+    @property
+    def server_ms(self) -> float:
+        """What the server pays with its default settings (draft decoding on)."""
+        return self.draft_ms if self.draft_ms is not None else self.full_decode_ms
+
+
+@dataclass
+class CeilingRow:
+    model: str
+    size: str
+    size_label: str
+    preprocess_ms: float
+    inference_ms_per_image: float
+    best_batch: int
+    cores: int
+    images_per_second: float
+    without_draft: float | None = None
+    """The ceiling if large JPEGs were decoded at full size."""
+
+
+@dataclass
+class LoadRow:
+    server: str
+    model: str
+    size: str
+    size_label: str
+    concurrency: int
+    throughput: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    ok: int
+    statuses: dict[str, int]
+    """Count of each non-200 outcome among requests sent in the window (HTTP status or client-side failure)."""
+    server_cpu_cores: float | None
+    client_cpu_cores: float
+    rejected_p50_ms: float | None = None
+    rejected_p99_ms: float | None = None
+    """Latency of 503 answers (p99), when there were any."""
+    rejected_max_ms: float | None = None
+
+
+@dataclass
+class RateTrialRow:
+    rate: float
+    throughput: float
+    p50_ms: float
+    p99_ms: float
+    """Failures count as infinitely slow here (inf)."""
+    failures: int
+    requests: int
+    passed: bool
+    client_cpu_cores: float
+    statuses: dict[str, int] = field(default_factory=dict)
+    """Count of each non-200 outcome."""
+
+
+@dataclass
+class RateSearch:
+    server: str
+    model: str
+    size: str
+    p99_limit_ms: float
+    trials: list[RateTrialRow]
+
+    @property
+    def best_rate(self) -> float | None:
+        passing = [trial.rate for trial in self.trials if trial.passed]
+        return max(passing) if passing else None
+
+
+@dataclass
+class ServerResources:
+    server: str
+    model: str
+    ready_after_s: float
+    rss_mb: float
+    peak_rss_mb: float
+    idle_cpu_percent: float | None = None
+    """Percent of one core the server used while idle (no request), as `top` shows it."""
+    idle_seconds: float | None = None
+
+
+@dataclass
+class AccuracyRow:
+    model: str
+    title: str
+    test_accuracy: float
+    images: int
+
+
+@dataclass
+class ProfileGroup:
+    thread_group: str
+    cores: float
+    share: float
+    top_frames: list[tuple[str, float]]
+    """Innermost frames and their share of this group's samples."""
+
+
+@dataclass
+class ProfileResult:
+    server: str
+    model: str
+    size: str
+    concurrency: int
+    seconds: float
+    samples: int
+    throughput: float
+    groups: list[ProfileGroup]
+
+
+@dataclass
+class BenchResults:
+    environment: Environment
+    primary_model: str
+    model_titles: dict[str, str]
+    server_titles: dict[str, str]
+    raw: list[RawInference] = field(default_factory=list)
+    preprocessing: list[PreprocessRow] = field(default_factory=list)
+    model_inputs: dict[str, str] = field(default_factory=dict)
+    """Model key -> its preprocessing recipe (a key of the preprocessing rows)."""
+    ceilings: list[CeilingRow] = field(default_factory=list)
+    load: list[LoadRow] = field(default_factory=list)
+    rate_searches: list[RateSearch] = field(default_factory=list)
+    resources: list[ServerResources] = field(default_factory=list)
+    accuracy: list[AccuracyRow] = field(default_factory=list)
+    profiles: list[ProfileResult] = field(default_factory=list)
+    c1_reference_ms: tuple[float, float] | None = None
+    """(preprocessing, batch-1 inference) of the primary model on the small JPEG, measured in-process right
+    before our server's concurrency-1 run, so the comparison is not skewed by drift since the raw measurements."""
+    ours_max_queue_size: int = 0
+    ours_max_batch_size: int = 0
+    settings: dict[str, str] = field(default_factory=dict)
+    """How each server and the load were configured, for the method section."""
+    wall_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ look-ups used by the report and targets
+
+    def raw_for(self, model: str) -> RawInference | None:
+        return next((row for row in self.raw if row.model == model), None)
+
+    def ceiling_for(self, model: str, size: str) -> CeilingRow | None:
+        return next((row for row in self.ceilings if row.model == model and row.size == size), None)
+
+    def preprocess_for(self, model: str, size: str) -> PreprocessRow | None:
+        recipe = self.model_inputs.get(model)
+        return next((row for row in self.preprocessing if row.model_input == recipe and row.size == size), None)
+
+    def load_rows(self, server: str, model: str, size: str | None = None) -> list[LoadRow]:
+        return [row for row in self.load
+                if row.server == server and row.model == model and (size is None or row.size == size)]
+
+    def load_at(self, server: str, model: str, size: str, concurrency: int) -> LoadRow | None:
+        return next((row for row in self.load_rows(server, model, size) if row.concurrency == concurrency), None)
+
+    def saturation(self, server: str, model: str, size: str) -> LoadRow | None:
+        """The closed-loop run with the highest throughput: the server's saturation throughput."""
+        rows = self.load_rows(server, model, size)
+        return max(rows, key=lambda row: row.throughput) if rows else None
+
+    def resources_for(self, server: str, model: str) -> ServerResources | None:
+        return next((row for row in self.resources if row.server == server and row.model == model), None)
+
+    def accuracy_for(self, model: str) -> AccuracyRow | None:
+        return next((row for row in self.accuracy if row.model == model), None)
+
+    def save_json(self, path: Path) -> None:
+        def clean(value: object) -> object:
+            if isinstance(value, float) and not math.isfinite(value):
+                return str(value)
+            if isinstance(value, dict):
+                return {key: clean(item) for key, item in value.items()}
+            if isinstance(value, list | tuple):
+                return [clean(item) for item in value]
+            return value
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(clean(asdict(self)), indent=1) + "\n")

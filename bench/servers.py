@@ -1,0 +1,150 @@
+"""The servers under test as subprocesses, and what /proc says about them (CPU seconds, resident memory)."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.workload import REPO_ROOT, ModelCase
+
+READY_LIMIT_S = 600.0
+"""A guard against hanging on a server that never becomes ready (ResNet-50 warm-up takes seconds, not minutes)."""
+POLL_INTERVAL_S = 0.1
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class ServerFailed(RuntimeError):
+    """A server under test exited or never became ready; the message carries its log."""
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of all threads of `pid` so far, from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # Fields 14 and 15 of proc(5) (utime, stime); `fields` starts at field 3.
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+@dataclass(frozen=True)
+class Memory:
+    rss_bytes: int
+    peak_rss_bytes: int
+
+
+def process_memory(pid: int) -> Memory:
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) * 1024
+    return Memory(values["VmRSS"], values["VmHWM"])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _get_status(port: int, path: str) -> int | None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status
+    except OSError:
+        return None
+    finally:
+        connection.close()
+
+
+@dataclass(frozen=True)
+class ServerKind:
+    """How to start one server implementation and ask whether it is ready."""
+
+    key: str
+    title: str
+    readiness_path: str
+
+    def command(self, model: ModelCase, port: int, extra_args: tuple[str, ...]) -> list[str]:
+        if self.key == "ours":
+            return [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+                    "--model-dir", str(model.folder), "--no-access-log", "--log-level", "warning", *extra_args]
+        return [sys.executable, "-m", "bench.naive_server", "--host", "127.0.0.1", "--port", str(port),
+                "--model", str(model.path), *extra_args]
+
+
+OURS = ServerKind("ours", "ours (service)", "/readyz")
+NAIVE = ServerKind("naive", "naive FastAPI", "/healthz")
+
+OURS_MAX_QUEUE_SIZE = 32
+OURS_ARGS = ("--max-queue-size", str(OURS_MAX_QUEUE_SIZE))
+"""Every setting of ours is its default except the queue limit: 32 images, so that 64 concurrent clients overflow
+it and the benchmark sees how fast the excess is refused."""
+
+
+class RunningServer:
+    """A server subprocess on a free loopback port, its output in a log file."""
+
+    def __init__(self, kind: ServerKind, model: ModelCase, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.kind = kind
+        self.model = model
+        self.port = free_port()
+        self.log_path = log_path
+        self.command = kind.command(model, self.port, extra_args)
+        env = {key: value for key, value in os.environ.items() if not key.startswith("RESNET_SERVE_")}
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.ready_after_s: float | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def classify_path(self) -> str:
+        return f"/v1/models/{self.model.name}/classify"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self) -> RunningServer:
+        started = time.monotonic()
+        while True:
+            if self.process.poll() is not None:
+                raise ServerFailed(f"{self.kind.title} exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            if _get_status(self.port, self.kind.readiness_path) == 200:
+                self.ready_after_s = time.monotonic() - started
+                return self
+            if time.monotonic() - started > READY_LIMIT_S:
+                self.stop()
+                raise ServerFailed(f"{self.kind.title} not ready after {READY_LIMIT_S:g} s:\n{self.log()[-4000:]}")
+            time.sleep(POLL_INTERVAL_S)
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.pid)
+
+    def memory(self) -> Memory:
+        return process_memory(self.pid)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,91 @@
+"""The load generator's pure parts: percentiles and the open-loop rate search (with a scripted server)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from bench.loadgen import HttpConnection, LoadRun, Sample, best_passing, multipart_request, percentile, search_max_rate
+
+
+def test_percentile_is_nearest_rank_and_handles_infinity() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.50) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile([1.0, math.inf], 0.99) == math.inf
+    assert math.isnan(percentile([], 0.5))
+
+
+def _run_with_latency(latency_s: float) -> LoadRun:
+    samples = [Sample(due_at=10.0 + i * 0.01, latency_s=latency_s, status=200) for i in range(100)]
+    return LoadRun(samples, window_start=10.0, window_s=1.0, client_cpu_s=0.0, server_cpu_s=None)
+
+
+def test_rate_search_bisects_towards_the_highest_passing_rate() -> None:
+    tried: list[float] = []
+
+    async def run_at(rate: float) -> LoadRun:
+        tried.append(rate)
+        return _run_with_latency(0.050 if rate <= 70 else 0.500)  # the scripted server copes up to 70/s
+
+    trials = asyncio.run(search_max_rate(run_at, low=20, high=100, steps=6, p99_limit_s=0.1))
+    assert tried[:2] == [100, 20]
+    best = best_passing(trials)
+    assert best is not None and 65 <= best.rate <= 70
+    assert all(trial.passed == (trial.rate <= 70) for trial in trials)
+
+
+def test_rate_search_halves_the_low_rate_until_one_passes() -> None:
+    async def run_at(rate: float) -> LoadRun:
+        return _run_with_latency(0.050 if rate <= 6 else 0.500)
+
+    trials = asyncio.run(search_max_rate(run_at, low=20, high=100, steps=4, p99_limit_s=0.1))
+    assert [trial.rate for trial in trials] == [100, 20, 10, 5, 7.5, 6.25]
+    assert best_passing(trials).rate == 5
+
+
+def test_rate_search_gives_up_after_its_halvings() -> None:
+    async def run_at(rate: float) -> LoadRun:
+        return _run_with_latency(1.0)
+
+    trials = asyncio.run(search_max_rate(run_at, low=20, high=100, steps=6, p99_limit_s=0.1, halvings=2))
+    assert [trial.rate for trial in trials] == [100, 20, 10, 5]
+    assert best_passing(trials) is None
+
+
+def test_failures_count_as_infinitely_slow() -> None:
+    samples = [Sample(10.0 + i * 0.01, 0.01, 200) for i in range(98)] + [Sample(10.5, 0.001, 503)] * 2
+    run = LoadRun(samples, window_start=10.0, window_s=1.0, client_cpu_s=0.0, server_cpu_s=None)
+    assert percentile(run.latency_with_failures(), 0.99) == math.inf
+    assert percentile(run.latencies(200), 0.99) == 0.01
+
+
+def test_a_connection_the_server_closed_while_idle_is_reopened_and_the_request_resent() -> None:
+    """A keep-alive connection dropped by the server (idle timeout) costs a reconnect, not a failed request."""
+    answers = 0
+
+    async def one_answer_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answers
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        await reader.readexactly(length)
+        answers += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # keep-alive promised...
+        await writer.drain()
+        writer.close()  # ...and then dropped, as an idle timeout does
+
+    async def scenario() -> list[int]:
+        server = await asyncio.start_server(one_answer_per_connection, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        connection = HttpConnection("127.0.0.1", port)
+        request = multipart_request("127.0.0.1", port, "/x", b"\xff\xd8image", "a.jpg", "image/jpeg")
+        statuses = [(await connection.send(request)).status]
+        await asyncio.sleep(0.05)  # the server's close reaches the client
+        statuses.append((await connection.send(request)).status)
+        connection.close()
+        server.close()
+        await server.wait_closed()
+        return statuses
+
+    assert asyncio.run(scenario()) == [200, 200]
+    assert answers == 2
