@@ -108,6 +108,8 @@ def evaluate_targets(results: BenchResults) -> list[TargetOutcome]:
         in_system = results.ours_max_queue_size + results.ours_max_batch_size
         bound = f"; queue {results.ours_max_queue_size} + batch {results.ours_max_batch_size} = {in_system} images " \
                 f"at {c64.throughput:.1f} img/s take {in_system / c64.throughput:.2f} s" if c64.throughput > 0 else ""
+        if results.ours_max_queue_wait_ms:
+            bound += f"; admission refuses what would wait over {results.ours_max_queue_wait_ms:g} ms"
         outcomes.append(TargetOutcome(name, goal, f"p99 {c64.p99_ms:.0f} ms over {c64.ok} answers{bound}",
                                       c64.p99_ms < C64_P99_MS, f"{C64_P99_MS - c64.p99_ms:+.0f} ms of slack"))
     else:

@@ -190,6 +190,7 @@ class BenchResults:
     """(preprocessing, batch-1 inference) of the primary model on the small JPEG, measured in-process right
     before our server's concurrency-1 run, so the comparison is not skewed by drift since the raw measurements."""
     ours_max_queue_size: int = 0
+    ours_max_queue_wait_ms: float | None = None
     ours_max_batch_size: int = 0
     settings: dict[str, str] = field(default_factory=dict)
     """How each server and the load were configured, for the method section."""

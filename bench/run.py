@@ -400,6 +400,7 @@ def run_benchmark(plan: Plan, cache_dir: Path, command: str) -> BenchResults:
                            server_titles={OURS.key: OURS.title, NAIVE.key: NAIVE.title})
     ours_settings = load_settings(list(plan.ours_args))  # the server's own parser: defaults plus our flags
     results.ours_max_queue_size = ours_settings.max_queue_size
+    results.ours_max_queue_wait_ms = ours_settings.max_queue_wait_ms
     results.ours_max_batch_size = ours_settings.max_batch_size
     results.settings = {
         "ours": "python -m service " + " ".join(plan.ours_args) + " --no-access-log --log-level warning",

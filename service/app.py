@@ -79,6 +79,7 @@ def _load_models(settings: Settings, open_runtime: RuntimeFactory, metrics: Serv
             max_batch_size=max_batch_size,
             max_queue_size=settings.max_queue_size,
             max_delay_s=settings.max_batch_delay_s,
+            max_wait_s=settings.max_queue_wait_s,
             observer=metrics.register_model(model_file.name),
         )
         metrics.watch_queue_depth(model_file.name, lambda batcher=batcher: batcher.queue_depth)

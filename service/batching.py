@@ -4,6 +4,8 @@ The batch-forming policy (`BatchPolicy`) is a plain object with no clock and no 
 synchronously; `DynamicBatcher` is the thin async loop around it:
 
 - admission first: a request whose images do not all fit in the bounded queue is refused at once (`Overloaded`);
+  with ``max_wait_s`` set, so is one that would wait longer than that before its last image starts, estimated
+  from the images ahead of it and the measured seconds per image of recent batches;
 - when the model is idle the first image runs at once (``max_delay_s == 0``); while a batch runs, arrivals queue
   up and the next batch takes up to ``max_batch_size`` of them as soon as the model is free;
 - with ``max_delay_s > 0`` a batch is formed when it is full or when its first image has waited that long,
@@ -63,12 +65,21 @@ class FormedBatch(Generic[P]):
 class BatchPolicy(Generic[P]):
     """The batch-forming rules over a bounded FIFO queue; every decision takes the current time as an argument."""
 
-    def __init__(self, *, max_batch_size: int, max_queue_size: int, max_delay_s: float = 0.0) -> None:
-        if max_batch_size < 1 or max_queue_size < 1 or max_delay_s < 0:
-            raise ValueError("max_batch_size and max_queue_size must be >= 1 and max_delay_s >= 0")
+    # Weight of the newest batch in the running estimate of seconds per image: recent enough to follow a change
+    # of load or batch size within a few batches, smooth enough that one slow batch does not slam the door.
+    SMOOTHING = 0.2
+
+    def __init__(
+        self, *, max_batch_size: int, max_queue_size: int, max_delay_s: float = 0.0, max_wait_s: float | None = None
+    ) -> None:
+        if max_batch_size < 1 or max_queue_size < 1 or max_delay_s < 0 or (max_wait_s is not None and max_wait_s <= 0):
+            raise ValueError("max_batch_size and max_queue_size must be >= 1, max_delay_s >= 0, max_wait_s > 0")
         self.max_batch_size = max_batch_size
         self.max_queue_size = max_queue_size
         self.max_delay_s = max_delay_s
+        self.max_wait_s = max_wait_s
+        self.seconds_per_image: float | None = None
+        """Running estimate of inference seconds per image at the batch sizes recently run; None before any."""
         self._queue: deque[QueuedItem[P]] = deque()
         self._abandoned_since_last_batch = 0
 
@@ -80,16 +91,37 @@ class BatchPolicy(Generic[P]):
         self._abandoned_since_last_batch += len(self._queue) - len(kept)
         self._queue = kept
 
-    def has_room(self, count: int) -> bool:
-        """Whether `count` more items fit (abandoned items do not count against the room)."""
-        if len(self._queue) + count <= self.max_queue_size:
-            return True
-        self._prune_abandoned()
-        return len(self._queue) + count <= self.max_queue_size
+    def record_batch(self, size: int, seconds: float) -> None:
+        """Feed the time a batch of `size` images took into the seconds-per-image estimate."""
+        per_image = seconds / max(1, size)
+        previous = self.seconds_per_image
+        self.seconds_per_image = per_image if previous is None else previous + self.SMOOTHING * (per_image - previous)
 
-    def admit(self, items: Sequence[QueuedItem[P]]) -> bool:
+    def expected_wait_s(self, count: int, in_flight: int = 0) -> float | None:
+        """Estimated seconds until the last of `count` new items finishes, with `in_flight` items running now."""
+        if self.seconds_per_image is None:
+            return None
+        return (len(self._queue) + in_flight + count) * self.seconds_per_image
+
+    def has_room(self, count: int, in_flight: int = 0) -> bool:
+        """Whether `count` more items fit (abandoned items do not count against the room): the queue has space
+        and, with `max_wait_s` set, they would be done within it. An idle model always takes a request whole,
+        so no request is too big to ever run."""
+        if len(self._queue) + count > self.max_queue_size:
+            self._prune_abandoned()
+            if len(self._queue) + count > self.max_queue_size:
+                return False
+        if self.max_wait_s is None or (not self._queue and not in_flight):
+            return True
+        expected = self.expected_wait_s(count, in_flight)
+        if expected is not None and expected > self.max_wait_s:
+            self._prune_abandoned()
+            expected = self.expected_wait_s(count, in_flight)
+        return expected is None or expected <= self.max_wait_s
+
+    def admit(self, items: Sequence[QueuedItem[P]], in_flight: int = 0) -> bool:
         """Queue all of `items` or none of them; False when they do not fit."""
-        if not self.has_room(len(items)):
+        if not self.has_room(len(items), in_flight):
             return False
         self._queue.extend(items)
         return True
@@ -162,13 +194,14 @@ class DynamicBatcher(Generic[P, R]):
         max_batch_size: int,
         max_queue_size: int,
         max_delay_s: float = 0.0,
+        max_wait_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         observer: BatchObserver | None = None,
     ) -> None:
         self.name = name
         self._run_batch = run_batch
         self._policy: BatchPolicy[P] = BatchPolicy(
-            max_batch_size=max_batch_size, max_queue_size=max_queue_size, max_delay_s=max_delay_s
+            max_batch_size=max_batch_size, max_queue_size=max_queue_size, max_delay_s=max_delay_s, max_wait_s=max_wait_s
         )
         self._clock = clock
         self._observer = observer
@@ -176,7 +209,7 @@ class DynamicBatcher(Generic[P, R]):
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
-        self._batch_running = False
+        self._running_batch_size = 0
 
     @property
     def max_batch_size(self) -> int:
@@ -189,6 +222,15 @@ class DynamicBatcher(Generic[P, R]):
     @property
     def max_delay_s(self) -> float:
         return self._policy.max_delay_s
+
+    @property
+    def max_wait_s(self) -> float | None:
+        return self._policy.max_wait_s
+
+    @property
+    def seconds_per_image(self) -> float | None:
+        """Measured inference seconds per image over recent batches (None before the first)."""
+        return self._policy.seconds_per_image
 
     @property
     def queue_depth(self) -> int:
@@ -208,7 +250,11 @@ class DynamicBatcher(Generic[P, R]):
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
 
     def has_room(self, count: int) -> bool:
-        return not self._closed and self._policy.has_room(count)
+        return not self._closed and self._policy.has_room(count, self._running_batch_size)
+
+    def expected_wait_s(self, count: int) -> float | None:
+        """Estimated seconds until `count` new images would be done; None before the first batch has run."""
+        return self._policy.expected_wait_s(count, self._running_batch_size)
 
     def submit(self, payloads: Sequence[P], deadline: float) -> list[asyncio.Future[ItemResult[R]]]:
         """Queue all payloads (all or none) and return one future per payload.
@@ -221,13 +267,19 @@ class DynamicBatcher(Generic[P, R]):
         loop = asyncio.get_running_loop()
         now = self._clock()
         items = [QueuedItem(payload, now, deadline, loop.create_future()) for payload in payloads]
-        if not self._policy.admit(items):
-            raise Overloaded(
-                f"model {self.name} is overloaded: {self.queue_depth} images are queued (limit "
-                f"{self.max_queue_size}); retry later"
-            )
+        if not self._policy.admit(items, self._running_batch_size):
+            raise Overloaded(self.overload_message(len(items)))
         self._wakeup.set()
         return [item.waiter for item in items]
+
+    def overload_message(self, count: int) -> str:
+        """Why a request of `count` images is refused right now, for the client."""
+        expected = self.expected_wait_s(count)
+        if self.max_wait_s is not None and expected is not None and expected > self.max_wait_s:
+            return (f"model {self.name} is overloaded: {self.queue_depth} images are queued, about {expected:.1f} s of "
+                    f"work (limit {self.max_wait_s:g} s); retry later")
+        return (f"model {self.name} is overloaded: {self.queue_depth} images are queued (limit "
+                f"{self.max_queue_size}); retry later")
 
     async def close(self) -> None:
         """Refuse new work, fail queued items with `ShuttingDown`, let the running batch finish, stop the loop."""
@@ -282,7 +334,7 @@ class DynamicBatcher(Generic[P, R]):
         if self._observer:
             for item in items:
                 self._observer.item_dequeued(started - item.enqueued_at)
-        self._batch_running = True
+        self._running_batch_size = len(items)
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._run_batch, [item.payload for item in items]
@@ -296,8 +348,9 @@ class DynamicBatcher(Generic[P, R]):
                     item.waiter.set_exception(InferenceFailed(f"inference failed on model {self.name}; see the server log"))
             return
         finally:
-            self._batch_running = False
+            self._running_batch_size = 0
         inference_s = self._clock() - started
+        self._policy.record_batch(len(items), inference_s)
         if self._observer:
             self._observer.batch_ran(len(items), inference_s)
         for item, output in zip(items, outputs):

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     """How long the first queued image may wait for more to fill its batch; 0 runs at once when the model is idle."""
     max_queue_size: int = Field(default=256, ge=1)
     """Images waiting per model beyond which new requests are refused at once with 503 and Retry-After."""
+    max_queue_wait_ms: float | None = Field(default=None, gt=0.0)
+    """Refuse a request at once (503) when its images would wait longer than this for inference, estimated from
+    the images ahead of it and the measured seconds per image; unset: only max_queue_size bounds the wait."""
     request_timeout_s: float = Field(default=30.0, gt=0.0)
     """Deadline of a classify request from its arrival; queued images past it are dropped and answered 504."""
     intra_op_threads: int | None = Field(default=None, ge=1)
@@ -107,3 +110,7 @@ class Settings(BaseSettings):
     @property
     def max_batch_delay_s(self) -> float:
         return self.max_batch_delay_ms / 1000.0
+
+    @property
+    def max_queue_wait_s(self) -> float | None:
+        return None if self.max_queue_wait_ms is None else self.max_queue_wait_ms / 1000.0

@@ -164,10 +164,7 @@ class DataPlane:
         if image_count is not None:
             self._check_count(image_count)
             if not model.batcher.has_room(image_count):
-                raise Overloaded(
-                    f"model {model.name} is overloaded ({model.batcher.queue_depth} images queued, limit "
-                    f"{model.batcher.max_queue_size}); retry later"
-                )
+                raise Overloaded(model.batcher.overload_message(image_count))
         return model, k
 
     def _check_count(self, image_count: int) -> None:

@@ -74,7 +74,9 @@ async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
 async def _classify(request: Request, model_name: str | None, top_k: int | None) -> ClassifyResponse:
     received_at = time.monotonic()
     dataplane: DataPlane = request.app.state.dataplane
-    dataplane.admit(model_name, top_k)  # refuse cheaply before reading the upload
+    # Refuse before reading the upload: every request carries at least one image, so a queue without room
+    # for one is answered 503 at once instead of after receiving and decoding the body.
+    dataplane.admit(model_name, top_k, image_count=1)
     limits = UploadLimits(request.app.state.settings.max_upload_bytes, dataplane.max_files_per_request)
     uploads = await read_uploads(request, limits)
     outcome = await _unless_client_leaves(

@@ -91,7 +91,9 @@ class BatchingOut(_Schema):
     max_batch_size: int
     max_batch_delay_ms: float
     max_queue_size: int
+    max_queue_wait_ms: float | None
     queue_depth: int
+    seconds_per_image: float | None
 
 
 class ModelOut(_Schema):
@@ -143,7 +145,9 @@ class ModelOut(_Schema):
                 max_batch_size=batcher.max_batch_size,
                 max_batch_delay_ms=batcher.max_delay_s * 1000,
                 max_queue_size=batcher.max_queue_size,
+                max_queue_wait_ms=None if batcher.max_wait_s is None else batcher.max_wait_s * 1000,
                 queue_depth=batcher.queue_depth,
+                seconds_per_image=batcher.seconds_per_image,
             ),
             default=is_default,
         )

@@ -94,6 +94,34 @@ def test_policy_take_all_empties_the_queue():
     assert len(policy) == 0
 
 
+def test_policy_wait_bound_refuses_what_would_finish_too_late():
+    policy = BatchPolicy(max_batch_size=4, max_queue_size=100, max_wait_s=1.0)
+    policy.record_batch(4, 0.4)  # 0.1 s per image
+    assert policy.admit([item(n) for n in range(5)], in_flight=4)  # (0 + 4 + 5) x 0.1 = 0.9 s
+    assert policy.expected_wait_s(2, in_flight=4) == pytest.approx(1.1)
+    assert not policy.admit([item(5), item(6)], in_flight=4)  # 1.1 s: refused, all or nothing
+    assert len(policy) == 5
+    assert policy.admit([item(5)], in_flight=4)  # exactly 1.0 s
+
+
+def test_policy_wait_bound_needs_a_measurement_and_never_refuses_an_idle_model():
+    policy = BatchPolicy(max_batch_size=4, max_queue_size=100, max_wait_s=0.5)
+    assert policy.expected_wait_s(1) is None
+    assert policy.admit([item(n) for n in range(30)])  # nothing measured yet: only the count limit applies
+    policy.take_all()
+    policy.record_batch(1, 1.0)  # one image takes longer than the whole budget...
+    assert policy.admit([item("big"), item("request")])  # ...yet an idle model still takes a request whole
+    assert not policy.admit([item("next")])
+
+
+def test_policy_seconds_per_image_follows_recent_batches():
+    policy = BatchPolicy(max_batch_size=4, max_queue_size=4)
+    policy.record_batch(2, 2.0)
+    assert policy.seconds_per_image == pytest.approx(1.0)
+    policy.record_batch(4, 0.0)
+    assert policy.seconds_per_image == pytest.approx(1.0 - BatchPolicy.SMOOTHING)
+
+
 # --- the async loop, with a fake runtime the test controls ------------------------------------------------------
 
 
@@ -316,3 +344,34 @@ def test_results_are_never_set_on_a_cancelled_future():
     future, survivor = run(scenario())
     assert future.cancelled()
     assert survivor.value == "out-b"
+
+
+def test_wait_bound_uses_measured_inference_time_and_says_why_it_refuses():
+    async def scenario():
+        runtime = GatedRuntime()
+        clock = FakeClock()
+        batcher = DynamicBatcher(runtime, name="m", max_batch_size=2, max_queue_size=100, max_wait_s=1.0, clock=clock)
+        batcher.start()
+        try:
+            first = batcher.submit(["a", "b"], deadline=FAR)
+            await runtime.wait_until_running()
+            clock.now += 1.0  # the batch of two takes one second: 0.5 s per image
+            runtime.gate.set()
+            await asyncio.gather(*first)
+            assert batcher.seconds_per_image == pytest.approx(0.5)
+            runtime.gate.clear()
+            running = batcher.submit(["c"], deadline=FAR)
+            await runtime.wait_until_running()
+            with pytest.raises(Overloaded, match=r"about 1\.5 s of work \(limit 1 s\)"):
+                batcher.submit(["d", "e"], deadline=FAR)  # (1 running + 2) x 0.5 s = 1.5 s
+            assert not batcher.has_room(2) and batcher.has_room(1)
+            queued = batcher.submit(["d"], deadline=FAR)  # (1 + 1) x 0.5 s = 1.0 s
+            runtime.gate.set()
+            await asyncio.gather(*running, *queued)
+        finally:
+            runtime.gate.set()  # never leave the worker thread blocked, even when an assertion fails
+            await batcher.close()
+        return runtime
+
+    runtime = run(scenario())
+    assert runtime.batches == [["a", "b"], ["c"], ["d"]]
