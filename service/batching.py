@@ -4,8 +4,8 @@ The batch-forming policy (`BatchPolicy`) is a plain object with no clock and no 
 synchronously; `DynamicBatcher` is the thin async loop around it:
 
 - admission first: a request whose images do not all fit in the bounded queue is refused at once (`Overloaded`);
-  with ``max_wait_s`` set, so is one that would wait longer than that before its last image starts, estimated
-  from the images ahead of it and the measured seconds per image of recent batches;
+  with ``max_wait_s`` set, so is one whose last image would not be done within that time, estimated from the
+  running batch and the whole batches ahead of and including it, at the measured seconds per image;
 - when the model is idle the first image runs at once (``max_delay_s == 0``); while a batch runs, arrivals queue
   up and the next batch takes up to ``max_batch_size`` of them as soon as the model is free;
 - with ``max_delay_s > 0`` a batch is formed when it is full or when its first image has waited that long,
@@ -98,10 +98,14 @@ class BatchPolicy(Generic[P]):
         self.seconds_per_image = per_image if previous is None else previous + self.SMOOTHING * (per_image - previous)
 
     def expected_wait_s(self, count: int, in_flight: int = 0) -> float | None:
-        """Estimated seconds until the last of `count` new items finishes, with `in_flight` items running now."""
+        """Estimated seconds until the last of `count` new items finishes, with `in_flight` items running now.
+
+        Items finish a whole batch at a time, and later arrivals may fill the batch the last one runs in, so the
+        queue ahead plus the new items count as whole batches."""
         if self.seconds_per_image is None:
             return None
-        return (len(self._queue) + in_flight + count) * self.seconds_per_image
+        batches = -(-(len(self._queue) + count) // self.max_batch_size)
+        return (in_flight + batches * self.max_batch_size) * self.seconds_per_image
 
     def has_room(self, count: int, in_flight: int = 0) -> bool:
         """Whether `count` more items fit (abandoned items do not count against the room): the queue has space

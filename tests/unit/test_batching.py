@@ -97,11 +97,12 @@ def test_policy_take_all_empties_the_queue():
 def test_policy_wait_bound_refuses_what_would_finish_too_late():
     policy = BatchPolicy(max_batch_size=4, max_queue_size=100, max_wait_s=1.0)
     policy.record_batch(4, 0.4)  # 0.1 s per image
-    assert policy.admit([item(n) for n in range(5)], in_flight=4)  # (0 + 4 + 5) x 0.1 = 0.9 s
-    assert policy.expected_wait_s(2, in_flight=4) == pytest.approx(1.1)
-    assert not policy.admit([item(5), item(6)], in_flight=4)  # 1.1 s: refused, all or nothing
-    assert len(policy) == 5
-    assert policy.admit([item(5)], in_flight=4)  # exactly 1.0 s
+    assert policy.admit([item(n) for n in range(4)], in_flight=4)  # 4 running + one batch of 4: 0.8 s
+    # One more image would run in a third batch, which later arrivals may fill: 4 + 4 + 4 images.
+    assert policy.expected_wait_s(1, in_flight=4) == pytest.approx(1.2)
+    assert not policy.admit([item(4), item(5)], in_flight=4)  # refused, all or nothing
+    assert len(policy) == 4
+    assert policy.admit([item(4)], in_flight=0)  # once the running batch is done: 0.8 s
 
 
 def test_policy_wait_bound_needs_a_measurement_and_never_refuses_an_idle_model():
@@ -350,7 +351,7 @@ def test_wait_bound_uses_measured_inference_time_and_says_why_it_refuses():
     async def scenario():
         runtime = GatedRuntime()
         clock = FakeClock()
-        batcher = DynamicBatcher(runtime, name="m", max_batch_size=2, max_queue_size=100, max_wait_s=1.0, clock=clock)
+        batcher = DynamicBatcher(runtime, name="m", max_batch_size=2, max_queue_size=100, max_wait_s=1.5, clock=clock)
         batcher.start()
         try:
             first = batcher.submit(["a", "b"], deadline=FAR)
@@ -362,10 +363,10 @@ def test_wait_bound_uses_measured_inference_time_and_says_why_it_refuses():
             runtime.gate.clear()
             running = batcher.submit(["c"], deadline=FAR)
             await runtime.wait_until_running()
-            with pytest.raises(Overloaded, match=r"about 1\.5 s of work \(limit 1 s\)"):
-                batcher.submit(["d", "e"], deadline=FAR)  # (1 running + 2) x 0.5 s = 1.5 s
-            assert not batcher.has_room(2) and batcher.has_room(1)
-            queued = batcher.submit(["d"], deadline=FAR)  # (1 + 1) x 0.5 s = 1.0 s
+            queued = batcher.submit(["d", "e"], deadline=FAR)  # (1 running + one batch of 2) x 0.5 s = 1.5 s
+            assert not batcher.has_room(1)
+            with pytest.raises(Overloaded, match=r"about 2\.5 s of work \(limit 1\.5 s\)"):
+                batcher.submit(["f"], deadline=FAR)  # (1 + two batches of 2) x 0.5 s = 2.5 s
             runtime.gate.set()
             await asyncio.gather(*running, *queued)
         finally:
@@ -374,4 +375,4 @@ def test_wait_bound_uses_measured_inference_time_and_says_why_it_refuses():
         return runtime
 
     runtime = run(scenario())
-    assert runtime.batches == [["a", "b"], ["c"], ["d"]]
+    assert runtime.batches == [["a", "b"], ["c"], ["d", "e"]]
