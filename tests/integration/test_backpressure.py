@@ -3,22 +3,15 @@
 
 from __future__ import annotations
 
-import io
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
 from service.config import Settings
 
-
-def png(seed: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (28, 28), dtype=np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
+from tests.images import random_png
 
 
 @pytest.fixture
@@ -28,7 +21,7 @@ def single_model_dir(tmp_path, make_classifier, gray_spec):
 
 
 def post(url: str, seed: int, count: int = 1) -> httpx.Response:
-    files = [("file", (f"{seed}-{i}.png", png(seed + i), "image/png")) for i in range(count)]
+    files = [("file", (f"{seed}-{i}.png", random_png(seed + i), "image/png")) for i in range(count)]
     return httpx.post(f"{url}/v1/models/gray/classify", files=files, timeout=120)
 
 
@@ -98,7 +91,7 @@ def test_client_that_disconnects_while_queued_is_dropped_before_inference(in_thr
         running = clients.submit(post, server.url, 1)
         runtime.wait_for_batch()
 
-        image = png(2)
+        image = random_png(2)
         body = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"gone.png\"\r\n\r\n" + image
                 + b"\r\n--b--\r\n")
         head = (f"POST /v1/models/gray/classify HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; "

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
-from PIL import Image
+
+from tests.images import encode_png
 
 CLIENTS = 32
 TOLERANCE = 1e-4
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "L").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def distinct_images(images: np.ndarray, probabilities, count: int) -> tuple[list[int], np.ndarray]:
@@ -44,7 +38,7 @@ def test_32_concurrent_clients_each_get_their_own_answer(bundled_server, fashion
     start_together = threading.Barrier(CLIENTS)
 
     def client(slot: int) -> dict:
-        data = png(images[indices[slot]])
+        data = encode_png(images[indices[slot]])
         with httpx.Client(timeout=120) as http:
             start_together.wait()
             response = http.post(f"{bundled_server.url}/v1/classify", params={"top_k": 10},

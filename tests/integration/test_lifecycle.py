@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import signal
 import socket
 import threading
 from collections import Counter
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
 from service.config import Settings
 
-
-def png(seed: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (28, 28), dtype=np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
+from tests.images import random_png
 
 
 @pytest.fixture
@@ -40,7 +33,7 @@ def test_readyz_is_503_until_warm_up_is_done_then_200(in_thread_server, gray_mod
     not_ready = httpx.get(server.url + "/readyz", timeout=30)
     assert not_ready.status_code == 503
     assert not_ready.json() == {"status": "starting", "models": {"gray": "warming_up"}}
-    refused = httpx.post(server.url + "/v1/classify", files={"file": ("a.png", png(1), "image/png")}, timeout=30)
+    refused = httpx.post(server.url + "/v1/classify", files={"file": ("a.png", random_png(1), "image/png")}, timeout=30)
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "not_ready"
     assert refused.headers["Retry-After"] == "1"
@@ -50,7 +43,7 @@ def test_readyz_is_503_until_warm_up_is_done_then_200(in_thread_server, gray_mod
     wait_until(lambda: httpx.get(server.url + "/readyz", timeout=30).status_code == 200, "readiness after warm-up")
 
     assert httpx.get(server.url + "/readyz", timeout=30).json() == {"status": "ready", "models": {"gray": "ready"}}
-    accepted = httpx.post(server.url + "/v1/classify", files={"file": ("a.png", png(1), "image/png")}, timeout=60)
+    accepted = httpx.post(server.url + "/v1/classify", files={"file": ("a.png", random_png(1), "image/png")}, timeout=60)
     assert accepted.status_code == 200
     assert metrics_of(server.url)[("resnet_serve_model_ready", (("model", "gray"),))] == 1
 
@@ -102,7 +95,7 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_exits_0(start_server
     server = start_server("--model-dir", str(gray_model_dir), "--shutdown-grace-s", "120", "--no-access-log")
     server.wait_ready()
     url = server.url
-    images = {f"slow-{n}.png": png(100 + n) for n in range(3)}
+    images = {f"slow-{n}.png": random_png(100 + n) for n in range(3)}
     expected = {}
     for name, image in images.items():
         answer = httpx.post(f"{url}/v1/models/gray/classify", params={"top_k": 10},
@@ -122,7 +115,7 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_exits_0(start_server
         with httpx.Client(timeout=120) as http:
             while not stop.is_set():
                 try:
-                    response = http.post(f"{url}/v1/models/gray/classify", files={"file": ("x.png", png(seed), "image/png")})
+                    response = http.post(f"{url}/v1/models/gray/classify", files={"file": ("x.png", random_png(seed), "image/png")})
                     outcome = str(response.status_code)
                     if response.status_code != 200:
                         outcome += " " + response.json()["error"]["code"]
@@ -142,7 +135,7 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_exits_0(start_server
 
     wait_until(lambda: httpx.get(url + "/readyz", timeout=30).status_code == 503, "readiness to turn 503")
     assert httpx.get(url + "/readyz", timeout=30).json()["status"] == "draining"
-    refused = httpx.post(f"{url}/v1/models/gray/classify", files={"file": ("new.png", png(1), "image/png")}, timeout=30)
+    refused = httpx.post(f"{url}/v1/models/gray/classify", files={"file": ("new.png", random_png(1), "image/png")}, timeout=30)
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "shutting_down"
     assert server.process.poll() is None  # still serving the uploads in flight

@@ -5,12 +5,13 @@ Test images are sent as PNG files; the server must give the labels and scores th
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 from PIL import Image
+
+from tests.images import encode_png
 
 FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                         "Ankle boot"]
@@ -18,12 +19,6 @@ MODEL = "fashion-mnist-resnet20"
 SAMPLE = 320
 FILES_PER_REQUEST = 16
 SCORE_TOLERANCE = 1e-4
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "L").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def probabilities_from(result: dict) -> np.ndarray:
@@ -51,7 +46,7 @@ def test_fashion_mnist_pngs_get_the_labels_the_model_gives_offline(bundled_serve
     expected = bundled_offline_probabilities(images)
 
     def classify(start: int) -> list[dict]:
-        files = [("file", (f"test-{i}.png", png(images[i]), "image/png")) for i in range(start, start + FILES_PER_REQUEST)]
+        files = [("file", (f"test-{i}.png", encode_png(images[i]), "image/png")) for i in range(start, start + FILES_PER_REQUEST)]
         response = httpx.post(f"{bundled_server.url}/v1/models/{MODEL}/classify", params={"top_k": 10}, files=files,
                               timeout=120)
         assert response.status_code == 200, response.text
@@ -77,7 +72,7 @@ def test_a_shoe_photo_sized_upload_gets_the_right_label(bundled_server, fashion_
     # Like `curl -F file=@shoe.png`: a bigger picture than the model's input, downscaled by the server.
     shoe = np.asarray(Image.fromarray(images[candidates[0]], "L").resize((280, 280), Image.Resampling.BICUBIC))
     offline_label = FASHION_MNIST_LABELS[int(bundled_offline_probabilities(shoe[None])[0].argmax())]
-    response = httpx.post(f"{bundled_server.url}/v1/classify", files={"file": ("shoe.png", png(shoe), "image/png")},
+    response = httpx.post(f"{bundled_server.url}/v1/classify", files={"file": ("shoe.png", encode_png(shoe), "image/png")},
                           timeout=60)
     assert response.status_code == 200, response.text
     result = response.json()["results"][0]
@@ -88,7 +83,7 @@ def test_a_shoe_photo_sized_upload_gets_the_right_label(bundled_server, fashion_
 def test_raw_body_upload_of_a_test_image(bundled_server, fashion_mnist_test, bundled_offline_probabilities):
     images, _ = fashion_mnist_test
     image = images[SAMPLE]
-    response = httpx.post(f"{bundled_server.url}/v1/classify", params={"top_k": 10}, content=png(image),
+    response = httpx.post(f"{bundled_server.url}/v1/classify", params={"top_k": 10}, content=encode_png(image),
                           headers={"Content-Type": "image/png"}, timeout=60)
     assert response.status_code == 200, response.text
     (result,) = response.json()["results"]
