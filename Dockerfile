@@ -28,15 +28,10 @@ RUN python3 -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb')
 # README.md* may match nothing (pyproject.toml keeps the source list non-empty for the classic builder).
 COPY pyproject.toml README.md* ./
 COPY service/ service/
-COPY models/ models/
-# pip and setuptools are build tools: the served venv does not need them. The wheel's copy of the bundled
-# models becomes a link to /models, so the image holds each model once and the server's default folder
-# follows whatever is mounted there.
+# pip and setuptools are build tools: the served venv does not need them. The wheel is the server alone,
+# with the bundled model as package data (service/bundled_models), so the image holds it once.
 RUN /opt/venv/bin/python -m pip install --no-deps . \
-    && /opt/venv/bin/python -m pip uninstall --yes pip setuptools \
-    && site_packages="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
-    && rm -rf "$site_packages/models/repository" \
-    && ln -s /models "$site_packages/models/repository"
+    && /opt/venv/bin/python -m pip uninstall --yes pip setuptools
 
 
 FROM ${BASE_IMAGE} AS runtime
@@ -51,12 +46,11 @@ RUN useradd --no-log-init --uid 10001 --user-group --no-create-home \
 
 COPY --from=build /opt/venv /opt/venv
 COPY deploy/docker/healthcheck.py /opt/resnet-serve/healthcheck.py
-# The bundled model. Mount another model repository over /models (or set RESNET_SERVE_MODEL_DIR) to replace it.
-COPY models/repository/ /models/
 
 # Every server flag is also an environment variable with the RESNET_SERVE_ prefix. The server listens on all
-# interfaces here because the container's network namespace is its boundary. Bytecode was compiled at
-# install time; not writing .pyc keeps a read-only root filesystem quiet. ONNX Runtime >= 1.29 on Linux uploads
+# interfaces here because the container's network namespace is its boundary. With no RESNET_SERVE_MODEL_DIR the
+# bundled model is served; to serve others, mount a folder (say at /models) and set RESNET_SERVE_MODEL_DIR=/models.
+# Bytecode was compiled at install time; not writing .pyc keeps a read-only root filesystem quiet. ONNX Runtime >= 1.29 on Linux uploads
 # usage telemetry and keeps a device ID on disk unless told not to: an inference server does neither
 # (1.32 reads ORT_DISABLE_TELEMETRY; newer upstream sources read ORT_TELEMETRY_DISABLED).
 ENV PATH=/opt/venv/bin:$PATH \
@@ -65,8 +59,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     ORT_DISABLE_TELEMETRY=1 \
     ORT_TELEMETRY_DISABLED=1 \
     RESNET_SERVE_HOST=0.0.0.0 \
-    RESNET_SERVE_PORT=8000 \
-    RESNET_SERVE_MODEL_DIR=/models
+    RESNET_SERVE_PORT=8000
 
 USER 10001:10001
 WORKDIR /opt/resnet-serve

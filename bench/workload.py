@@ -21,7 +21,7 @@ logger = logging.getLogger("bench")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE_DIR = REPO_ROOT / "bench" / ".cache"
-BUNDLED_MODEL = REPO_ROOT / "models" / "repository" / "fashion-mnist-resnet20.onnx"
+BUNDLED_MODEL = REPO_ROOT / "service" / "bundled_models" / "fashion-mnist-resnet20.onnx"
 BUNDLED_CHECKPOINT = REPO_ROOT / "runs" / "resnet20" / "checkpoint.pt"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 

@@ -1,11 +1,13 @@
 """Export a ResNet to a self-describing ONNX file the service can serve as it is.
 
-    python -m models.export --checkpoint runs/resnet20/checkpoint.pt --output models/repository/fashion-mnist-resnet20.onnx
+    python -m models.export --checkpoint runs/resnet20/checkpoint.pt --output service/bundled_models/fashion-mnist-resnet20.onnx
     python -m models.export --torchvision resnet50 --weights resnet50.pth --output resnet50.onnx
     python -m models.export --checkpoint runs/resnet20/checkpoint.pt --quantize int8 --output resnet20-int8.onnx
+    python -m models.export --torchvision resnet50 --output resnet50.onnx --serving max_batch_size=8 --serving max_batch_delay_ms=2
 
 The file gets a dynamic batch axis, input `input`, output `logits`, opset 18, and the labels and preprocessing in its
-`metadata_props` (schema: service/modelspec.py). Before the file is written, ONNX Runtime's output is checked
+`metadata_props` (schema: service/modelspec.py), and with `--serving NAME=VALUE` the model's own serving
+settings (batch size, delay, queue, wait bound, threads; validated as the server's flags are). Before the file is written, ONNX Runtime's output is checked
 against PyTorch's on real preprocessed images at batch sizes 1 and 5 (max |logit difference| <= 1e-4, same top-1);
 the export fails otherwise. For Fashion-MNIST checkpoints the test accuracy is measured and stored.
 """
@@ -29,7 +31,16 @@ from PIL import Image
 
 from models import data
 from models.resnet import TORCHVISION_ARCHS, CifarResNet, CifarResNetConfig, imagenet_categories, torchvision_resnet
-from service.modelspec import INPUT_NAME, OUTPUT_NAME, ModelSpec, to_metadata_props
+from service.modelspec import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ModelSpec,
+    ModelSpecError,
+    ServingOverrides,
+    build_serving_overrides,
+    serving_to_metadata_props,
+    to_metadata_props,
+)
 
 OPSET = 18
 PARITY_ATOL = 1e-4
@@ -76,12 +87,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accuracy-limit", type=int, default=None,
                    help="measure test accuracy on the first N test images only (default: all 10,000)")
     p.add_argument("--opset", type=int, default=OPSET)
+    p.add_argument("--serving", action="append", default=[], metavar="NAME=VALUE",
+                   help="a serving setting the server uses for this model instead of its flag, repeatable: "
+                        f"{', '.join(ServingOverrides.model_fields)} (for example max_batch_size=8)")
     args = p.parse_args(argv)
+    args.serving_overrides = parse_serving(p, args.serving)
     if args.weights and not args.torchvision:
         p.error("--weights goes with --torchvision")
     if args.quantize and args.fp16:
         p.error("choose one of --quantize int8 and --fp16")
     return args
+
+
+def parse_serving(parser: argparse.ArgumentParser, pairs: list[str]) -> ServingOverrides:
+    values: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            parser.error(f"--serving takes NAME=VALUE, got {pair!r}")
+        values[name.strip()] = value.strip()
+    try:
+        return build_serving_overrides(None, values, source="--serving")
+    except ModelSpecError as exc:
+        parser.error(str(exc))
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -170,10 +198,11 @@ def export_fp32(model: torch.nn.Module, spec: ModelSpec, path: Path, opset: int)
     program.save(str(path))
 
 
-def write_metadata(path: Path, spec: ModelSpec) -> None:
+def write_metadata(path: Path, spec: ModelSpec, serving: ServingOverrides | None = None) -> None:
     model = onnx.load(str(path))
     del model.metadata_props[:]
-    for key, value in to_metadata_props(spec).items():
+    props = {**to_metadata_props(spec), **serving_to_metadata_props(serving or ServingOverrides())}
+    for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
     model.doc_string = f"{spec.architecture} ({spec.precision}) trained on {spec.dataset}; exported by models.export"
     model.producer_name = "resnet-serve models.export"
@@ -284,7 +313,7 @@ def export(exportable: Exportable, args: argparse.Namespace) -> dict:
             if exportable.test_set is not None:
                 report[f"{spec.precision}_test_accuracy"] = accuracy(reduced, exportable.test_set)
                 spec = spec.model_copy(update={"test_accuracy": report[f"{spec.precision}_test_accuracy"]})
-        write_metadata(final_path, spec)
+        write_metadata(final_path, spec, args.serving_overrides)
         final_path.replace(output)
     report["precision"] = spec.precision
     report["size_bytes"] = output.stat().st_size

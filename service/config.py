@@ -7,17 +7,19 @@ a flag wins over the environment. The docstring under each field is its document
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.modelspec import BatchDelayMs, BatchSize, QueueSize, QueueWaitMs, ServingOverrides, ThreadCount
+
 ENV_PREFIX = "RESNET_SERVE_"
 
-# Computed from this file's location, not by importing `models` (whose siblings need torch): the bundled model
-# repository sits next to the service package both in a checkout and in an installed wheel.
-BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "repository"
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "bundled_models"
+"""The default model repository, shipped inside the package (the Fashion-MNIST ResNet-20)."""
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -44,18 +46,19 @@ class Settings(BaseSettings):
     """Folder whose *.onnx files are served, each under its file stem; defaults to the bundled repository."""
     default_model: str | None = None
     """Model answering POST /v1/classify; unset: the only model, or the first by name when there are several."""
-    max_batch_size: int = Field(default=16, ge=1, le=1024)
-    """Most images one ONNX Runtime call processes; also the largest batch warmed up at start-up."""
-    max_batch_delay_ms: float = Field(default=0.0, ge=0.0, le=10_000.0)
+    max_batch_size: BatchSize = 16
+    """Most images one ONNX Runtime call processes; also the largest batch warmed up at start-up. A model's own
+    `serving` section overrides this and the next four settings for that model."""
+    max_batch_delay_ms: BatchDelayMs = 0.0
     """How long the first queued image may wait for more to fill its batch; 0 runs at once when the model is idle."""
-    max_queue_size: int = Field(default=256, ge=1)
+    max_queue_size: QueueSize = 256
     """Images waiting per model beyond which new requests are refused at once with 503 and Retry-After."""
-    max_queue_wait_ms: float | None = Field(default=None, gt=0.0)
+    max_queue_wait_ms: QueueWaitMs | None = None
     """Refuse a request at once (503) when its images would wait longer than this for inference, estimated from
     the images ahead of it and the measured seconds per image; unset: only max_queue_size bounds the wait."""
     request_timeout_s: float = Field(default=30.0, gt=0.0)
     """Deadline of a classify request from its arrival; queued images past it are dropped and answered 504."""
-    intra_op_threads: int | None = Field(default=None, ge=1)
+    intra_op_threads: ThreadCount | None = None
     """ONNX Runtime threads per model; unset: the CPUs this process may use (affinity and cgroup quota)."""
     providers: Annotated[list[str], NoDecode] = ["cpu"]
     """ONNX Runtime execution providers in order of preference, comma-separated: cpu, cuda, tensorrt, auto (CUDA
@@ -106,6 +109,40 @@ class Settings(BaseSettings):
                 f"({self.max_files_per_request}), or a full request could never be admitted"
             )
         return self
+
+    @property
+    def max_batch_delay_s(self) -> float:
+        return self.max_batch_delay_ms / 1000.0
+
+    @property
+    def max_queue_wait_s(self) -> float | None:
+        return None if self.max_queue_wait_ms is None else self.max_queue_wait_ms / 1000.0
+
+    def serving_for(self, overrides: ServingOverrides, *, source: str = "model") -> ServingSettings:
+        """The effective serving settings of one model: these flags, overridden by the model's own section.
+
+        Raises ValueError naming `source` when the result breaks a cross-field rule."""
+        values = {name: getattr(self, name) for name in ServingOverrides.model_fields}
+        values.update(overrides.as_dict())
+        serving = ServingSettings(**values)
+        if serving.max_queue_size < self.max_files_per_request:
+            raise ValueError(
+                f"{source}: serving.max_queue_size ({serving.max_queue_size}) must be at least max_files_per_request "
+                f"({self.max_files_per_request}), or a full request could never be admitted"
+            )
+        return serving
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """One model's effective batching, queueing and threading settings."""
+
+    max_batch_size: int
+    max_batch_delay_ms: float
+    max_queue_size: int
+    max_queue_wait_ms: float | None
+    intra_op_threads: int | None
+    """None: the CPUs this process may use."""
 
     @property
     def max_batch_delay_s(self) -> float:

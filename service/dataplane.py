@@ -1,77 +1,29 @@
-"""The protocol-agnostic request path: raw image bytes and parameters in, classifications out.
+"""The protocol-agnostic request path, shared by every front end: admit -> decode -> batch and infer -> rank.
 
-Stages, in order: admit (model exists and is ready, parameters valid, queue has room), decode and preprocess
-(thread pool), batch and infer (the model's `DynamicBatcher`), postprocess (softmax, top-k), encode (left to the
-protocol: the HTTP routes turn `ClassifyOutcome` into JSON; a KServe V2 route would reuse this class as is).
+Each stage is separately callable, so a front end that receives tensors already preprocessed skips decoding and
+goes straight to `infer`. The stages themselves belong to the model (`registry.ModelContract`); this class only
+orders them, runs decoding in its thread pool, keeps the request's deadline and records the timings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from enum import StrEnum
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from service.batching import DynamicBatcher, ItemResult
-from service.errors import (
-    DeadlineExceeded,
-    InvalidParameter,
-    ModelNotFound,
-    NotReady,
-    Overloaded,
-    ServiceError,
-    TooManyFiles,
-)
+from service.batching import ItemResult
+from service.errors import DeadlineExceeded, InvalidParameter, NotReady, Overloaded, TooManyFiles
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
-from service.modelspec import ModelSpec
-from service.postprocess import softmax, top_k as rank_top_k
-from service.preprocess import DecodeOptions, PreprocessedImage, preprocess_image
+from service.postprocess import ScoredLabel
+from service.preprocess import ImageUpload, PreprocessedImage
+from service.registry import ModelRegistry, ModelState, ServedModel
 
 DEFAULT_TOP_K = 5
-
-
-class ModelState(StrEnum):
-    LOADED = "loaded"
-    WARMING_UP = "warming_up"
-    READY = "ready"
-    FAILED = "failed"
-
-
-@dataclass(eq=False)
-class ServedModel:
-    """A model as served: its file, spec, runtime, batcher and state."""
-
-    name: str
-    path: Path
-    spec: ModelSpec
-    runtime: Any
-    """The `OnnxModelRuntime` (or a stand-in with the same methods)."""
-    batcher: DynamicBatcher[np.ndarray, np.ndarray]
-    state: ModelState = ModelState.LOADED
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class ImageUpload:
-    """One image as received, before decoding."""
-
-    data: bytes
-    filename: str | None = None
-    content_type: str | None = None
-
-
-@dataclass(frozen=True)
-class ScoredLabel:
-    index: int
-    label: str
-    score: float
 
 
 @dataclass(frozen=True)
@@ -99,57 +51,61 @@ class ClassifyOutcome:
     timings: StageTimings
 
 
+@dataclass(frozen=True)
+class Admission:
+    """A request let in: its model and effective k."""
+
+    model: ServedModel
+    top_k: int
+
+
+@dataclass(frozen=True)
+class Inference:
+    """Logits for a list of tensors, in order, and the slowest tensor's time in the queue and in the model."""
+
+    logits: np.ndarray
+    queue_wait_s: float
+    inference_s: float
+
+
 class DataPlane:
-    """Classifies images with the served models; shared by every protocol front end."""
+    """Classifies images with the registry's models; the one path every protocol front end calls."""
 
     def __init__(
         self,
-        models: Mapping[str, ServedModel],
+        registry: ModelRegistry,
         *,
-        default_model: str,
         lifecycle: Lifecycle,
         metrics: ServiceMetrics,
-        decode_executor: Executor,
-        decode_options: DecodeOptions,
+        decode_threads: int,
         request_timeout_s: float,
         max_files_per_request: int,
+        max_upload_bytes: int,
     ) -> None:
-        self._models = dict(models)
-        self.default_model = default_model
+        self.registry = registry
         self._lifecycle = lifecycle
         self._metrics = metrics
-        self._decode_executor = decode_executor
-        self._decode_options = decode_options
+        # Threads start on first use, not here: nothing runs until the server serves.
+        self._decode_pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
         self.request_timeout_s = request_timeout_s
         self.max_files_per_request = max_files_per_request
+        self.max_upload_bytes = max_upload_bytes
 
     @property
     def ready(self) -> bool:
         """Every model warmed up with its batcher running, and the server neither starting nor draining."""
-        return self._lifecycle.ready and all(
-            m.state is ModelState.READY and m.batcher.running for m in self._models.values()
-        )
+        return self._lifecycle.ready and self.registry.ready
 
     @property
-    def models(self) -> list[ServedModel]:
-        return [self._models[name] for name in sorted(self._models)]
+    def phase(self) -> str:
+        return str(self._lifecycle.phase)
 
-    def get(self, name: str | None) -> ServedModel:
-        """The named model, or the default one for None; ModelNotFound if there is no such model."""
-        key = self.default_model if name is None else name
-        try:
-            return self._models[key]
-        except KeyError:
-            raise ModelNotFound(
-                f"no model named {key!r}; served models: {', '.join(sorted(self._models))}"
-            ) from None
+    def close(self) -> None:
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
-    def admit(self, model_name: str | None, top_k: int | None, image_count: int | None = None) -> tuple[ServedModel, int]:
-        """Everything that can be refused before the upload is read: model, readiness, top_k, queue room.
-
-        Returns the model and the effective k.
-        """
-        model = self.get(model_name)
+    def admit(self, model_name: str | None, top_k: int | None, image_count: int | None = None) -> Admission:
+        """Everything that can be refused before the upload is read: model, readiness, top_k, queue room."""
+        model = self.registry.get(model_name)
         if not self._lifecycle.ready and self._lifecycle.accepting:
             raise NotReady("the server is still loading and warming up its models; retry shortly")
         if model.state is not ModelState.READY:
@@ -165,7 +121,7 @@ class DataPlane:
             self._check_count(image_count)
             if not model.batcher.has_room(image_count):
                 raise Overloaded(model.batcher.overload_message(image_count))
-        return model, k
+        return Admission(model, k)
 
     def _check_count(self, image_count: int) -> None:
         if image_count < 1:
@@ -173,9 +129,13 @@ class DataPlane:
                 "the request carries no image: send multipart/form-data parts named 'file' or a raw image body"
             )
         if image_count > self.max_files_per_request:
-            raise TooManyFiles(
-                f"{image_count} images in one request; the limit is {self.max_files_per_request}"
-            )
+            raise TooManyFiles(f"{image_count} images in one request; the limit is {self.max_files_per_request}")
+
+    def _deadline_exceeded(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"no answer within the request timeout of {self.request_timeout_s:g} s; the server is busy, "
+            f"retry later or send fewer images"
+        )
 
     async def classify(
         self,
@@ -192,65 +152,55 @@ class DataPlane:
         """
         started = time.monotonic() if received_at is None else received_at
         deadline = started + self.request_timeout_s
-        model, k = self.admit(model_name, top_k, len(uploads))
+        admission = self.admit(model_name, top_k, len(uploads))
+        model = admission.model
         try:
             async with asyncio.timeout(deadline - time.monotonic()):
-                prepared = await self._preprocess(model, uploads)
-                results = await self._infer(model, prepared, deadline)
+                prepared = await self.decode(model, uploads)
+                inference = await self.infer(model, [image.tensor for image in prepared], deadline)
         except TimeoutError:
-            raise DeadlineExceeded(
-                f"no answer within the request timeout of {self.request_timeout_s:g} s; the server is busy, "
-                f"retry later or send fewer images"
-            ) from None
-        logits = np.stack([result.value for result in results])
-        indices, scores = rank_top_k(softmax(logits), k)
-        labels = model.spec.labels
-        classifications = [
-            ImageClassification(
-                filename=upload.filename,
-                width=image.width,
-                height=image.height,
-                top_k=[ScoredLabel(int(i), labels[int(i)], float(s)) for i, s in zip(row_indices, row_scores)],
-            )
-            for upload, image, row_indices, row_scores in zip(uploads, prepared, indices, scores)
-        ]
+            raise self._deadline_exceeded() from None
+        ranked = model.postprocess(inference.logits, admission.top_k)
         self._metrics.images_classified.labels(model.name).inc(len(uploads))
-        timings = StageTimings(
-            preprocess_s=max(image.seconds for image in prepared),
-            queue_wait_s=max(result.queue_wait_s for result in results),
-            inference_s=max(result.inference_s for result in results),
-            total_s=time.monotonic() - started,
+        return ClassifyOutcome(
+            model=model.name,
+            results=[
+                ImageClassification(upload.filename, image.width, image.height, labels)
+                for upload, image, labels in zip(uploads, prepared, ranked)
+            ],
+            timings=StageTimings(
+                preprocess_s=max(image.seconds for image in prepared),
+                queue_wait_s=inference.queue_wait_s,
+                inference_s=inference.inference_s,
+                total_s=time.monotonic() - started,
+            ),
         )
-        return ClassifyOutcome(model=model.name, results=classifications, timings=timings)
 
-    async def _preprocess(self, model: ServedModel, uploads: Sequence[ImageUpload]) -> list[PreprocessedImage]:
+    async def decode(self, model: ServedModel, uploads: Sequence[ImageUpload]) -> list[PreprocessedImage]:
+        """The model's preprocess stage for every upload, in parallel in the decode pool; the first error wins."""
         loop = asyncio.get_running_loop()
-        jobs = [
-            loop.run_in_executor(
-                self._decode_executor, preprocess_image, upload.data, model.spec, self._decode_options,
-                upload.content_type,
-            )
-            for upload in uploads
-        ]
+        jobs = [loop.run_in_executor(self._decode_pool, model.preprocess, upload) for upload in uploads]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
-        prepared: list[PreprocessedImage] = []
-        for upload, outcome in zip(uploads, outcomes):
-            if isinstance(outcome, ServiceError):
-                raise outcome.for_file(upload.filename)
+        for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-            prepared.append(outcome)
+        prepared: list[PreprocessedImage] = list(outcomes)  # type: ignore[arg-type]
         histogram = self._metrics.preprocess_seconds.labels(model.name)
         for image in prepared:
             histogram.observe(image.seconds)
         return prepared
 
-    async def _infer(self, model: ServedModel, prepared: list[PreprocessedImage], deadline: float
-                     ) -> list[ItemResult[np.ndarray]]:
-        futures = model.batcher.submit([image.tensor for image in prepared], deadline)
+    async def infer(self, model: ServedModel, tensors: Sequence[np.ndarray], deadline: float) -> Inference:
+        """Queue `tensors` on the model's batcher and wait for their logits (all or none are queued)."""
+        futures = model.batcher.submit(list(tensors), deadline)
         try:
-            return list(await asyncio.gather(*futures))
+            results: list[ItemResult[np.ndarray]] = list(await asyncio.gather(*futures))
         finally:
             # Leaving early (error, timeout, client gone) cancels the rest, so the batcher drops them unrun.
             for future in futures:
                 future.cancel()
+        return Inference(
+            logits=np.stack([result.value for result in results]),
+            queue_wait_s=max(result.queue_wait_s for result in results),
+            inference_s=max(result.inference_s for result in results),
+        )

@@ -146,12 +146,32 @@ class ClientDisconnected(ServiceError):
     reason = "client_disconnected"
 
 
+class InternalError(ServiceError):
+    """A bug: an exception no handler expected. The client only learns that it was the server's fault."""
+
+    status_code = 500
+    code = "internal_error"
+    reason = "internal_error"
+
+
 class InferenceFailed(ServiceError):
     """ONNX Runtime raised while running a batch; details go to the log, not to the client."""
 
     status_code = 500
     code = "inference_failed"
     reason = "inference_failed"
+
+
+def _error_classes(base: type[ServiceError] = ServiceError) -> list[type[ServiceError]]:
+    found = [base]
+    for subclass in base.__subclasses__():
+        found += _error_classes(subclass)
+    return found
+
+
+def rejection_reasons() -> tuple[str, ...]:
+    """Every `reason` an error class can be counted under, derived from the classes themselves (sorted)."""
+    return tuple(sorted({cls.reason for cls in _error_classes()}))
 
 
 def error_body(status_code: int, code: str, message: str, filename: str | None = None) -> dict[str, object]:

@@ -11,23 +11,10 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from service.errors import ServiceError, rejection_reasons
+
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-
-REJECTION_REASONS = (
-    "overloaded",
-    "invalid_image",
-    "too_large",
-    "unsupported_type",
-    "timeout",
-    "invalid_request",
-    "unknown_model",
-    "not_ready",
-    "shutting_down",
-    "client_disconnected",
-    "inference_failed",
-)
-"""Reasons pre-created at zero so dashboards see every series from the start."""
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -104,8 +91,16 @@ class ServiceMetrics:
             "resnet_serve_model_ready", "1 when the model is loaded, warmed up and its batcher running.",
             ["model"], registry=r,
         )
-        for reason in REJECTION_REASONS:
+        self.rejection_reasons = rejection_reasons()
+        """Every reason an error class can be counted under, pre-created at zero so dashboards see every series."""
+        for reason in self.rejection_reasons:
             self.rejections.labels(reason)
+
+    def count_rejection(self, error: ServiceError) -> None:
+        """Count a refused or failed request under its error's reason (one of `rejection_reasons`)."""
+        if error.reason not in self.rejection_reasons:
+            raise ValueError(f"rejection reason {error.reason!r} is not one of {self.rejection_reasons}")
+        self.rejections.labels(error.reason).inc()
 
     def register_model(self, model: str) -> ModelBatchObserver:
         """Create the model's series and return the hooks its batcher reports to."""

@@ -1,29 +1,41 @@
-"""The one schema that makes an ONNX classifier describe itself.
+"""The one schema that makes an ONNX classifier describe itself, and how it wants to be served.
 
 `models.export` writes a `ModelSpec` into the ONNX file's `metadata_props`; the service reads it back
-(optionally overridden by a sidecar JSON file) to know the labels and the exact preprocessing. This module
-is pure: no torch, no onnx, no onnxruntime, so both sides can import it.
+(optionally overridden by a sidecar JSON file) to know the labels and the exact preprocessing. A model may also
+carry `ServingOverrides` (its own batch size, delay, queue and threads), which win over the server's flags for
+that model. This module is pure: no torch, no onnx, no onnxruntime, so both sides can import it.
 
-Each field is stored under its own key, ``modelspec.<field>``, with a JSON-encoded value, so a tool such as
-Netron shows the fields one by one.
+Each field is stored under its own key, ``modelspec.<field>`` or ``serving.<field>``, with a JSON-encoded value,
+so a tool such as Netron shows the fields one by one.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 METADATA_PREFIX = "modelspec."
+SERVING_METADATA_PREFIX = "serving."
+SERVING_SIDECAR_KEY = "serving"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 ColorMode = Literal["RGB", "L"]
 Interpolation = Literal["nearest", "bilinear", "bicubic"]
 Precision = Literal["fp32", "fp16", "int8"]
+
+
+# The rules of the per-model serving settings, shared by the server's flags (service.config.Settings) and a
+# model's own `serving` section, so that both are validated alike.
+BatchSize = Annotated[int, Field(ge=1, le=1024)]
+BatchDelayMs = Annotated[float, Field(ge=0.0, le=10_000.0)]
+QueueSize = Annotated[int, Field(ge=1)]
+QueueWaitMs = Annotated[float, Field(gt=0.0)]
+ThreadCount = Annotated[int, Field(ge=1)]
 
 
 class ModelSpecError(ValueError):
@@ -89,6 +101,27 @@ class ModelSpec(BaseModel):
         return self
 
 
+class ServingOverrides(BaseModel):
+    """A model's own serving settings; each one set here wins over the server's flag of the same name."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    max_batch_size: BatchSize | None = None
+    """Most images one inference call of this model processes."""
+    max_batch_delay_ms: BatchDelayMs | None = None
+    """How long this model's first queued image may wait for more to fill its batch."""
+    max_queue_size: QueueSize | None = None
+    """Images waiting for this model beyond which new requests are refused with 503."""
+    max_queue_wait_ms: QueueWaitMs | None = None
+    """Refuse a request when its images would wait longer than this for this model."""
+    intra_op_threads: ThreadCount | None = None
+    """ONNX Runtime threads of this model's session."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Only the settings this model sets."""
+        return self.model_dump(exclude_none=True)
+
+
 REQUIRED_FIELDS = tuple(name for name, field in ModelSpec.model_fields.items() if field.is_required())
 
 
@@ -131,7 +164,41 @@ def build_spec(
     try:
         return ModelSpec.model_validate(merged)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ModelSpecError(f"{source}: invalid model metadata: {problems}") from None
+        raise ModelSpecError(f"{source}: invalid model metadata: {_problems(exc)}") from None
+
+
+def _problems(exc: ValidationError, prefix: str = "") -> str:
+    return "; ".join(f"{prefix}{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in exc.errors())
+
+
+def serving_to_metadata_props(overrides: ServingOverrides) -> dict[str, str]:
+    """The overrides that are set, as ONNX ``metadata_props`` entries ``serving.<field>``."""
+    return {SERVING_METADATA_PREFIX + key: json.dumps(value) for key, value in overrides.as_dict().items()}
+
+
+def build_serving_overrides(
+    embedded: Mapping[str, str] | None = None,
+    sidecar: Any = None,
+    *,
+    source: str = "model",
+) -> ServingOverrides:
+    """A model's serving overrides: ONNX metadata ``serving.*`` keys, then its sidecar's ``serving`` object.
+
+    Raises ModelSpecError naming `source` and the field, for example
+    ``resnet50.json: serving.max_batch_size: Input should be less than or equal to 1024``.
+    """
+    merged: dict[str, Any] = {}
+    for key, raw in (embedded or {}).items():
+        if key.startswith(SERVING_METADATA_PREFIX):
+            try:
+                merged[key[len(SERVING_METADATA_PREFIX):]] = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ModelSpecError(f"{source}: metadata key {key!r} is not valid JSON: {exc}") from None
+    if sidecar is not None:
+        if not isinstance(sidecar, Mapping):
+            raise ModelSpecError(f"{source}: '{SERVING_SIDECAR_KEY}' must be a JSON object of serving settings")
+        merged.update(sidecar)
+    try:
+        return ServingOverrides.model_validate(merged)
+    except ValidationError as exc:
+        raise ModelSpecError(f"{source}: {_problems(exc, SERVING_SIDECAR_KEY + '.')}") from None

@@ -1,8 +1,19 @@
-"""Pure numpy postprocessing over a whole batch: softmax and top-k."""
+"""Pure numpy postprocessing over a whole batch: softmax, top-k, and the ranked labels the client gets."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class ScoredLabel:
+    index: int
+    label: str
+    score: float
+    """Softmax probability."""
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -29,3 +40,12 @@ def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     indices = np.argsort(-values, axis=1, kind="stable")[:, :k]
     scores = np.take_along_axis(values, indices, axis=1)
     return indices, scores
+
+
+def rank(logits: np.ndarray, k: int, *, labels: Sequence[str]) -> list[list[ScoredLabel]]:
+    """The model contract's postprocess stage: per image, the k most probable labels, highest first."""
+    indices, scores = top_k(softmax(logits), k)
+    return [
+        [ScoredLabel(int(i), labels[int(i)], float(s)) for i, s in zip(row_indices, row_scores)]
+        for row_indices, row_scores in zip(indices.tolist(), scores.tolist())
+    ]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
+from service.errors import ImageTooLarge, InvalidImage, ServiceError, UnsupportedMediaType
 from service.modelspec import ModelSpec
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
@@ -49,6 +49,15 @@ _RESAMPLING = {
 
 _SUPPORTED_LIST = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 _EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class ImageUpload:
+    """One image as received, before decoding."""
+
+    data: bytes
+    filename: str | None = None
+    content_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -204,6 +213,14 @@ def image_to_tensor(image: Image.Image, spec: ModelSpec, max_resized_pixels: int
     mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
     return np.ascontiguousarray((tensor - mean) / std, dtype=np.float32)
+
+
+def preprocess_upload(upload: ImageUpload, *, spec: ModelSpec, options: DecodeOptions) -> PreprocessedImage:
+    """The model contract's decode stage: one upload -> its tensor; errors name the upload's file."""
+    try:
+        return preprocess_image(upload.data, spec, options, upload.content_type)
+    except ServiceError as exc:
+        raise exc.for_file(upload.filename) from None
 
 
 def preprocess_image(data: bytes, spec: ModelSpec, options: DecodeOptions, content_type: str | None = None

@@ -3,7 +3,8 @@
 A model's labels and preprocessing come from the `ModelSpec` embedded in its ONNX metadata (read through ONNX
 Runtime's ``get_modelmeta().custom_metadata_map``); a sidecar ``<stem>.json`` beside it may supply or override
 any field, so ONNX files exported elsewhere can be served. A model with neither fails start-up with a message
-naming the missing fields.
+naming the missing fields. The sidecar's ``serving`` object (and ``serving.*`` metadata keys) set the model's own
+serving settings (`ServingOverrides`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from service.modelspec import ModelSpec, ModelSpecError, build_spec, fields_from_metadata_props
+from service.modelspec import (
+    SERVING_SIDECAR_KEY,
+    ModelSpec,
+    ModelSpecError,
+    ServingOverrides,
+    build_serving_overrides,
+    build_spec,
+    fields_from_metadata_props,
+)
 
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -74,11 +83,40 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     return content
 
 
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a model file says about itself, after its sidecar's overrides."""
+
+    spec: ModelSpec
+    serving: ServingOverrides
+    serving_source: str
+    """The file the serving overrides come from, for error messages (the sidecar when it has a section)."""
+
+
+def read_metadata(model: ModelFile, opened: MetadataSource) -> ModelMetadata:
+    """The model's spec and serving overrides: embedded metadata, overridden field by field by the sidecar."""
+    props = opened.metadata_props
+    sidecar = read_sidecar(model.sidecar) if model.sidecar else {}
+    serving_section = sidecar.pop(SERVING_SIDECAR_KEY, None)
+    source = model.sidecar.name if model.sidecar and serving_section is not None else model.path.name
+    return ModelMetadata(
+        spec=build_spec(fields_from_metadata_props(props), sidecar or None, source=model.path.name),
+        serving=build_serving_overrides(props, serving_section, source=source),
+        serving_source=source,
+    )
+
+
+def sidecar_serving(model: ModelFile) -> ServingOverrides:
+    """The serving overrides of the sidecar alone: known before the model is opened (its thread count)."""
+    if model.sidecar is None:
+        return ServingOverrides()
+    section = read_sidecar(model.sidecar).get(SERVING_SIDECAR_KEY)
+    return build_serving_overrides(None, section, source=model.sidecar.name)
+
+
 def read_spec(model: ModelFile, opened: MetadataSource) -> ModelSpec:
-    """The model's spec: embedded metadata, overridden field by field by the sidecar if there is one."""
-    embedded = fields_from_metadata_props(opened.metadata_props)
-    sidecar = read_sidecar(model.sidecar) if model.sidecar else None
-    return build_spec(embedded, sidecar, source=model.path.name)
+    """The model's spec alone (see `read_metadata`)."""
+    return read_metadata(model, opened).spec
 
 
 def choose_default_model(names: list[str], requested: str | None) -> str:

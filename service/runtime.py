@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -122,6 +123,36 @@ def resolve_providers(requested: Iterable[str], available: Sequence[str]) -> lis
     if CPU_PROVIDER not in chosen:
         chosen.append(CPU_PROVIDER)
     return chosen
+
+
+class InferenceRuntime(Protocol):
+    """What the registry and the batcher need of an opened model; `OnnxModelRuntime` is the one real kind."""
+
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def intra_op_threads(self) -> int: ...
+
+    @property
+    def metadata_props(self) -> Mapping[str, str]: ...
+
+    def check_compatible(self, spec: ModelSpec) -> None: ...
+
+    def supports_batches(self) -> bool: ...
+
+    def run(self, batch: np.ndarray, output_name: str | None = None) -> np.ndarray: ...
+
+    def warm_up(self, batch_sizes: Iterable[int], sample_shape: Sequence[int], output_name: str | None = None
+                ) -> None: ...
+
+
+def run_batch(tensors: Sequence[np.ndarray], *, runtime: InferenceRuntime, spec: ModelSpec) -> np.ndarray:
+    """The model contract's inference stage: CHW tensors -> logits of shape (len(tensors), classes)."""
+    logits = runtime.run(np.stack(tensors), spec.output_name)
+    if logits.shape != (len(tensors), spec.num_classes):
+        raise ValueError(f"model returned logits of shape {logits.shape}, expected ({len(tensors)}, {spec.num_classes})")
+    return logits
 
 
 class OnnxModelRuntime:

@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
 
+from service.api.deps import DataPlaneDep
 from service.api.schemas import ClassifyResponse, ErrorResponse
 from service.api.uploads import UploadLimits, read_uploads
 from service.dataplane import DataPlane
@@ -71,13 +72,13 @@ async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
         task.cancel()
 
 
-async def _classify(request: Request, model_name: str | None, top_k: int | None) -> ClassifyResponse:
+async def _classify(request: Request, dataplane: DataPlane, model_name: str | None, top_k: int | None
+                    ) -> ClassifyResponse:
     received_at = time.monotonic()
-    dataplane: DataPlane = request.app.state.dataplane
     # Refuse before reading the upload: every request carries at least one image, so a queue without room
     # for one is answered 503 at once instead of after receiving and decoding the body.
     dataplane.admit(model_name, top_k, image_count=1)
-    limits = UploadLimits(request.app.state.settings.max_upload_bytes, dataplane.max_files_per_request)
+    limits = UploadLimits(dataplane.max_upload_bytes, dataplane.max_files_per_request)
     uploads = await read_uploads(request, limits)
     outcome = await _unless_client_leaves(
         request, dataplane.classify(model_name, uploads, top_k, received_at=received_at)
@@ -94,10 +95,11 @@ async def _classify(request: Request, model_name: str | None, top_k: int | None)
 )
 async def classify_with_model(
     request: Request,
+    dataplane: DataPlaneDep,
     name: Annotated[str, Path(description="Model name (its file stem in the model repository).")],
     top_k: TopK = None,
 ) -> ClassifyResponse:
-    return await _classify(request, name, top_k)
+    return await _classify(request, dataplane, name, top_k)
 
 
 @router.post(
@@ -107,5 +109,6 @@ async def classify_with_model(
     openapi_extra=_UPLOAD_BODY,
     summary="Classify images with the default model",
 )
-async def classify_with_default_model(request: Request, top_k: TopK = None) -> ClassifyResponse:
-    return await _classify(request, None, top_k)
+async def classify_with_default_model(request: Request, dataplane: DataPlaneDep, top_k: TopK = None
+                                      ) -> ClassifyResponse:
+    return await _classify(request, dataplane, None, top_k)

@@ -1,4 +1,9 @@
-"""Exception handlers: every error leaves as the one JSON shape of `service.errors.error_body`."""
+"""Exception handlers: every error leaves as the one JSON shape of `service.errors.error_body`.
+
+Whatever is raised is first turned into a `ServiceError` (validation errors into `InvalidParameter`, anything
+unexpected into `InternalError`), counted once under its reason, and answered by `error_response`, which the
+serving gate middleware uses too.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import ServiceError, error_body
+from service.errors import InternalError, InvalidParameter, ServiceError, error_body
 from service.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
@@ -25,24 +30,31 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "invalid request parameters: " + "; ".join(parts)
 
 
+def error_response(exc: ServiceError) -> JSONResponse:
+    """The HTTP answer to a service error: its status, headers and JSON body."""
+    return JSONResponse(
+        error_body(exc.status_code, exc.code, exc.message, exc.filename), status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
 def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
-    async def service_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ServiceError)
-        metrics.rejections.labels(exc.reason).inc()
+    def refuse(request: Request, exc: ServiceError) -> JSONResponse:
+        metrics.count_rejection(exc)
         if exc.status_code >= 500 and exc.status_code != 503:
             logger.warning("%s %s -> %d %s: %s", request.method, request.url.path, exc.status_code, exc.code, exc.message)
-        return JSONResponse(
-            error_body(exc.status_code, exc.code, exc.message, exc.filename),
-            status_code=exc.status_code,
-            headers=exc.headers,
-        )
+        return error_response(exc)
+
+    async def service_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        return refuse(request, exc)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        metrics.rejections.labels("invalid_request").inc()
-        return JSONResponse(error_body(422, "invalid_parameter", _describe_validation(exc)), status_code=422)
+        return refuse(request, InvalidParameter(_describe_validation(exc)))
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        # Unknown routes and wrong methods: not a refusal of work, so not counted as a rejection.
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
@@ -54,11 +66,7 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
 
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         # The traceback goes to the log (uvicorn prints it); the client only learns that it was our fault.
-        metrics.rejections.labels("internal_error").inc()
-        return JSONResponse(
-            error_body(500, "internal_error", "internal server error; the details are in the server log"),
-            status_code=500,
-        )
+        return refuse(request, InternalError("internal server error; the details are in the server log"))
 
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)

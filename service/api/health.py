@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from service.api.deps import DataPlaneDep
 from service.api.schemas import LivenessOut, ReadinessOut
-from service.dataplane import DataPlane
-from service.lifecycle import Lifecycle
 
 router = APIRouter(tags=["health"])
 
@@ -23,10 +22,6 @@ async def healthz() -> LivenessOut:
     responses={503: {"model": ReadinessOut, "description": "Starting, draining or stopped"}},
     summary="Readiness: 200 only when every model is warmed up and its batcher runs",
 )
-async def readyz(request: Request) -> JSONResponse:
-    lifecycle: Lifecycle = request.app.state.lifecycle
-    dataplane: DataPlane | None = getattr(request.app.state, "dataplane", None)
-    models = {m.name: str(m.state) for m in dataplane.models} if dataplane else {}
-    ready = dataplane is not None and dataplane.ready
-    body = ReadinessOut(status=str(lifecycle.phase), models=models)
-    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+async def readyz(dataplane: DataPlaneDep) -> JSONResponse:
+    body = ReadinessOut(status=dataplane.phase, models={m.name: str(m.state) for m in dataplane.registry.models})
+    return JSONResponse(body.model_dump(), status_code=200 if dataplane.ready else 503)

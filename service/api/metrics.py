@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
-from service.metrics import METRICS_CONTENT_TYPE, ServiceMetrics
+from service.api.deps import MetricsDep
+from service.metrics import METRICS_CONTENT_TYPE
 
 router = APIRouter(tags=["metrics"])
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics")
-async def metrics(request: Request) -> Response:
-    registry: ServiceMetrics = request.app.state.metrics
+async def metrics(registry: MetricsDep) -> Response:
     return Response(registry.render(), media_type=METRICS_CONTENT_TYPE)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import time
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_body
+from service.api.errors import error_response
+from service.errors import ShuttingDown
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 
@@ -40,13 +40,10 @@ class ServingGateMiddleware:
         gated = scope["path"] not in UNGATED_PATHS
         try:
             if gated and not self.lifecycle.accepting:
-                self.metrics.rejections.labels("shutting_down").inc()
-                refusal = JSONResponse(
-                    error_body(503, "shutting_down", "the server is shutting down; retry on another instance"),
-                    status_code=503,
-                    headers={"Connection": "close", "Retry-After": "1"},
-                )
-                await refusal(scope, receive, send_recording_status)
+                refusal = ShuttingDown("the server is shutting down; retry on another instance",
+                                       headers={"Connection": "close", "Retry-After": "1"})
+                self.metrics.count_rejection(refusal)
+                await error_response(refusal)(scope, receive, send_recording_status)
                 return
             if not gated:
                 await self.app(scope, receive, send_recording_status)

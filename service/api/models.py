@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path
 
+from service.api.deps import DataPlaneDep
 from service.api.schemas import ErrorResponse, ModelListOut, ModelOut
-from service.dataplane import DataPlane
 
 router = APIRouter(tags=["models"])
 
 
 @router.get("/v1/models", response_model=ModelListOut, summary="List the served models")
-async def list_models(request: Request) -> ModelListOut:
-    dataplane: DataPlane = request.app.state.dataplane
+async def list_models(dataplane: DataPlaneDep) -> ModelListOut:
+    registry = dataplane.registry
     return ModelListOut(
-        default_model=dataplane.default_model,
-        models=[ModelOut.from_model(m, is_default=m.name == dataplane.default_model) for m in dataplane.models],
+        default_model=registry.default_model or "",
+        models=[ModelOut.from_description(m.describe(), is_default=m.name == registry.default_model)
+                for m in registry.models],
     )
 
 
@@ -27,7 +28,7 @@ async def list_models(request: Request) -> ModelListOut:
     responses={404: {"model": ErrorResponse, "description": "Unknown model"}},
     summary="Describe one model",
 )
-async def get_model(request: Request, name: Annotated[str, Path(description="Model name.")]) -> ModelOut:
-    dataplane: DataPlane = request.app.state.dataplane
-    model = dataplane.get(name)
-    return ModelOut.from_model(model, is_default=model.name == dataplane.default_model)
+async def get_model(dataplane: DataPlaneDep, name: Annotated[str, Path(description="Model name.")]) -> ModelOut:
+    registry = dataplane.registry
+    model = registry.get(name)
+    return ModelOut.from_description(model.describe(), is_default=model.name == registry.default_model)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from service.dataplane import ClassifyOutcome, ServedModel
+from service.dataplane import ClassifyOutcome
+from service.registry import ModelDescription
 
 
 class _Schema(BaseModel):
@@ -88,12 +89,18 @@ class PreprocessingOut(_Schema):
 
 
 class BatchingOut(_Schema):
+    """The model's effective serving settings: the server's flags, overridden by the model's own `serving`
+    section (listed in `overridden`)."""
+
     max_batch_size: int
     max_batch_delay_ms: float
     max_queue_size: int
     max_queue_wait_ms: float | None
     queue_depth: int
     seconds_per_image: float | None
+    """Measured inference seconds per image over recent batches; null before the first batch."""
+    overridden: list[str]
+    """Which of these settings come from the model's own `serving` section (sidecar or ONNX metadata)."""
 
 
 class ModelOut(_Schema):
@@ -118,9 +125,9 @@ class ModelOut(_Schema):
     """Whether POST /v1/classify uses this model."""
 
     @classmethod
-    def from_model(cls, model: ServedModel, *, is_default: bool) -> ModelOut:
+    def from_description(cls, model: ModelDescription, *, is_default: bool) -> ModelOut:
         spec = model.spec
-        batcher = model.batcher
+        serving = model.serving
         return cls(
             name=model.name,
             ready=model.state == "ready",
@@ -139,15 +146,16 @@ class ModelOut(_Schema):
             dataset=spec.dataset,
             test_accuracy=spec.test_accuracy,
             precision=spec.precision,
-            execution_provider=model.runtime.provider,
-            intra_op_threads=model.runtime.intra_op_threads,
+            execution_provider=model.execution_provider,
+            intra_op_threads=model.intra_op_threads,
             batching=BatchingOut(
-                max_batch_size=batcher.max_batch_size,
-                max_batch_delay_ms=batcher.max_delay_s * 1000,
-                max_queue_size=batcher.max_queue_size,
-                max_queue_wait_ms=None if batcher.max_wait_s is None else batcher.max_wait_s * 1000,
-                queue_depth=batcher.queue_depth,
-                seconds_per_image=batcher.seconds_per_image,
+                max_batch_size=serving.max_batch_size,
+                max_batch_delay_ms=serving.max_batch_delay_ms,
+                max_queue_size=serving.max_queue_size,
+                max_queue_wait_ms=serving.max_queue_wait_ms,
+                queue_depth=model.queue_depth,
+                seconds_per_image=model.seconds_per_image,
+                overridden=list(model.overridden),
             ),
             default=is_default,
         )

@@ -16,7 +16,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from service.dataplane import ImageUpload
+from service.preprocess import ImageUpload
 from service.errors import (
     ClientDisconnected,
     InvalidParameter,

@@ -179,8 +179,10 @@ inspect_image() {
 import importlib.util, pathlib, shutil, sys
 problems = [m for m in ("torch", "torchvision", "pip") if importlib.util.find_spec(m)]
 problems += [c for c in ("gcc", "cc", "g++", "make") if shutil.which(c)]
-models = sorted(p.name for p in pathlib.Path("/models").glob("*.onnx"))
-problems += [] if models else ["no bundled model in /models"]
+from service.config import BUNDLED_MODEL_DIR
+models = sorted(p.name for p in BUNDLED_MODEL_DIR.glob("*.onnx"))
+problems += [] if models else [f"no bundled model in {BUNDLED_MODEL_DIR}"]
+problems += [m for m in ("models", "bench") if importlib.util.find_spec(m)]
 print("bundled models:", models)
 sys.exit(f"unexpected in the runtime image: {problems}" if problems else 0)'
   echo "user $user, entrypoint $entrypoint"

@@ -30,11 +30,11 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
-from service.config import Settings
+from service.config import BUNDLED_MODEL_DIR, Settings
 from service.runtime import OnnxModelRuntime
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUNDLED_MODEL = REPO_ROOT / "models" / "repository" / "fashion-mnist-resnet20.onnx"
+BUNDLED_MODEL = BUNDLED_MODEL_DIR / "fashion-mnist-resnet20.onnx"
 STARTUP_LIMIT_S = 120.0
 """Only a guard against hanging forever; tests never assert on durations."""
 POLL_INTERVAL_S = 0.05
@@ -234,8 +234,8 @@ class InThreadServer:
     def __init__(self, settings: Settings, *, hold_warm_up: bool = False) -> None:
         self.runtimes: dict[str, GatedRuntime] = {}
 
-        def open_gated(path: Path, settings: Settings) -> GatedRuntime:
-            runtime = GatedRuntime(OnnxModelRuntime(path, providers=settings.providers, intra_op_threads=1))
+        def open_gated(path: Path, providers: list[str], intra_op_threads: int | None) -> GatedRuntime:
+            runtime = GatedRuntime(OnnxModelRuntime(path, providers=providers, intra_op_threads=intra_op_threads or 1))
             if hold_warm_up:
                 runtime.warm_up_gate.clear()
             self.runtimes[path.stem] = runtime

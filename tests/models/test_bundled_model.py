@@ -11,7 +11,7 @@ from models import data
 from service.modelspec import build_spec, fields_from_metadata_props
 
 ROOT = Path(__file__).resolve().parents[2]
-BUNDLED = ROOT / "models" / "repository" / "fashion-mnist-resnet20.onnx"
+BUNDLED = ROOT / "service" / "bundled_models" / "fashion-mnist-resnet20.onnx"
 CARD = ROOT / "docs" / "MODEL_CARD.md"
 
 

@@ -17,7 +17,8 @@ def served_spec(path):
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "tiny.onnx"
-    report = export.main(["--checkpoint", str(tiny_run / "checkpoint.pt"), "--output", str(out), "--accuracy-limit", "200"])
+    report = export.main(["--checkpoint", str(tiny_run / "checkpoint.pt"), "--output", str(out), "--accuracy-limit", "200",
+                          "--serving", "max_batch_size=4", "--serving", "max_batch_delay_ms=1.5"])
     return out, report
 
 
@@ -28,6 +29,25 @@ def test_export_round_trip_metadata_is_readable_by_the_service_schema(exported):
     assert spec.labels[0] == "T-shirt/top" and len(spec.labels) == 10
     assert spec.test_accuracy == pytest.approx(report["fp32_test_accuracy"])
     assert report["parity_max_abs_diff"] <= export.PARITY_ATOL
+
+
+def test_export_writes_the_models_own_serving_settings(exported):
+    from service.modelspec import build_serving_overrides
+
+    session, _ = served_spec(exported[0])
+    overrides = build_serving_overrides(session.get_modelmeta().custom_metadata_map, source="tiny.onnx")
+    assert overrides.as_dict() == {"max_batch_size": 4, "max_batch_delay_ms": 1.5}
+
+
+@pytest.mark.parametrize("pair,message", [
+    ("max_batch_size=0", "--serving: serving.max_batch_size: Input should be greater than or equal to 1"),
+    ("batch=4", "--serving: serving.batch: Extra inputs are not permitted"),
+    ("max_batch_size", "--serving takes NAME=VALUE"),
+])
+def test_export_refuses_an_invalid_serving_setting(pair, message, capsys):
+    with pytest.raises(SystemExit):
+        export.parse_args(["--torchvision", "resnet18", "--output", "x.onnx", "--serving", pair])
+    assert message in capsys.readouterr().err
 
 
 def test_exported_graph_has_dynamic_batch_named_io_and_opset(exported):

@@ -8,7 +8,8 @@ from concurrent.futures import Future
 
 import pytest
 
-from service.batching import BatchPolicy, DynamicBatcher, QueuedItem
+from service.batch_policy import BatchPolicy, QueuedItem
+from service.batching import DynamicBatcher
 from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
 
 FAR = 1e9  # a deadline that never passes

@@ -14,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def test_defaults_serve_the_bundled_repository():
     settings = Settings()
-    assert settings.model_dir == REPO_ROOT / "models" / "repository" == BUNDLED_MODEL_DIR
+    assert settings.model_dir == REPO_ROOT / "service" / "bundled_models" == BUNDLED_MODEL_DIR
     assert settings.host == "127.0.0.1"
     assert settings.port == 8000
     assert settings.providers == ["cpu"]

@@ -56,3 +56,23 @@ def test_every_rejection_reason_starts_at_zero():
     text = ServiceMetrics().render().decode()
     for reason in ("overloaded", "invalid_image", "too_large", "unsupported_type", "timeout"):
         assert f'resnet_serve_rejections_total{{reason="{reason}"}} 0.0' in text
+
+
+def test_every_error_class_reason_is_counted_and_an_unknown_reason_fails():
+    import pytest
+
+    from service import errors
+
+    metrics = ServiceMetrics()
+    classes = [cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.ServiceError)]
+    assert len(classes) >= 15
+    for cls in classes:
+        metrics.count_rejection(cls("x"))  # raises if the reason were missing from the list
+    assert "internal_error" in metrics.rejection_reasons
+
+    # An error class the list was not derived from (defined after the registry was built) is refused loudly.
+    class Unlisted(errors.ServiceError):
+        reason = "never_listed"
+
+    with pytest.raises(ValueError, match="never_listed"):
+        metrics.count_rejection(Unlisted("x"))

@@ -209,7 +209,7 @@ def test_draft_decoding_of_a_large_jpeg_stays_close_to_the_full_decode(photos, m
     full = preprocess_image(data, model, NO_DRAFT)
     drafted = preprocess_image(data, model, DecodeOptions(jpeg_draft=True))
     assert (drafted.width, drafted.height) == (full.width, full.height) == (4000, 3000)
-    # docs/SERVICE.md reports the measured figures (python -m service.benchmarks.jpeg_draft).
+    # docs/SERVICE.md reports the measured figures (python -m bench.jpeg_draft).
     assert 0 < max_pixel_diff(drafted.tensor, full.tensor, model) <= 16 / 255
     mean_levels = np.mean(np.abs(drafted.tensor - full.tensor) * np.asarray(model.std)[:, None, None]) * 255
     assert mean_levels < 1.0

@@ -83,3 +83,37 @@ def test_default_model_is_the_requested_one_or_the_first_by_name():
     assert choose_default_model(["b", "a"], "b") == "b"
     with pytest.raises(RepositoryError, match="default model 'c' is not in the repository"):
         choose_default_model(["b", "a"], "c")
+
+
+def test_serving_overrides_come_from_metadata_and_the_sidecar_wins(tmp_path, make_classifier, gray_spec):
+    import onnx
+
+    from service.modelspec import ServingOverrides, serving_to_metadata_props
+    from service.repository import read_metadata
+
+    path = make_classifier(tmp_path / "m.onnx", gray_spec)
+    model = onnx.load(str(path))
+    for key, value in serving_to_metadata_props(ServingOverrides(max_batch_size=8, intra_op_threads=1)).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    (tmp_path / "m.json").write_text(json.dumps({"serving": {"max_batch_size": 4, "max_batch_delay_ms": 2}}))
+    (found,) = discover(tmp_path)
+    metadata = read_metadata(found, OnnxModelRuntime(found.path))
+    assert metadata.serving.as_dict() == {"max_batch_size": 4, "max_batch_delay_ms": 2.0, "intra_op_threads": 1}
+    assert metadata.spec == gray_spec  # the serving section is not a spec field
+
+
+@pytest.mark.parametrize("section,message", [
+    ({"max_queue_wait_ms": 0}, "m.json: serving.max_queue_wait_ms: Input should be greater than 0"),
+    ({"max_batch_size": 2000}, "m.json: serving.max_batch_size: Input should be less than or equal to 1024"),
+    ([1, 2], "m.json: 'serving' must be a JSON object"),
+])
+def test_invalid_serving_overrides_name_the_file_and_field(tmp_path, make_classifier, gray_spec, section, message):
+    from service.repository import read_metadata
+
+    make_classifier(tmp_path / "m.onnx", gray_spec)
+    (tmp_path / "m.json").write_text(json.dumps({"serving": section}))
+    (found,) = discover(tmp_path)
+    with pytest.raises(ModelSpecError) as error:
+        read_metadata(found, OnnxModelRuntime(found.path))
+    assert message in str(error.value)

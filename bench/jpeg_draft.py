@@ -1,6 +1,6 @@
 """What JPEG draft decoding costs in accuracy and saves in time, on a 12-megapixel photo.
 
-    python -m service.benchmarks.jpeg_draft [--repeats 15]
+    python -m bench.jpeg_draft [--repeats 15]
 
 Builds a 4243x2828 (12.0 Mpx) JPEG (quality 90) from scikit-image's 'coffee' photo, then times
 `preprocess_image` with draft decoding off and on for two model specs, and reports the largest and mean

@@ -1,0 +1,22 @@
+"""FastAPI dependencies: how a route gets the app's data plane and metrics (never by reading app.state itself)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.dataplane import DataPlane
+from service.metrics import ServiceMetrics
+
+
+def _dataplane(request: Request) -> DataPlane:
+    return request.app.state.dataplane
+
+
+def _metrics(request: Request) -> ServiceMetrics:
+    return request.app.state.metrics
+
+
+DataPlaneDep = Annotated[DataPlane, Depends(_dataplane)]
+MetricsDep = Annotated[ServiceMetrics, Depends(_metrics)]

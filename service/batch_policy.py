@@ -1,0 +1,149 @@
+"""The batch-forming policy: a plain object over a bounded FIFO queue, with no clock and no event loop.
+
+Every decision takes the current time as an argument, so the rules are unit-tested synchronously; the async
+loop that drives it is `service.batching.DynamicBatcher`.
+
+- admission: a request whose images do not all fit in the bounded queue is refused; with ``max_wait_s`` set, so
+  is one whose last image would not be done within that time, estimated from the running batch and the whole
+  batches ahead of and including it, at the measured seconds per image;
+- with ``max_delay_s == 0`` a batch is ready as soon as an image is queued; with ``max_delay_s > 0`` when it is
+  full or when its first image has waited that long, one fixed deadline from that image's arrival;
+- images whose client has gone (their waiter is done) are skipped; images past their deadline are set aside.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+class Waiter(Protocol):
+    """What the policy needs of a future: whether its client still waits for it."""
+
+    def done(self) -> bool: ...
+
+
+@dataclass(eq=False)
+class QueuedItem(Generic[P]):
+    """One unit of work (one image) waiting in a batcher's queue."""
+
+    payload: P
+    enqueued_at: float
+    deadline: float
+    waiter: Any
+    """An asyncio.Future (or anything with `done()`); done means the client no longer waits."""
+
+
+@dataclass
+class FormedBatch(Generic[P]):
+    """What `BatchPolicy.take_batch` decided: items to run now, items to fail as expired, abandoned ones dropped."""
+
+    items: list[QueuedItem[P]] = field(default_factory=list)
+    expired: list[QueuedItem[P]] = field(default_factory=list)
+    abandoned: int = 0
+
+
+class BatchPolicy(Generic[P]):
+    """The batch-forming rules over a bounded FIFO queue; every decision takes the current time as an argument."""
+
+    # Weight of the newest batch in the running estimate of seconds per image: recent enough to follow a change
+    # of load or batch size within a few batches, smooth enough that one slow batch does not slam the door.
+    SMOOTHING = 0.2
+
+    def __init__(
+        self, *, max_batch_size: int, max_queue_size: int, max_delay_s: float = 0.0, max_wait_s: float | None = None
+    ) -> None:
+        if max_batch_size < 1 or max_queue_size < 1 or max_delay_s < 0 or (max_wait_s is not None and max_wait_s <= 0):
+            raise ValueError("max_batch_size and max_queue_size must be >= 1, max_delay_s >= 0, max_wait_s > 0")
+        self.max_batch_size = max_batch_size
+        self.max_queue_size = max_queue_size
+        self.max_delay_s = max_delay_s
+        self.max_wait_s = max_wait_s
+        self.seconds_per_image: float | None = None
+        """Running estimate of inference seconds per image at the batch sizes recently run; None before any."""
+        self._queue: deque[QueuedItem[P]] = deque()
+        self._abandoned_since_last_batch = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def _prune_abandoned(self) -> None:
+        kept = deque(item for item in self._queue if not item.waiter.done())
+        self._abandoned_since_last_batch += len(self._queue) - len(kept)
+        self._queue = kept
+
+    def record_batch(self, size: int, seconds: float) -> None:
+        """Feed the time a batch of `size` images took into the seconds-per-image estimate."""
+        per_image = seconds / max(1, size)
+        previous = self.seconds_per_image
+        self.seconds_per_image = per_image if previous is None else previous + self.SMOOTHING * (per_image - previous)
+
+    def expected_wait_s(self, count: int, in_flight: int = 0) -> float | None:
+        """Estimated seconds until the last of `count` new items finishes, with `in_flight` items running now.
+
+        Items finish a whole batch at a time, and later arrivals may fill the batch the last one runs in, so the
+        queue ahead plus the new items count as whole batches."""
+        if self.seconds_per_image is None:
+            return None
+        batches = -(-(len(self._queue) + count) // self.max_batch_size)
+        return (in_flight + batches * self.max_batch_size) * self.seconds_per_image
+
+    def has_room(self, count: int, in_flight: int = 0) -> bool:
+        """Whether `count` more items fit (abandoned items do not count against the room): the queue has space
+        and, with `max_wait_s` set, they would be done within it. An idle model always takes a request whole,
+        so no request is too big to ever run."""
+        if len(self._queue) + count > self.max_queue_size:
+            self._prune_abandoned()
+            if len(self._queue) + count > self.max_queue_size:
+                return False
+        if self.max_wait_s is None or (not self._queue and not in_flight):
+            return True
+        expected = self.expected_wait_s(count, in_flight)
+        if expected is not None and expected > self.max_wait_s:
+            self._prune_abandoned()
+            expected = self.expected_wait_s(count, in_flight)
+        return expected is None or expected <= self.max_wait_s
+
+    def admit(self, items: Sequence[QueuedItem[P]], in_flight: int = 0) -> bool:
+        """Queue all of `items` or none of them; False when they do not fit."""
+        if not self.has_room(len(items), in_flight):
+            return False
+        self._queue.extend(items)
+        return True
+
+    def ready_at(self) -> float | None:
+        """When the next batch should be formed (a time on the caller's clock), or None while the queue is empty."""
+        while self._queue and self._queue[0].waiter.done():
+            self._queue.popleft()
+            self._abandoned_since_last_batch += 1
+        if not self._queue:
+            return None
+        first_arrival = self._queue[0].enqueued_at
+        if self.max_delay_s == 0 or len(self._queue) >= self.max_batch_size:
+            return first_arrival
+        return first_arrival + self.max_delay_s
+
+    def take_batch(self, now: float) -> FormedBatch[P]:
+        """Take up to `max_batch_size` live items in arrival order; expired ones are set aside, abandoned dropped."""
+        formed: FormedBatch[P] = FormedBatch(abandoned=self._abandoned_since_last_batch)
+        self._abandoned_since_last_batch = 0
+        while self._queue and len(formed.items) < self.max_batch_size:
+            item = self._queue.popleft()
+            if item.waiter.done():
+                formed.abandoned += 1
+            elif item.deadline <= now:
+                formed.expired.append(item)
+            else:
+                formed.items.append(item)
+        return formed
+
+    def take_all(self) -> list[QueuedItem[P]]:
+        """Empty the queue, returning everything in it (used when closing)."""
+        items = list(self._queue)
+        self._queue.clear()
+        return items
