@@ -42,8 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle-seconds", type=float, default=None, help="seconds of idle CPU measurement")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     parser.add_argument("--ours-args", default=None,
-                        help="extra flags for our server, e.g. \"--max-batch-size 8\" (added after the default "
-                             f"\"{' '.join(FULL.ours_args)}\"; later flags win)")
+                        help="extra flags for our server, e.g. \"--max-batch-size 8\" (added after the run's own: "
+                             f"\"{' '.join(FULL.ours_args)}\", or \"{' '.join(QUICK.ours_args)}\" with --quick; "
+                             "later flags win)")
     args = parser.parse_args(argv)
     if args.models is not None:
         models = tuple(name.strip() for name in args.models.split(",") if name.strip())

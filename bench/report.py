@@ -4,8 +4,9 @@ missed and by how much. Pure: no measurement happens here, so every number in th
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from bench.results import BenchResults, LoadRow
 from bench.workload import SIZES_BY_KEY
@@ -59,112 +60,172 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 # ------------------------------------------------------------------------------------------------------- targets
 
 
-def evaluate_targets(results: BenchResults) -> list[TargetOutcome]:
-    """The issue's targets, judged on the run's primary model (ResNet-50 fp32 in a full run)."""
-    model = results.primary_model
-    outcomes: list[TargetOutcome] = []
+class Measurement(NamedTuple):
+    """What a target's `measure` found: the measured text, the verdict and the margin text."""
 
-    for size, target in ((SMALL, CEILING_TARGET_SMALL), (LARGE, CEILING_TARGET_LARGE)):
-        ceiling = results.ceiling_for(model, size)
-        saturation = results.saturation("ours", model, size)
-        name = f"Saturation throughput, {ceiling.size_label if ceiling else size}"
-        goal = f"≥ {target:.2f} × ceiling"
-        ratio = _ratio(saturation.throughput if saturation else None, ceiling.images_per_second if ceiling else None)
-        if ratio is None or ceiling is None or saturation is None:
-            outcomes.append(TargetOutcome(name, goal, "not measured", None, "—"))
-            continue
-        outcomes.append(TargetOutcome(
-            name, goal,
+    measured: str
+    met: bool | None
+    """None: measured but nothing to judge (the reason is in `measured`), as `TargetOutcome.met`."""
+    margin: str
+
+
+NOT_MEASURED = Measurement("not measured", None, "—")
+
+
+@dataclass(frozen=True)
+class TargetDefinition:
+    """One target of the issue: its name, its goal as stated, and how a run is judged against it.
+
+    `measure` returns None when the run lacks what the target needs; it is shown as "not measured".
+    """
+
+    name: str | Callable[[BenchResults], str]
+    """The target's name, or a function of the run for names that show what was run (a size, a model)."""
+    goal: str
+    measure: Callable[[BenchResults], Measurement | None]
+
+    def evaluate(self, results: BenchResults) -> TargetOutcome:
+        name = self.name if isinstance(self.name, str) else self.name(results)
+        return TargetOutcome(name, self.goal, *(self.measure(results) or NOT_MEASURED))
+
+
+def _saturation_name(size: str) -> Callable[[BenchResults], str]:
+    def name(results: BenchResults) -> str:
+        ceiling = results.ceiling_for(results.primary_model, size)
+        return f"Saturation throughput, {ceiling.size_label if ceiling else size}"
+
+    return name
+
+
+def _saturation(size: str, target: float) -> Callable[[BenchResults], Measurement | None]:
+    def measure(results: BenchResults) -> Measurement | None:
+        ceiling = results.ceiling_for(results.primary_model, size)
+        saturation = results.saturation("ours", results.primary_model, size)
+        if ceiling is None or saturation is None:
+            return None
+        ratio = _ratio(saturation.throughput, ceiling.images_per_second)
+        if ratio is None:
+            return None
+        return Measurement(
             f"{saturation.throughput:.1f} img/s (concurrency {saturation.concurrency}) vs ceiling "
             f"{ceiling.images_per_second:.1f} = {ratio:.3f}",
             ratio >= target,
             f"{ratio - target:+.3f} of the ceiling ({saturation.throughput - target * ceiling.images_per_second:+.1f}"
-            f" img/s)"))
+            f" img/s)")
 
-    c1 = results.load_at("ours", model, SMALL, 1)
-    pre = results.preprocess_for(model, SMALL)
-    raw = results.raw_for(model)
+    return measure
+
+
+def _c1_latency(results: BenchResults) -> Measurement | None:
+    c1 = results.load_at("ours", results.primary_model, SMALL, 1)
+    if not c1 or not results.c1_reference_ms:
+        return None
+    pre = results.preprocess_for(results.primary_model, SMALL)
+    raw = results.raw_for(results.primary_model)
     batch1 = raw.batch(1) if raw else None
-    name = "Concurrency 1 latency, 500x375 JPEG"
-    goal = f"p50 ≤ preprocessing + batch-1 inference + {C1_OVERHEAD_MS:g} ms"
-    if c1 and results.c1_reference_ms:
-        pre_ms, inference_ms = results.c1_reference_ms
-        floor = pre_ms + inference_ms
-        overhead = c1.p50_ms - floor
-        earlier = (f"; at the start of the run {pre.server_ms:.1f} + {batch1.ms_per_batch:.1f} ms"
-                   if pre and batch1 else "")
-        outcomes.append(TargetOutcome(
-            name, goal, f"p50 {c1.p50_ms:.1f} ms vs {pre_ms:.1f} + {inference_ms:.1f} = {floor:.1f} ms timed just "
-            f"before the run (overhead {overhead:.1f} ms){earlier}", overhead <= C1_OVERHEAD_MS,
-            f"{C1_OVERHEAD_MS - overhead:+.1f} ms of slack"))
-    else:
-        outcomes.append(TargetOutcome(name, goal, "not measured", None, "—"))
+    pre_ms, inference_ms = results.c1_reference_ms
+    floor = pre_ms + inference_ms
+    overhead = c1.p50_ms - floor
+    earlier = f"; at the start of the run {pre.server_ms:.1f} + {batch1.ms_per_batch:.1f} ms" if pre and batch1 else ""
+    return Measurement(
+        f"p50 {c1.p50_ms:.1f} ms vs {pre_ms:.1f} + {inference_ms:.1f} = {floor:.1f} ms timed just before the run "
+        f"(overhead {overhead:.1f} ms){earlier}",
+        overhead <= C1_OVERHEAD_MS,
+        f"{C1_OVERHEAD_MS - overhead:+.1f} ms of slack")
 
-    c64 = results.load_at("ours", model, SMALL, 64)
-    name = "Concurrency 64, accepted requests"
-    goal = f"p99 < {C64_P99_MS / 1000:g} s"
-    if c64 and c64.ok:
-        # Little's law: an accepted image waits behind at most the queue plus the batch being run.
-        in_system = results.ours_max_queue_size + results.ours_max_batch_size
-        bound = f"; queue {results.ours_max_queue_size} + batch {results.ours_max_batch_size} = {in_system} images " \
-                f"at {c64.throughput:.1f} img/s take {in_system / c64.throughput:.2f} s" if c64.throughput > 0 else ""
-        if results.ours_max_queue_wait_ms:
-            bound += f"; admission refuses what would wait over {results.ours_max_queue_wait_ms:g} ms"
-        outcomes.append(TargetOutcome(name, goal, f"p99 {c64.p99_ms:.0f} ms over {c64.ok} answers{bound}",
-                                      c64.p99_ms < C64_P99_MS, f"{C64_P99_MS - c64.p99_ms:+.0f} ms of slack"))
-    else:
-        outcomes.append(TargetOutcome(name, goal, "not measured", None, "—"))
-    name = "Concurrency 64, requests beyond the queue"
-    goal = f"503 within {REJECT_MS:g} ms"
-    if c64 and c64.rejected_p99_ms is not None:
-        refused = c64.statuses.get("503", 0)
-        outcomes.append(TargetOutcome(
-            name, goal, f"{refused} refused with 503: p50 {c64.rejected_p50_ms:.1f} ms, p99 {c64.rejected_p99_ms:.1f} ms, "
-            f"max {c64.rejected_max_ms:.1f} ms",
-            c64.rejected_p99_ms <= REJECT_MS, f"{REJECT_MS - c64.rejected_p99_ms:+.1f} ms of slack (p99)"))
-    else:
-        outcomes.append(TargetOutcome(name, goal, "no request was refused in the run" if c64 else "not measured",
-                                      None, "—"))
 
-    resources = results.resources_for("ours", model)
-    name = "Idle server CPU"
-    goal = f"< {IDLE_PERCENT:g}% of a core"
-    if resources and resources.idle_cpu_percent is not None:
-        outcomes.append(TargetOutcome(
-            name, goal, f"{resources.idle_cpu_percent:.2f}% over {resources.idle_seconds:g} s",
-            resources.idle_cpu_percent < IDLE_PERCENT, f"{IDLE_PERCENT - resources.idle_cpu_percent:+.2f} points"))
-    else:
-        outcomes.append(TargetOutcome(name, goal, "not measured", None, "—"))
+def _c64_accepted(results: BenchResults) -> Measurement | None:
+    c64 = results.load_at("ours", results.primary_model, SMALL, 64)
+    if not c64 or not c64.ok:
+        return None
+    # Little's law: an accepted image waits behind at most the queue plus the batch being run.
+    in_system = results.ours_max_queue_size + results.ours_max_batch_size
+    bound = (f"; queue {results.ours_max_queue_size} + batch {results.ours_max_batch_size} = {in_system} images "
+             f"at {c64.throughput:.1f} img/s take {in_system / c64.throughput:.2f} s" if c64.throughput > 0 else "")
+    if results.ours_max_queue_wait_ms:
+        bound += f"; admission refuses what would wait over {results.ours_max_queue_wait_ms:g} ms"
+    return Measurement(f"p99 {c64.p99_ms:.0f} ms over {c64.ok} answers{bound}", c64.p99_ms < C64_P99_MS,
+                       f"{C64_P99_MS - c64.p99_ms:+.0f} ms of slack")
 
-    int8_model = f"{model}-int8"
-    name = f"INT8 throughput ({results.model_titles.get(int8_model, int8_model)})"
-    goal = f"≥ {INT8_SPEEDUP:g}× fp32"
-    fp32_sat = results.saturation("ours", model, SMALL)
-    int8_sat = results.saturation("ours", int8_model, SMALL)
+
+def _c64_refused(results: BenchResults) -> Measurement | None:
+    c64 = results.load_at("ours", results.primary_model, SMALL, 64)
+    if not c64:
+        return None
+    if c64.rejected_p99_ms is None:
+        return Measurement("no request was refused in the run", None, "—")
+    return Measurement(
+        f"{c64.statuses.get('503', 0)} refused with 503: p50 {c64.rejected_p50_ms:.1f} ms, "
+        f"p99 {c64.rejected_p99_ms:.1f} ms, max {c64.rejected_max_ms:.1f} ms",
+        c64.rejected_p99_ms <= REJECT_MS,
+        f"{REJECT_MS - c64.rejected_p99_ms:+.1f} ms of slack (p99)")
+
+
+def _idle_cpu(results: BenchResults) -> Measurement | None:
+    resources = results.resources_for("ours", results.primary_model)
+    if not resources or resources.idle_cpu_percent is None:
+        return None
+    return Measurement(f"{resources.idle_cpu_percent:.2f}% over {resources.idle_seconds:g} s",
+                       resources.idle_cpu_percent < IDLE_PERCENT,
+                       f"{IDLE_PERCENT - resources.idle_cpu_percent:+.2f} points")
+
+
+def _int8_key(results: BenchResults) -> str:
+    return f"{results.primary_model}-int8"
+
+
+def _int8_name(results: BenchResults) -> str:
+    int8_model = _int8_key(results)
+    return f"INT8 throughput ({results.model_titles.get(int8_model, int8_model)})"
+
+
+def _int8_throughput(results: BenchResults) -> Measurement | None:
+    model, int8_model = results.primary_model, _int8_key(results)
+    fp32_sat, int8_sat = results.saturation("ours", model, SMALL), results.saturation("ours", int8_model, SMALL)
     fp32_raw, int8_raw = results.raw_for(model), results.raw_for(int8_model)
-    if fp32_sat and int8_sat and fp32_raw and int8_raw:
-        served = int8_sat.throughput / fp32_sat.throughput
-        raw_ratio = int8_raw.best.images_per_second / fp32_raw.best.images_per_second
-        outcomes.append(TargetOutcome(
-            name, goal,
-            f"served {int8_sat.throughput:.1f} vs {fp32_sat.throughput:.1f} img/s = {served:.2f}×; raw ONNX Runtime "
-            f"best {int8_raw.best.images_per_second:.1f} vs {fp32_raw.best.images_per_second:.1f} = {raw_ratio:.2f}×",
-            served >= INT8_SPEEDUP, f"{served - INT8_SPEEDUP:+.2f}× (served), {raw_ratio - INT8_SPEEDUP:+.2f}× (raw)"))
-    else:
-        outcomes.append(TargetOutcome(name, goal, "not measured", None, "—"))
+    if not (fp32_sat and int8_sat and fp32_raw and int8_raw):
+        return None
+    served = int8_sat.throughput / fp32_sat.throughput
+    raw_ratio = int8_raw.best.images_per_second / fp32_raw.best.images_per_second
+    return Measurement(
+        f"served {int8_sat.throughput:.1f} vs {fp32_sat.throughput:.1f} img/s = {served:.2f}×; raw ONNX Runtime "
+        f"best {int8_raw.best.images_per_second:.1f} vs {fp32_raw.best.images_per_second:.1f} = {raw_ratio:.2f}×",
+        served >= INT8_SPEEDUP,
+        f"{served - INT8_SPEEDUP:+.2f}× (served), {raw_ratio - INT8_SPEEDUP:+.2f}× (raw)")
 
+
+def _int8_accuracy(results: BenchResults) -> Measurement | None:
     fp32_acc, int8_acc = results.accuracy_for("bundled"), results.accuracy_for("bundled-int8")
-    name = "INT8 accuracy, bundled Fashion-MNIST model"
-    goal = f"within {ACCURACY_POINTS:g} point of fp32"
-    if fp32_acc and int8_acc:
-        drop = 100 * (fp32_acc.test_accuracy - int8_acc.test_accuracy)
-        outcomes.append(TargetOutcome(
-            name, goal, f"fp32 {100 * fp32_acc.test_accuracy:.2f}%, INT8 {100 * int8_acc.test_accuracy:.2f}% "
-            f"({fp32_acc.images:,} test images): {drop:+.2f} points", abs(drop) <= ACCURACY_POINTS,
-            f"{ACCURACY_POINTS - abs(drop):+.2f} points of slack"))
-    else:
-        outcomes.append(TargetOutcome(name, goal, "not measured", None, "—"))
-    return outcomes
+    if not (fp32_acc and int8_acc):
+        return None
+    drop = 100 * (fp32_acc.test_accuracy - int8_acc.test_accuracy)
+    return Measurement(
+        f"fp32 {100 * fp32_acc.test_accuracy:.2f}%, INT8 {100 * int8_acc.test_accuracy:.2f}% "
+        f"({fp32_acc.images:,} test images): {drop:+.2f} points",
+        abs(drop) <= ACCURACY_POINTS,
+        f"{ACCURACY_POINTS - abs(drop):+.2f} points of slack")
+
+
+TARGETS: tuple[TargetDefinition, ...] = (
+    TargetDefinition(_saturation_name(SMALL), f"≥ {CEILING_TARGET_SMALL:.2f} × ceiling",
+                     _saturation(SMALL, CEILING_TARGET_SMALL)),
+    TargetDefinition(_saturation_name(LARGE), f"≥ {CEILING_TARGET_LARGE:.2f} × ceiling",
+                     _saturation(LARGE, CEILING_TARGET_LARGE)),
+    TargetDefinition("Concurrency 1 latency, 500x375 JPEG",
+                     f"p50 ≤ preprocessing + batch-1 inference + {C1_OVERHEAD_MS:g} ms", _c1_latency),
+    TargetDefinition("Concurrency 64, accepted requests", f"p99 < {C64_P99_MS / 1000:g} s", _c64_accepted),
+    TargetDefinition("Concurrency 64, requests beyond the queue", f"503 within {REJECT_MS:g} ms", _c64_refused),
+    TargetDefinition("Idle server CPU", f"< {IDLE_PERCENT:g}% of a core", _idle_cpu),
+    TargetDefinition(_int8_name, f"≥ {INT8_SPEEDUP:g}× fp32", _int8_throughput),
+    TargetDefinition("INT8 accuracy, bundled Fashion-MNIST model", f"within {ACCURACY_POINTS:g} point of fp32",
+                     _int8_accuracy),
+)
+"""The issue's targets in report order; a new target is one more entry here."""
+
+
+def evaluate_targets(results: BenchResults) -> list[TargetOutcome]:
+    """The issue's targets, judged on the run's primary model (ResNet-50 fp32 in a full run)."""
+    return [target.evaluate(results) for target in TARGETS]
 
 
 # ------------------------------------------------------------------------------------------------------- report

@@ -113,7 +113,8 @@ def test_each_target_has_a_verdict(quick_run: dict) -> None:
     names = [row[0] for row in rows]
     assert [n for n in TARGET_NAMES if not any(name.startswith(n) for name in names)] == []
     assert {row[3] for row in rows} <= {"**met**", "**missed**", "not measured"}
-    # The quick run measures every target on the bundled model, so each one is judged.
+    # The quick run measures every target on the bundled model, so each one is judged, whatever the machine's
+    # speed: bench.run.QUICK_OURS_ARGS says why concurrency 64 is always refused in part.
     assert "not measured" not in {row[3] for row in rows}, rows
 
 
