@@ -25,6 +25,7 @@ from service.config import Settings
 from service.dataplane import DataPlane
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
+from service.priority import thread_initializer
 from service.registry import ModelRegistry, RuntimeFactory, StartupError
 from service.runtime import available_cpus
 
@@ -43,14 +44,17 @@ def create_app(settings: Settings | None = None, *, open_runtime: RuntimeFactory
     metrics = ServiceMetrics()
     lifecycle = Lifecycle()
     registry = ModelRegistry(settings, metrics, open_runtime)
+    metrics.decode_memory_bytes.set_function(lambda: registry.decode_memory.in_use)
     dataplane = DataPlane(
         registry,
         lifecycle=lifecycle,
         metrics=metrics,
         decode_threads=settings.decode_threads or available_cpus(),
+        decode_thread_initializer=thread_initializer(settings.worker_nice),
         request_timeout_s=settings.request_timeout_s,
         max_files_per_request=settings.max_files_per_request,
         max_upload_bytes=settings.max_upload_bytes,
+        max_inflight_bytes=settings.max_inflight_bytes,
     )
 
     @asynccontextmanager

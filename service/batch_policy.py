@@ -3,9 +3,11 @@
 Every decision takes the current time as an argument, so the rules are unit-tested synchronously; the async
 loop that drives it is `service.batching.DynamicBatcher`.
 
-- admission: a request whose images do not all fit in the bounded queue is refused; with ``max_wait_s`` set, so
-  is one whose last image would not be done within that time, estimated from the running batch and the whole
-  batches ahead of and including it, at the measured seconds per image;
+- admission, once per image, before any work: a request reserves room for its images before its body is read
+  (one image, then one more as each further image is counted), and its reservation turns into queued items when
+  its images are decoded, or is released. Room is refused when queued plus reserved images would pass the
+  bounded queue or, with ``max_wait_s`` set, when the last of them would not be done within that time, estimated
+  from the running batch and the whole batches ahead of and including it at the measured seconds per image;
 - with ``max_delay_s == 0`` a batch is ready as soon as an image is queued; with ``max_delay_s > 0`` when it is
   full or when its first image has waited that long, one fixed deadline from that image's arrival;
 - images whose client has gone (their waiter is done) are skipped; images past their deadline are set aside.
@@ -68,6 +70,8 @@ class BatchPolicy(Generic[P]):
         """Running estimate of inference seconds per image at the batch sizes recently run; None before any."""
         self._queue: deque[QueuedItem[P]] = deque()
         self._abandoned_since_last_batch = 0
+        self.reserved = 0
+        """Images admitted and not yet queued: their requests are uploading or decoding."""
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -90,18 +94,18 @@ class BatchPolicy(Generic[P]):
         queue ahead plus the new items count as whole batches."""
         if self.seconds_per_image is None:
             return None
-        batches = -(-(len(self._queue) + count) // self.max_batch_size)
+        batches = -(-(len(self._queue) + self.reserved + count) // self.max_batch_size)
         return (in_flight + batches * self.max_batch_size) * self.seconds_per_image
 
     def has_room(self, count: int, in_flight: int = 0) -> bool:
-        """Whether `count` more items fit (abandoned items do not count against the room): the queue has space
-        and, with `max_wait_s` set, they would be done within it. An idle model always takes a request whole,
-        so no request is too big to ever run."""
-        if len(self._queue) + count > self.max_queue_size:
+        """Whether `count` more items fit beside those queued and reserved (abandoned items do not count): the
+        queue has space and, with `max_wait_s` set, they would be done within it. An idle model always takes a
+        request whole, so no request is too big to ever run."""
+        if len(self._queue) + self.reserved + count > self.max_queue_size:
             self._prune_abandoned()
-            if len(self._queue) + count > self.max_queue_size:
+            if len(self._queue) + self.reserved + count > self.max_queue_size:
                 return False
-        if self.max_wait_s is None or (not self._queue and not in_flight):
+        if self.max_wait_s is None or (not self._queue and not self.reserved and not in_flight):
             return True
         expected = self.expected_wait_s(count, in_flight)
         if expected is not None and expected > self.max_wait_s:
@@ -109,11 +113,29 @@ class BatchPolicy(Generic[P]):
             expected = self.expected_wait_s(count, in_flight)
         return expected is None or expected <= self.max_wait_s
 
-    def admit(self, items: Sequence[QueuedItem[P]], in_flight: int = 0) -> bool:
-        """Queue all of `items` or none of them; False when they do not fit."""
-        if not self.has_room(len(items), in_flight):
+    def reserve(self, count: int, in_flight: int = 0) -> bool:
+        """Hold room for `count` more images of a request that is still uploading or decoding; False if none."""
+        if not self.has_room(count, in_flight):
             return False
+        self.reserved += count
+        return True
+
+    def release(self, count: int) -> None:
+        """Give back reserved room that will not be queued (the request failed or carried fewer images)."""
+        if not 0 <= count <= self.reserved:
+            raise ValueError(f"releasing {count} images but {self.reserved} are reserved")
+        self.reserved -= count
+
+    def enqueue_reserved(self, items: Sequence[QueuedItem[P]]) -> None:
+        """Queue items whose room was reserved: admitted already, so never refused now."""
+        self.release(len(items))
         self._queue.extend(items)
+
+    def admit(self, items: Sequence[QueuedItem[P]], in_flight: int = 0) -> bool:
+        """Reserve and queue all of `items` or none of them; False when they do not fit."""
+        if not self.reserve(len(items), in_flight):
+            return False
+        self.enqueue_reserved(items)
         return True
 
     def ready_at(self) -> float | None:

@@ -73,6 +73,7 @@ class DynamicBatcher(Generic[P, R]):
         max_wait_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         observer: BatchObserver | None = None,
+        thread_initializer: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self._run_batch = run_batch
@@ -81,6 +82,7 @@ class DynamicBatcher(Generic[P, R]):
         )
         self._clock = clock
         self._observer = observer
+        self._thread_initializer = thread_initializer
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -122,11 +124,37 @@ class DynamicBatcher(Generic[P, R]):
         """Start the batch loop on the running event loop."""
         if self._task is not None:
             raise RuntimeError(f"batcher {self.name} already started")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{self.name}")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{self.name}",
+                                            initializer=self._thread_initializer)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
 
     def has_room(self, count: int) -> bool:
         return not self._closed and self._policy.has_room(count, self._running_batch_size)
+
+    @property
+    def reserved(self) -> int:
+        """Images admitted whose requests are still uploading or decoding."""
+        return self._policy.reserved
+
+    def reserve(self, count: int = 1) -> ImageReservation[P, R]:
+        """Room for `count` images of a request not yet read, or `Overloaded` / `ShuttingDown` at once."""
+        reservation: ImageReservation[P, R] = ImageReservation(self)
+        reservation.grow_to(count)
+        return reservation
+
+    def _reserve(self, count: int) -> None:
+        if self._closed:
+            raise ShuttingDown(f"model {self.name} is shutting down")
+        if not self._policy.reserve(count, self._running_batch_size):
+            raise Overloaded(self.overload_message(count))
+
+    def _enqueue(self, payloads: Sequence[P], deadline: float) -> list[asyncio.Future[ItemResult[R]]]:
+        loop = asyncio.get_running_loop()
+        now = self._clock()
+        items = [QueuedItem(payload, now, deadline, loop.create_future()) for payload in payloads]
+        self._policy.enqueue_reserved(items)
+        self._wakeup.set()
+        return [item.waiter for item in items]
 
     def expected_wait_s(self, count: int) -> float | None:
         """Estimated seconds until `count` new images would be done; None before the first batch has run."""
@@ -138,24 +166,17 @@ class DynamicBatcher(Generic[P, R]):
         Raises `Overloaded` at once when they do not fit and `ShuttingDown` after `close()`. Cancelling a
         returned future tells the batcher its client is gone: the item is dropped before inference.
         """
-        if self._closed:
-            raise ShuttingDown(f"model {self.name} is shutting down")
-        loop = asyncio.get_running_loop()
-        now = self._clock()
-        items = [QueuedItem(payload, now, deadline, loop.create_future()) for payload in payloads]
-        if not self._policy.admit(items, self._running_batch_size):
-            raise Overloaded(self.overload_message(len(items)))
-        self._wakeup.set()
-        return [item.waiter for item in items]
+        with self.reserve(len(payloads)) as reservation:
+            return reservation.submit(payloads, deadline)
 
     def overload_message(self, count: int) -> str:
         """Why a request of `count` images is refused right now, for the client."""
         expected = self.expected_wait_s(count)
+        ahead = f"{self.queue_depth} images are queued and {self.reserved} are being received or decoded"
         if self.max_wait_s is not None and expected is not None and expected > self.max_wait_s:
-            return (f"model {self.name} is overloaded: {self.queue_depth} images are queued, about {expected:.1f} s of "
-                    f"work (limit {self.max_wait_s:g} s); retry later")
-        return (f"model {self.name} is overloaded: {self.queue_depth} images are queued (limit "
-                f"{self.max_queue_size}); retry later")
+            return (f"model {self.name} is overloaded: {ahead}, about {expected:.1f} s of work (limit "
+                    f"{self.max_wait_s:g} s); retry later")
+        return f"model {self.name} is overloaded: {ahead} (limit {self.max_queue_size}); retry later"
 
     async def close(self) -> None:
         """Refuse new work, fail queued items with `ShuttingDown`, let the running batch finish, stop the loop."""
@@ -232,3 +253,48 @@ class DynamicBatcher(Generic[P, R]):
         for item, output in zip(items, outputs):
             if not item.waiter.done():
                 item.waiter.set_result(ItemResult(output, started - item.enqueued_at, inference_s, len(items)))
+
+
+class ImageReservation(Generic[P, R]):
+    """Room for one request's images in a batcher, taken before its body is read and carried with it.
+
+    It grows as the request's images are counted, turns into queued items when they are submitted, and gives
+    back whatever was not queued when released; as a context manager it is released on every exit path.
+    """
+
+    def __init__(self, batcher: DynamicBatcher[P, R]) -> None:
+        self._batcher = batcher
+        self.count = 0
+        """Images held and not yet queued."""
+
+    def grow_to(self, count: int) -> None:
+        """Hold room for `count` images in all; `Overloaded` (nothing more held) if there is none."""
+        if count > self.count:
+            self._batcher._reserve(count - self.count)
+            self.count = count
+
+    def submit(self, payloads: Sequence[P], deadline: float) -> list[asyncio.Future[ItemResult[R]]]:
+        """Queue `payloads` in the reserved room (never refused for room) and release any room left over.
+
+        Raises `ShuttingDown` after the batcher's `close()`. Cancelling a returned future tells the batcher its
+        client is gone: the item is dropped before inference."""
+        if len(payloads) > self.count:
+            self.grow_to(len(payloads))
+        if self._batcher._closed:
+            self.release()
+            raise ShuttingDown(f"model {self._batcher.name} is shutting down")
+        futures = self._batcher._enqueue(payloads, deadline)
+        self.count -= len(payloads)
+        self.release()
+        return futures
+
+    def release(self) -> None:
+        if self.count:
+            self._batcher._policy.release(self.count)
+            self.count = 0
+
+    def __enter__(self) -> ImageReservation[P, R]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()

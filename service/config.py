@@ -67,13 +67,33 @@ class Settings(BaseSettings):
     """Most images (multipart parts named 'file') one classify request may carry."""
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     """Largest request body accepted; larger ones get 413 as soon as the excess arrives."""
+    max_inflight_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
+    """Upload bytes all requests in flight may hold together; a request that would pass it is refused at once
+    with 503 and Retry-After (from its Content-Length before its body is read, or as its chunks arrive)."""
+    max_decode_bytes: int = Field(default=384 * 1024 * 1024, ge=1024 * 1024)
+    """Memory the decodes in progress may allocate together, estimated per image from its header (mode, size,
+    JPEG draft scale) before decoding; a decode waits while others hold too much, and an image that alone needs
+    more is refused with 413."""
     max_image_pixels: int = Field(default=50_000_000, ge=1)
     """Largest image (width x height, before any resizing) that is decoded; larger ones get 413."""
     jpeg_draft: bool = True
     """Let large JPEGs decode at 1/2, 1/4 or 1/8 scale (never below twice the model's resize size): several times
     faster, a few levels of difference per pixel (measured in docs/SERVICE.md)."""
+    header_timeout_s: float = Field(default=10.0, gt=0.0)
+    """A request's head must arrive within this many seconds of its first byte (or of the connection opening),
+    else 408 and the connection is closed."""
+    body_timeout_s: float = Field(default=60.0, gt=0.0)
+    """A request's whole body must arrive within this many seconds of its first byte, else 408 and close."""
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0.0)
+    """An idle keep-alive connection is closed after this many seconds without a new request."""
+    max_connections: int = Field(default=1000, ge=1)
+    """Open HTTP connections beyond which a new one is answered 503 and closed at once (keep it below the
+    process's file-descriptor limit)."""
     decode_threads: int | None = Field(default=None, ge=1)
     """Threads decoding and preprocessing uploads; unset: the CPUs this process may use."""
+    worker_nice: int = Field(default=10, ge=0, le=19)
+    """How much lower than the event loop's the priority (nice value) of the decode and inference threads is, so
+    that admitting and refusing requests never waits for CPU behind them; 0 runs them all alike."""
     shutdown_grace_s: float = Field(default=30.0, ge=0.0)
     """After SIGTERM, how long in-flight requests may take to finish before the server stops anyway."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
@@ -100,6 +120,15 @@ class Settings(BaseSettings):
                     f"provider name ending in 'ExecutionProvider'"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _budget_holds_an_upload(self) -> Settings:
+        if self.max_inflight_bytes < self.max_upload_bytes:
+            raise ValueError(
+                f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least max_upload_bytes "
+                f"({self.max_upload_bytes}), or the largest upload could never be admitted"
+            )
+        return self
 
     @model_validator(mode="after")
     def _queue_holds_a_request(self) -> Settings:

@@ -1,22 +1,25 @@
 """The protocol-agnostic request path, shared by every front end: admit -> decode -> batch and infer -> rank.
 
-Each stage is separately callable, so a front end that receives tensors already preprocessed skips decoding and
-goes straight to `infer`. The stages themselves belong to the model (`registry.ModelContract`); this class only
-orders them, runs decoding in its thread pool, keeps the request's deadline and records the timings.
+`admit` is the one admission decision, taken before any of the body is read; it returns the request's `Ticket`,
+which holds room for its images and its upload bytes until the request ends. Each later stage is separately
+callable, so a front end that receives tensors already preprocessed skips decoding and goes straight to
+`infer`. The stages themselves belong to the model (`registry.ModelContract`); this class only orders them, runs
+decoding in its bounded thread pool, keeps the request's deadline and records the timings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from service.admission import ByteBudget, Ticket
 from service.batching import ItemResult
-from service.errors import DeadlineExceeded, InvalidParameter, NotReady, Overloaded, TooManyFiles
+from service.errors import DeadlineExceeded, InvalidParameter, NotReady
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 from service.postprocess import ScoredLabel
@@ -52,14 +55,6 @@ class ClassifyOutcome:
 
 
 @dataclass(frozen=True)
-class Admission:
-    """A request let in: its model and effective k."""
-
-    model: ServedModel
-    top_k: int
-
-
-@dataclass(frozen=True)
 class Inference:
     """Logits for a list of tensors, in order, and the slowest tensor's time in the queue and in the model."""
 
@@ -78,18 +73,23 @@ class DataPlane:
         lifecycle: Lifecycle,
         metrics: ServiceMetrics,
         decode_threads: int,
+        decode_thread_initializer: Callable[[], None] | None = None,
         request_timeout_s: float,
         max_files_per_request: int,
         max_upload_bytes: int,
+        max_inflight_bytes: int,
     ) -> None:
         self.registry = registry
         self._lifecycle = lifecycle
         self._metrics = metrics
         # Threads start on first use, not here: nothing runs until the server serves.
-        self._decode_pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
+        self._decode_pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode",
+                                               initializer=decode_thread_initializer)
         self.request_timeout_s = request_timeout_s
         self.max_files_per_request = max_files_per_request
         self.max_upload_bytes = max_upload_bytes
+        self.upload_bytes = ByteBudget(max_inflight_bytes)
+        metrics.inflight_upload_bytes.set_function(lambda: self.upload_bytes.in_use)
 
     @property
     def ready(self) -> bool:
@@ -103,8 +103,13 @@ class DataPlane:
     def close(self) -> None:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
-    def admit(self, model_name: str | None, top_k: int | None, image_count: int | None = None) -> Admission:
-        """Everything that can be refused before the upload is read: model, readiness, top_k, queue room."""
+    def admit(self, model_name: str | None, top_k: int | None = None, *, declared_bytes: int | None = None,
+              received_at: float | None = None) -> Ticket:
+        """The one admission decision, before any of the body is read: model, readiness, k, room for one image
+        in the model's queue and wait bound, and the declared body size in the upload byte budget.
+
+        The returned ticket is the request's from now on; close it (or use it as a context manager) when the
+        request ends, whatever the outcome. Raises ModelNotFound, NotReady, InvalidParameter or Overloaded."""
         model = self.registry.get(model_name)
         if not self._lifecycle.ready and self._lifecycle.accepting:
             raise NotReady("the server is still loading and warming up its models; retry shortly")
@@ -117,19 +122,17 @@ class DataPlane:
             raise InvalidParameter(
                 f"top_k must be between 1 and {num_classes} (the number of classes of model {model.name}), got {k}"
             )
-        if image_count is not None:
-            self._check_count(image_count)
-            if not model.batcher.has_room(image_count):
-                raise Overloaded(model.batcher.overload_message(image_count))
-        return Admission(model, k)
-
-    def _check_count(self, image_count: int) -> None:
-        if image_count < 1:
-            raise InvalidParameter(
-                "the request carries no image: send multipart/form-data parts named 'file' or a raw image body"
-            )
-        if image_count > self.max_files_per_request:
-            raise TooManyFiles(f"{image_count} images in one request; the limit is {self.max_files_per_request}")
+        started = time.monotonic() if received_at is None else received_at
+        ticket = Ticket(model, top_k=k, received_at=started, deadline=started + self.request_timeout_s,
+                        images=model.batcher.reserve(1), budget=self.upload_bytes,
+                        max_images=self.max_files_per_request)
+        try:
+            if declared_bytes:
+                ticket.expect_bytes(declared_bytes)
+        except BaseException:
+            ticket.close()
+            raise
+        return ticket
 
     def _deadline_exceeded(self) -> DeadlineExceeded:
         return DeadlineExceeded(
@@ -137,30 +140,23 @@ class DataPlane:
             f"retry later or send fewer images"
         )
 
-    async def classify(
-        self,
-        model_name: str | None,
-        uploads: Sequence[ImageUpload],
-        top_k: int | None,
-        *,
-        received_at: float | None = None,
-    ) -> ClassifyOutcome:
-        """Decode, batch, infer and rank `uploads`; results are in upload order.
+    async def classify(self, ticket: Ticket, uploads: Sequence[ImageUpload]) -> ClassifyOutcome:
+        """Decode, batch, infer and rank the admitted request's `uploads`; results are in upload order.
 
-        `received_at` (time.monotonic() when the request arrived, default now) starts the request's deadline.
-        Any image that fails fails the whole request (with that file named) and affects no other request.
-        """
-        started = time.monotonic() if received_at is None else received_at
-        deadline = started + self.request_timeout_s
-        admission = self.admit(model_name, top_k, len(uploads))
-        model = admission.model
+        Any image that fails fails the whole request (with that file named) and affects no other request."""
+        if not uploads:
+            raise InvalidParameter(
+                "the request carries no image: send multipart/form-data parts named 'file' or a raw image body"
+            )
+        ticket.count_images(len(uploads))
+        model = ticket.model
         try:
-            async with asyncio.timeout(deadline - time.monotonic()):
+            async with asyncio.timeout(ticket.deadline - time.monotonic()):
                 prepared = await self.decode(model, uploads)
-                inference = await self.infer(model, [image.tensor for image in prepared], deadline)
+                inference = await self.infer(ticket, [image.tensor for image in prepared])
         except TimeoutError:
             raise self._deadline_exceeded() from None
-        ranked = model.postprocess(inference.logits, admission.top_k)
+        ranked = model.postprocess(inference.logits, ticket.top_k)
         self._metrics.images_classified.labels(model.name).inc(len(uploads))
         return ClassifyOutcome(
             model=model.name,
@@ -172,13 +168,14 @@ class DataPlane:
                 preprocess_s=max(image.seconds for image in prepared),
                 queue_wait_s=inference.queue_wait_s,
                 inference_s=inference.inference_s,
-                total_s=time.monotonic() - started,
+                total_s=time.monotonic() - ticket.received_at,
             ),
         )
 
     async def decode(self, model: ServedModel, uploads: Sequence[ImageUpload]) -> list[PreprocessedImage]:
         """The model's preprocess stage for every upload, in parallel in the decode pool; the first error wins."""
         loop = asyncio.get_running_loop()
+        self._metrics.images_decoded.labels(model.name).inc(len(uploads))
         jobs = [loop.run_in_executor(self._decode_pool, model.preprocess, upload) for upload in uploads]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
         for outcome in outcomes:
@@ -190,9 +187,9 @@ class DataPlane:
             histogram.observe(image.seconds)
         return prepared
 
-    async def infer(self, model: ServedModel, tensors: Sequence[np.ndarray], deadline: float) -> Inference:
-        """Queue `tensors` on the model's batcher and wait for their logits (all or none are queued)."""
-        futures = model.batcher.submit(list(tensors), deadline)
+    async def infer(self, ticket: Ticket, tensors: Sequence[np.ndarray]) -> Inference:
+        """Queue the admitted request's `tensors` in its reserved room and wait for their logits."""
+        futures = ticket.images.submit(list(tensors), ticket.deadline)
         try:
             results: list[ItemResult[np.ndarray]] = list(await asyncio.gather(*futures))
         finally:

@@ -17,6 +17,7 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+CONNECTION_REFUSAL_REASONS = ("header_timeout", "body_timeout", "framing", "max_connections")
 
 
 class ModelBatchObserver:
@@ -24,6 +25,7 @@ class ModelBatchObserver:
 
     def __init__(self, metrics: ServiceMetrics, model: str) -> None:
         self._batch_size = metrics.batch_size.labels(model)
+        self._inferred = metrics.images_inferred.labels(model)
         self._inference = metrics.inference_seconds.labels(model)
         self._queue_wait = metrics.queue_wait_seconds.labels(model)
         self._dropped = metrics.dropped_images
@@ -31,6 +33,7 @@ class ModelBatchObserver:
 
     def batch_ran(self, size: int, inference_s: float) -> None:
         self._batch_size.observe(size)
+        self._inferred.inc(size)
         self._inference.observe(inference_s)
 
     def item_dequeued(self, queue_wait_s: float) -> None:
@@ -79,6 +82,22 @@ class ServiceMetrics:
         self.images_classified = Counter(
             "resnet_serve_images_classified", "Images classified successfully.", ["model"], registry=r,
         )
+        self.images_decoded = Counter(
+            "resnet_serve_images_decoded", "Images handed to the decode pool (decode and preprocess work started).",
+            ["model"], registry=r,
+        )
+        self.images_inferred = Counter(
+            "resnet_serve_images_inferred", "Images run through the model (the sum of batch sizes).",
+            ["model"], registry=r,
+        )
+        self.decode_memory_bytes = Gauge(
+            "resnet_serve_decode_memory_bytes", "Memory reserved by the decodes in progress (the decode budget in use).",
+            registry=r,
+        )
+        self.inflight_upload_bytes = Gauge(
+            "resnet_serve_inflight_upload_bytes", "Upload bytes held by requests in flight (the byte budget in use).",
+            registry=r,
+        )
         self.rejections = Counter(
             "resnet_serve_rejections", "Requests refused or failed, by reason.", ["reason"], registry=r,
         )
@@ -86,6 +105,15 @@ class ServiceMetrics:
             "resnet_serve_dropped_images",
             "Queued images dropped without inference: timeout, client_disconnected or shutdown.",
             ["model", "reason"], registry=r,
+        )
+        self.connections_refused = Counter(
+            "resnet_serve_connections_refused",
+            "Connections answered and closed by the protocol guard: header_timeout, body_timeout, framing or "
+            "max_connections.",
+            ["reason"], registry=r,
+        )
+        self.open_connections = Gauge(
+            "resnet_serve_open_connections", "HTTP connections open now.", registry=r,
         )
         self.model_ready = Gauge(
             "resnet_serve_model_ready", "1 when the model is loaded, warmed up and its batcher running.",
@@ -95,6 +123,8 @@ class ServiceMetrics:
         """Every reason an error class can be counted under, pre-created at zero so dashboards see every series."""
         for reason in self.rejection_reasons:
             self.rejections.labels(reason)
+        for reason in CONNECTION_REFUSAL_REASONS:
+            self.connections_refused.labels(reason)
 
     def count_rejection(self, error: ServiceError) -> None:
         """Count a refused or failed request under its error's reason (one of `rejection_reasons`)."""
@@ -102,9 +132,14 @@ class ServiceMetrics:
             raise ValueError(f"rejection reason {error.reason!r} is not one of {self.rejection_reasons}")
         self.rejections.labels(error.reason).inc()
 
+    def count_connection_refused(self, reason: str) -> None:
+        self.connections_refused.labels(reason).inc()
+
     def register_model(self, model: str) -> ModelBatchObserver:
         """Create the model's series and return the hooks its batcher reports to."""
         self.images_classified.labels(model)
+        self.images_decoded.labels(model)
+        self.images_inferred.labels(model)
         self.model_ready.labels(model).set(0)
         return ModelBatchObserver(self, model)
 

@@ -11,8 +11,11 @@ own decompression-bomb warning/error is caught and reported the same way.
 from __future__ import annotations
 
 import io
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -60,12 +63,44 @@ class ImageUpload:
     content_type: str | None = None
 
 
+class DecodeMemory:
+    """Bytes that the decodes in progress may hold together, shared by every decode thread of the process.
+
+    A decode first reserves what it will allocate (estimated from the image header by `decode_cost_bytes`) and
+    waits while others hold too much; an image that alone needs more than the limit is refused (413)."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.in_use = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, count: int) -> Iterator[None]:
+        if count > self.limit_bytes:
+            raise ImageTooLarge(
+                f"decoding the image would take about {count / 2**20:.0f} MiB of memory, over the server's limit of "
+                f"{self.limit_bytes / 2**20:.0f} MiB for decoding; send a smaller image or a JPEG"
+            )
+        with self._changed:
+            while self.in_use + count > self.limit_bytes:
+                self._changed.wait()
+            self.in_use += count
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_use -= count
+                self._changed.notify_all()
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
     """Limits and speed-ups of decoding, from the settings."""
 
     max_image_pixels: int = 50_000_000
     jpeg_draft: bool = True
+    memory: DecodeMemory | None = field(default=None, compare=False)
+    """The process's decode memory budget; None: unbounded (tools and tests)."""
 
 
 @dataclass(frozen=True)
@@ -136,45 +171,82 @@ def _open(data: bytes, declared_format: str | None, options: DecodeOptions) -> I
     return image
 
 
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+"""16-bit, 32-bit integer and float pixels: resized as they are, brought to 8 bits only after the resize."""
+
+
 def _to_model_mode(image: Image.Image, color_mode: str) -> Image.Image:
-    """Convert any decoded mode (palette, alpha, CMYK, 16-bit, float) to 'RGB' or 'L' like `Image.convert` does,
-    except that 16- and 32-bit integer pixels are scaled to 8 bits instead of clipped."""
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        pixels = np.asarray(image).astype(np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or pixels.max(initial=0) > 255 else 255.0
-        eight_bit = np.clip(np.rint(pixels * (255.0 / peak)), 0, 255).astype(np.uint8)
-        image = Image.fromarray(eight_bit, mode="L")
-    elif image.mode == "F":
-        image = Image.fromarray(np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8), mode="L")
-    if image.mode != color_mode:
-        image = image.convert(color_mode)
-    return image
+    """Convert any decoded 8-bit mode (palette, alpha, CMYK, 1-bit, ...) to 'RGB' or 'L' as `Image.convert` does.
+
+    High-depth modes are left as they are: converting a 7000x7000 16-bit image to 8 bits at full size costs far
+    more memory than the image itself, and `image_to_tensor` brings them to 8 bits after the resize instead."""
+    if image.mode in HIGH_DEPTH_MODES or image.mode == color_mode:
+        return image
+    return image.convert(color_mode)
 
 
-def decode_image(data: bytes, spec: ModelSpec, options: DecodeOptions, content_type: str | None = None
-                 ) -> tuple[Image.Image, str, tuple[int, int]]:
-    """Decode `data` into a PIL image in the spec's colour mode, EXIF orientation applied.
+def _eight_bit_scale(image: Image.Image) -> float:
+    """The factor that brings a high-depth image's pixels to 0..255: 16-bit images (and 32-bit ones that use more
+    than 8 bits) are scaled from their full range, as Pillow would otherwise clip them; float ones are not."""
+    if image.mode == "F":
+        return 1.0
+    if image.mode.startswith("I;16"):
+        return 255.0 / 65535.0
+    _, high = image.getextrema()  # computed by Pillow over the image, without a copy
+    return 255.0 / 65535.0 if high > 255 else 1.0
 
-    Returns the image (possibly draft-reduced), its format and the full oriented size (width, height).
-    Raises InvalidImage (400), ImageTooLarge (413) or UnsupportedMediaType (415).
-    """
+
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+"""Bytes Pillow keeps per pixel for each mode; every other mode (RGB, RGBA, LA, CMYK, YCbCr, I, F, ...) takes 4."""
+
+
+def decode_cost_bytes(mode: str, size: tuple[int, int], color_mode: str, orientation: int = 1) -> int:
+    """What decoding an image of `mode` and (draft-reduced) `size` allocates at its peak: the decoded pixels, the
+    converted copy in the model's mode, a rotated copy when EXIF asks for one, and the first resize pass."""
+    pixels = size[0] * size[1]
+    decoded = _BYTES_PER_PIXEL.get(mode, 4)
+    converted = 0 if mode in HIGH_DEPTH_MODES or mode == color_mode else _BYTES_PER_PIXEL.get(color_mode, 4)
+    rotated = decoded if orientation in range(2, 9) else 0
+    return pixels * (decoded + converted + rotated) + 4 * max(size) * 1024
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block only costs the orientation, not the image
+        return 1
+
+
+def open_image(data: bytes, spec: ModelSpec, options: DecodeOptions, content_type: str | None = None
+               ) -> tuple[Image.Image, str, tuple[int, int]]:
+    """Read the header of `data` (nothing is decoded yet) and choose a JPEG draft scale.
+
+    Returns the opened image, its format and its full size before orientation.
+    Raises InvalidImage (400), ImageTooLarge (413) or UnsupportedMediaType (415)."""
     declared_format = check_declared_type(content_type)
     image = _open(data, declared_format, options)
     image_format = image.format or "unknown"
+    full_size = image.size
     try:
-        full_size = image.size
         if image_format in ("JPEG", "MPO") and options.jpeg_draft:  # MPO: a phone camera's multi-picture JPEG
             request = draft_request(*image.size, spec.resize_size)
             if request is not None:
                 # A grayscale model skips chroma decoding altogether: libjpeg hands out the stored luma (Y) plane.
                 draft_mode = "L" if spec.color_mode == "L" and image.mode == "RGB" else image.mode
                 image.draft(draft_mode, request)
+    except Exception as exc:  # noqa: BLE001 - whatever a hostile file makes a decoder raise is the file's fault
+        raise InvalidImage(f"the {image_format} image cannot be decoded ({type(exc).__name__}: {exc})") from None
+    return image, image_format, full_size
+
+
+def decode_opened(image: Image.Image, image_format: str, full_size: tuple[int, int], spec: ModelSpec
+                  ) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode an opened image into the spec's colour mode (high-depth modes stay as they are), EXIF orientation
+    applied; returns it and its full oriented size (width, height). Raises InvalidImage or ImageTooLarge."""
+    try:
         image.seek(0)  # GIF/TIFF: the first frame
         image.load()
-        try:
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-        except Exception:  # noqa: BLE001 - a broken EXIF block only costs the orientation, not the image
-            orientation = 1
+        orientation = _orientation(image)
         if orientation in range(2, 9):
             image = ImageOps.exif_transpose(image)
             if orientation >= 5:  # 5 to 8 swap the axes
@@ -184,7 +256,7 @@ def decode_image(data: bytes, spec: ModelSpec, options: DecodeOptions, content_t
         raise ImageTooLarge(f"the image is too large to decode safely ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - whatever a hostile file makes a decoder raise is the file's fault
         raise InvalidImage(f"the {image_format} image cannot be decoded ({type(exc).__name__}: {exc})") from None
-    return image, image_format, full_size
+    return image, full_size
 
 
 def image_to_tensor(image: Image.Image, spec: ModelSpec, max_resized_pixels: int | None = None) -> np.ndarray:
@@ -192,7 +264,9 @@ def image_to_tensor(image: Image.Image, spec: ModelSpec, max_resized_pixels: int
 
     This is torchvision's resize-then-crop, bit for bit. Only when the resized image would exceed
     `max_resized_pixels` (a strip thousands of times wider than tall) does PIL resample just the crop's source box
-    instead: same filter, same bounded memory, within a few levels of the exact result.
+    instead: same filter, same bounded memory, within a few levels of the exact result. A high-depth image (16-bit,
+    32-bit or float grey) is resized in its own mode and brought to 8 bits after the crop, so its memory stays a
+    small multiple of the decoded image; the result is within a level of converting first.
     """
     width, height = image.size
     new_width, new_height = resized_size(width, height, spec.resize_size)
@@ -207,8 +281,12 @@ def image_to_tensor(image: Image.Image, spec: ModelSpec, max_resized_pixels: int
         box = (left * scale_x, top * scale_y, min(width, (left + crop) * scale_x), min(height, (top + crop) * scale_y))
         cropped = image.resize((crop, crop), resample, box=box)
     pixels = np.asarray(cropped, dtype=np.float32)
+    if cropped.mode in HIGH_DEPTH_MODES:
+        pixels = np.clip(np.rint(pixels * np.float32(_eight_bit_scale(image))), 0, 255)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
+    if pixels.shape[2] != spec.channels:  # a high-depth grey image for an RGB model
+        pixels = np.repeat(pixels, spec.channels, axis=2)
     tensor = pixels.transpose(2, 0, 1) / np.float32(255.0)
     mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
@@ -227,9 +305,13 @@ def preprocess_image(data: bytes, spec: ModelSpec, options: DecodeOptions, conte
                      ) -> PreprocessedImage:
     """Bytes of one upload -> the model's input tensor and what the client should hear about the image."""
     started = time.perf_counter()
-    image, image_format, (width, height) = decode_image(data, spec, options, content_type)
-    try:
-        tensor = image_to_tensor(image, spec, options.max_image_pixels)
-    except (OSError, ValueError, MemoryError) as exc:
-        raise InvalidImage(f"the {image_format} image cannot be resized ({exc})") from None
+    opened, image_format, full_size = open_image(data, spec, options, content_type)
+    cost = decode_cost_bytes(opened.mode, opened.size, spec.color_mode, _orientation(opened))
+    with options.memory.hold(cost) if options.memory is not None else nullcontext():
+        image, (width, height) = decode_opened(opened, image_format, full_size, spec)
+        try:
+            tensor = image_to_tensor(image, spec, options.max_image_pixels)
+        except (OSError, ValueError, MemoryError) as exc:
+            raise InvalidImage(f"the {image_format} image cannot be resized ({exc})") from None
+        del image, opened  # the decoded pixels are freed before the budget is given back
     return PreprocessedImage(tensor, width, height, image_format, time.perf_counter() - started)

@@ -26,7 +26,8 @@ from service.errors import ModelNotFound
 from service.metrics import ServiceMetrics
 from service.modelspec import ModelSpec, ModelSpecError
 from service.postprocess import ScoredLabel, rank
-from service.preprocess import DecodeOptions, ImageUpload, PreprocessedImage, preprocess_upload
+from service.priority import call_in_lowered_thread, thread_initializer
+from service.preprocess import DecodeMemory, DecodeOptions, ImageUpload, PreprocessedImage, preprocess_upload
 from service.runtime import InferenceRuntime, OnnxModelRuntime, available_cpus, run_batch
 
 logger = logging.getLogger("service")
@@ -93,6 +94,8 @@ class ServedModel:
     runtime: InferenceRuntime
     decode_options: DecodeOptions
     metrics: ServiceMetrics
+    worker_nice: int = 0
+    """How much lower than the event loop the threads running this model's batches are (service.priority)."""
     state: ModelState = field(default=ModelState.LOADED, init=False)
     error: str | None = field(default=None, init=False)
     preprocess: Callable[[ImageUpload], PreprocessedImage] = field(init=False, repr=False)
@@ -113,6 +116,7 @@ class ServedModel:
             max_delay_s=serving.max_batch_delay_s,
             max_wait_s=serving.max_queue_wait_s,
             observer=self.metrics.register_model(self.name),
+            thread_initializer=thread_initializer(self.worker_nice),
         )
         self.metrics.watch_queue_depth(self.name, lambda: self.batcher.queue_depth)
 
@@ -172,6 +176,8 @@ class ModelRegistry:
         self._open_runtime = open_runtime or open_onnx_runtime
         self._models: dict[str, ServedModel] = {}
         self.default_model: str | None = None
+        self.decode_memory = DecodeMemory(settings.max_decode_bytes)
+        """One budget for the decodes of every model."""
 
     @property
     def models(self) -> list[ServedModel]:
@@ -207,8 +213,10 @@ class ModelRegistry:
         self._models = {model.name: model for model in models}
 
     def _open(self, model_file: repository.ModelFile, threads: int | None) -> InferenceRuntime:
+        # ONNX Runtime creates the session's thread pool now, and its threads inherit this thread's priority.
+        open_runtime = partial(self._open_runtime, model_file.path, self._settings.providers, threads)
         try:
-            return self._open_runtime(model_file.path, self._settings.providers, threads)
+            return call_in_lowered_thread(open_runtime, self._settings.worker_nice)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
             raise StartupError(f"{model_file.path.name}: ONNX Runtime cannot load the model: {exc}") from None
 
@@ -229,8 +237,9 @@ class ModelRegistry:
         model = ServedModel(
             name=model_file.name, path=model_file.path, spec=metadata.spec, serving=serving,
             overridden=tuple(metadata.serving.as_dict()), runtime=runtime,
-            decode_options=DecodeOptions(max_image_pixels=settings.max_image_pixels, jpeg_draft=settings.jpeg_draft),
-            metrics=self._metrics,
+            decode_options=DecodeOptions(max_image_pixels=settings.max_image_pixels, jpeg_draft=settings.jpeg_draft,
+                                         memory=self.decode_memory),
+            metrics=self._metrics, worker_nice=settings.worker_nice,
         )
         spec = metadata.spec
         logger.info(

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Query, Request
 
 from service.api.deps import DataPlaneDep
 from service.api.schemas import ClassifyResponse, ErrorResponse
-from service.api.uploads import UploadLimits, read_uploads
+from service.api.uploads import UploadLimits, check_media_type, declared_length, read_uploads
 from service.dataplane import DataPlane
 from service.errors import ClientDisconnected
 
@@ -75,14 +75,14 @@ async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
 async def _classify(request: Request, dataplane: DataPlane, model_name: str | None, top_k: int | None
                     ) -> ClassifyResponse:
     received_at = time.monotonic()
-    # Refuse before reading the upload: every request carries at least one image, so a queue without room
-    # for one is answered 503 at once instead of after receiving and decoding the body.
-    dataplane.admit(model_name, top_k, image_count=1)
     limits = UploadLimits(dataplane.max_upload_bytes, dataplane.max_files_per_request)
-    uploads = await read_uploads(request, limits)
-    outcome = await _unless_client_leaves(
-        request, dataplane.classify(model_name, uploads, top_k, received_at=received_at)
-    )
+    check_media_type(request)
+    declared = declared_length(request, limits)
+    # The one admission, before any of the body is read: every request carries at least one image, so a model
+    # without room for one (or a byte budget without room for the declared body) is answered 503 at once.
+    with dataplane.admit(model_name, top_k, declared_bytes=declared, received_at=received_at) as ticket:
+        uploads = await read_uploads(request, limits, ticket)
+        outcome = await _unless_client_leaves(request, dataplane.classify(ticket, uploads))
     return ClassifyResponse.from_outcome(outcome)
 
 

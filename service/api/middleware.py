@@ -1,6 +1,9 @@
-"""The serving gate: refuses new requests while draining, counts requests in flight, records HTTP metrics.
+"""The serving gate: refuses new requests while draining, counts requests in flight, records HTTP metrics, and
+closes a connection whose response leaves before its request body was read.
 
-A pure ASGI middleware (no BaseHTTPMiddleware), so request bodies still stream through untouched.
+A pure ASGI middleware (no BaseHTTPMiddleware), so request bodies still stream through untouched. An answer sent
+before the whole body arrived (413, 415, 503, ...) carries ``Connection: close``: the server then stops reading
+instead of receiving and discarding the rest of an upload it already refused.
 """
 
 from __future__ import annotations
@@ -30,11 +33,22 @@ class ServingGateMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        body_read = not _has_body(scope)
+
+        async def receive_tracking_body() -> Message:
+            nonlocal body_read
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_read = True
+            return message
 
         async def send_recording_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if not body_read:
+                    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await send(message)
 
         gated = scope["path"] not in UNGATED_PATHS
@@ -43,15 +57,15 @@ class ServingGateMiddleware:
                 refusal = ShuttingDown("the server is shutting down; retry on another instance",
                                        headers={"Connection": "close", "Retry-After": "1"})
                 self.metrics.count_rejection(refusal)
-                await error_response(refusal)(scope, receive, send_recording_status)
+                await error_response(refusal)(scope, receive_tracking_body, send_recording_status)
                 return
             if not gated:
-                await self.app(scope, receive, send_recording_status)
+                await self.app(scope, receive_tracking_body, send_recording_status)
                 return
             self.lifecycle.request_started()
             self.metrics.http_in_flight.inc()
             try:
-                await self.app(scope, receive, send_recording_status)
+                await self.app(scope, receive_tracking_body, send_recording_status)
             finally:
                 self.metrics.http_in_flight.dec()
                 self.lifecycle.request_finished()
@@ -60,3 +74,10 @@ class ServingGateMiddleware:
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.http_requests.labels(template, scope["method"], str(status)).inc()
             self.metrics.http_request_seconds.labels(template).observe(time.perf_counter() - started)
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False

@@ -3,7 +3,9 @@
 Two body forms are accepted: ``multipart/form-data`` with one or more parts named ``file`` (parsed incrementally
 with python-multipart's streaming parser), or a raw body whose Content-Type is an image type. A declared
 Content-Length over the limit is refused before any of the body is read; without one (chunked uploads) bytes are
-counted as they arrive and the request is refused as soon as the limit is passed, never buffering more.
+counted as they arrive and the request is refused as soon as the limit is passed, never buffering more. Bytes
+and images are also counted against the request's admission (`UploadAccounting`, the data plane's `Ticket`) as
+they arrive, so a request the server has no room for is refused mid-upload, before anything is decoded.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Protocol
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -35,24 +38,33 @@ class UploadLimits:
     max_files: int
 
 
+class UploadAccounting(Protocol):
+    """Where the bytes and images of an upload are counted as they arrive; each call may refuse the request."""
+
+    def count_bytes(self, count: int) -> None: ...
+
+    def count_images(self, total: int) -> None: ...
+
+
 def _too_large(limits: UploadLimits) -> UploadTooLarge:
     return UploadTooLarge(f"the request body is larger than the limit of {limits.max_upload_bytes} bytes")
 
 
-def check_content_length(request: Request, limits: UploadLimits) -> None:
-    """Refuse a declared body size over the limit before reading any of it."""
+def declared_length(request: Request, limits: UploadLimits) -> int | None:
+    """The declared body size, refused (413) before any of the body is read when it is over the limit."""
     declared = request.headers.get("content-length")
     if declared is None:
-        return
+        return None
     try:
         length = int(declared)
     except ValueError:
         raise MalformedRequest(f"invalid Content-Length header {declared!r}") from None
     if length > limits.max_upload_bytes:
         raise _too_large(limits)
+    return length
 
 
-async def _chunks(request: Request, limits: UploadLimits) -> AsyncIterator[bytes]:
+async def _chunks(request: Request, limits: UploadLimits, accounting: UploadAccounting) -> AsyncIterator[bytes]:
     received = 0
     try:
         async for chunk in request.stream():
@@ -60,6 +72,7 @@ async def _chunks(request: Request, limits: UploadLimits) -> AsyncIterator[bytes
             if received > limits.max_upload_bytes:
                 raise _too_large(limits)
             if chunk:
+                accounting.count_bytes(len(chunk))
                 yield chunk
     except ClientDisconnect:
         raise ClientDisconnected("the client disconnected during the upload") from None
@@ -69,8 +82,9 @@ class _MultipartCollector:
     """Callbacks for python-multipart's MultipartParser, keeping each 'file' part in memory (bounded by the
     upload limit)."""
 
-    def __init__(self, max_files: int) -> None:
+    def __init__(self, max_files: int, accounting: UploadAccounting) -> None:
         self.max_files = max_files
+        self.accounting = accounting
         self.uploads: list[ImageUpload] = []
         self.finished = False
         self._headers: dict[str, str] = {}
@@ -111,6 +125,7 @@ class _MultipartCollector:
             raise InvalidParameter(f"unexpected form field {self._name!r}; send each image as a part named 'file'")
         if len(self.uploads) + 1 > self.max_files:
             raise TooManyFiles(f"more than {self.max_files} files in one request; send at most {self.max_files}")
+        self.accounting.count_images(len(self.uploads) + 1)
         raw_filename = options.get(b"filename")
         self._filename = raw_filename.decode("utf-8", errors="replace") if raw_filename is not None else None
         self._content_type = self._headers.get("content-type")
@@ -123,13 +138,14 @@ class _MultipartCollector:
         self.finished = True
 
 
-async def _read_multipart(request: Request, boundary: bytes | None, limits: UploadLimits) -> list[ImageUpload]:
+async def _read_multipart(request: Request, boundary: bytes | None, limits: UploadLimits,
+                          accounting: UploadAccounting) -> list[ImageUpload]:
     if not boundary:
         raise MalformedRequest("multipart/form-data without a boundary parameter in Content-Type")
-    collector = _MultipartCollector(limits.max_files)
+    collector = _MultipartCollector(limits.max_files, accounting)
     try:
         parser = MultipartParser(boundary, collector.callbacks())
-        async with aclosing(_chunks(request, limits)) as chunks:
+        async with aclosing(_chunks(request, limits, accounting)) as chunks:
             async for chunk in chunks:
                 parser.write(chunk)
         parser.finalize()
@@ -140,20 +156,26 @@ async def _read_multipart(request: Request, boundary: bytes | None, limits: Uplo
     return collector.uploads
 
 
-async def read_uploads(request: Request, limits: UploadLimits) -> list[ImageUpload]:
-    """The images in the request body, in order; raises a ServiceError for anything not acceptable."""
-    check_content_length(request, limits)
+def check_media_type(request: Request) -> None:
+    """Refuse a body form we never read (415) before admission, so that it holds nothing."""
+    media_type, _ = parse_options_header(request.headers.get("content-type"))
+    if media_type != b"multipart/form-data" and not media_type.startswith(b"image/"):
+        shown = media_type.decode("latin-1") or "none"
+        raise UnsupportedMediaType(
+            f"request Content-Type {shown!r} is not supported; send multipart/form-data with parts named 'file' "
+            f"or a raw image body with an image/* Content-Type"
+        )
+
+
+async def read_uploads(request: Request, limits: UploadLimits, accounting: UploadAccounting) -> list[ImageUpload]:
+    """The images in the request body, in order; raises a ServiceError for anything not acceptable.
+
+    Call `check_media_type` and `declared_length` first, before admission."""
     media_type, options = parse_options_header(request.headers.get("content-type"))
     if media_type == b"multipart/form-data":
-        return await _read_multipart(request, options.get(b"boundary"), limits)
-    if media_type.startswith(b"image/"):
-        body = bytearray()
-        async with aclosing(_chunks(request, limits)) as chunks:
-            async for chunk in chunks:
-                body.extend(chunk)
-        return [ImageUpload(bytes(body), filename=None, content_type=media_type.decode("latin-1"))]
-    shown = media_type.decode("latin-1") or "none"
-    raise UnsupportedMediaType(
-        f"request Content-Type {shown!r} is not supported; send multipart/form-data with parts named 'file' "
-        f"or a raw image body with an image/* Content-Type"
-    )
+        return await _read_multipart(request, options.get(b"boundary"), limits, accounting)
+    body = bytearray()
+    async with aclosing(_chunks(request, limits, accounting)) as chunks:
+        async for chunk in chunks:
+            body.extend(chunk)
+    return [ImageUpload(bytes(body), filename=None, content_type=media_type.decode("latin-1"))]

@@ -1,0 +1,149 @@
+"""Request receipt deadlines, framing checks and a connection cap, at the HTTP protocol level.
+
+ASGI middleware runs only once a request's head is parsed, and uvicorn's keep-alive timer is reset by every
+byte, so a client that sends its head or body one byte a second is never cut off there. `guarded_protocol`
+wraps uvicorn's protocol class (h11 or httptools, the same way) so that each connection:
+
+- gets its request head within `header_timeout_s` of the request's first byte (or of the connection opening),
+  and the whole body within `body_timeout_s` of the request's first byte, else 408 and close (Go's
+  ReadHeaderTimeout; nginx's client_header_timeout and client_body_timeout);
+- is refused with 503 and closed at once when `max_connections` are already open, before it can hold a file
+  descriptor idle;
+- is refused before the parser or the app sees the bytes when its framing is hostile (`http_framing`):
+  Content-Length with Transfer-Encoding (400), a chunk declaring more than the upload limit (413), an oversized
+  head (431).
+
+Every refusal writes one JSON error (the shape of `service.errors.error_body`) with ``Connection: close`` and
+closes the connection; what it refused is counted by the `observer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from service.errors import error_body
+from service.http_framing import BodyComplete, FramingViolation, RequestFramingScanner
+
+_CODES = {400: "malformed_request", 408: "request_timeout", 413: "upload_too_large", 431: "headers_too_large",
+          503: "too_many_connections"}
+
+
+@dataclass(frozen=True)
+class ReceiptLimits:
+    header_timeout_s: float
+    body_timeout_s: float
+    max_connections: int
+    max_head_bytes: int
+    max_body_bytes: int
+    """A chunked body declaring more than this is refused before its data arrives (the upload limit)."""
+
+
+ConnectionObserver = Callable[[str], None]
+"""Called with the reason of each connection the guard refused: header_timeout, body_timeout, framing or
+max_connections."""
+
+
+def refusal_bytes(status: int, message: str) -> bytes:
+    """A complete HTTP/1.1 error response that closes the connection."""
+    error = error_body(status, _CODES.get(status, "bad_request"), message)
+    body = json.dumps(error, separators=(",", ":")).encode()
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n")
+    if status == 503:
+        head += "retry-after: 1\r\n"
+    return head.encode("latin-1") + b"\r\n" + body
+
+
+def guarded_protocol(base: type[asyncio.Protocol], limits: ReceiptLimits, observer: ConnectionObserver
+                     ) -> type[asyncio.Protocol]:
+    """A subclass of uvicorn's `base` protocol class that enforces `limits` on every connection."""
+
+    class GuardedProtocol(base):  # type: ignore[misc, valid-type]
+        _scanner: RequestFramingScanner
+        _timer: asyncio.TimerHandle | None = None
+        _deadline: float | None = None
+        _request_started_at: float | None = None
+        _refused = False
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self._scanner = RequestFramingScanner(
+                max_head_bytes=limits.max_head_bytes, max_body_bytes=limits.max_body_bytes
+            )
+            if len(self.connections) > limits.max_connections:
+                self._refuse(503, f"the server has {limits.max_connections} connections open, its limit; "
+                                  "retry shortly", "max_connections")
+                return
+            # A socket that never sends a request is bounded like one that sends its head slowly.
+            self._arm(time.monotonic() + limits.header_timeout_s, "header_timeout")
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            scanner = self._scanner
+            was_between = scanner.between_requests
+            events = scanner.feed(data)
+            for event in events:
+                if isinstance(event, FramingViolation):
+                    self._refuse(event.status, event.message, "framing")
+                    return
+            now = time.monotonic()
+            if (was_between and data) or any(isinstance(event, BodyComplete) for event in events):
+                self._request_started_at = now
+            self._follow(now)
+            super().data_received(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _follow(self, now: float) -> None:
+            scanner = self._scanner
+            started = self._request_started_at if self._request_started_at is not None else now
+            if scanner.between_requests:
+                self._disarm()  # the app answers; afterwards uvicorn's keep-alive timer bounds the idle socket
+            elif scanner.in_head:
+                self._arm(started + limits.header_timeout_s, "header_timeout")
+            else:
+                self._arm(started + limits.body_timeout_s, "body_timeout")
+
+        def _arm(self, deadline: float, reason: str) -> None:
+            if self._timer is not None and self._deadline == deadline:
+                return
+            self._disarm()
+            self._deadline = deadline
+            self._timer = self.loop.call_later(max(0.0, deadline - time.monotonic()), self._expired, reason)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._deadline = None
+
+        def _expired(self, reason: str) -> None:
+            self._timer = self._deadline = None
+            what = "request head" if reason == "header_timeout" else "request body"
+            limit = limits.header_timeout_s if reason == "header_timeout" else limits.body_timeout_s
+            self._refuse(408, f"the {what} did not arrive within {limit:g} s", reason)
+
+        def _refuse(self, status: int, message: str, reason: str) -> None:
+            self._refused = True
+            self._disarm()
+            observer(reason)
+            cycle: Any = getattr(self, "cycle", None)
+            answering = cycle is not None and not cycle.response_complete
+            if answering:
+                # The app is reading this request: it learns of the refusal as a disconnect and writes nothing.
+                cycle.disconnected = True
+                cycle.message_event.set()
+            if not (answering and cycle.response_started) and not self.transport.is_closing():
+                self.transport.write(refusal_bytes(status, message))
+            self.transport.close()
+
+    GuardedProtocol.__name__ = GuardedProtocol.__qualname__ = f"Guarded{base.__name__}"
+    return GuardedProtocol
