@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Torch is pinned to the releases this project is tested with; any torch>=2.9 works for models/.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: serve install install-dev data test test-models test-service lint-deploy test-container bench clean
+.PHONY: serve install install-dev data test test-models test-service lint-deploy test-container bench reliability soak clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,3 +62,11 @@ test-container: install data $(VENV)/.installed-deploy-tools
 ## bench: the full load benchmark (about 10 minutes on 2 cores); writes docs/BENCHMARKS.md
 bench: install-dev data
 	$(PY) -m bench $(ARGS)
+
+## reliability: bursts, concurrent large uploads, slow sockets and deadlines (about 6 minutes); writes docs/RELIABILITY.md
+reliability: install-dev data
+	$(PY) -m bench.reliability $(ARGS)
+
+## soak: 10 minutes of valid and hostile traffic at 80% of saturation; writes the soak section of docs/RELIABILITY.md
+soak: install-dev data
+	$(PY) -m bench.soak $(ARGS)

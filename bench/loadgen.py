@@ -39,12 +39,18 @@ MAX_RETRY_AFTER_S = 1.0
 
 def multipart_request(host: str, port: int, path: str, image: bytes, filename: str, content_type: str) -> bytes:
     """A complete POST with one multipart part named 'file', ready to write to a socket."""
+    return multipart_request_files(host, port, path, [(filename, image, content_type)])
+
+
+def multipart_request_files(host: str, port: int, path: str, files: Sequence[tuple[str, bytes, str]]) -> bytes:
+    """A complete POST with one multipart part named 'file' per (filename, data, content type)."""
     boundary = "bench" + uuid.uuid4().hex
-    head_part = (
+    parts = [
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-        f"Content-Type: {content_type}\r\n\r\n"
-    ).encode()
-    body = head_part + image + f"\r\n--{boundary}--\r\n".encode()
+        f"Content-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n"
+        for filename, data, content_type in files
+    ]
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: resnet-serve-bench\r\nAccept: */*\r\n"
         f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"

@@ -94,16 +94,19 @@ setting an operator who wants p99 under 2 s would choose (the count alone bounds
 class RunningServer:
     """A server subprocess on a free loopback port, its output in a log file."""
 
-    def __init__(self, kind: ServerKind, model: ModelCase, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: ServerKind, model: ModelCase, log_path: Path, extra_args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.kind = kind
         self.model = model
         self.port = free_port()
         self.log_path = log_path
         self.command = kind.command(model, self.port, extra_args)
-        env = {key: value for key, value in os.environ.items() if not key.startswith("RESNET_SERVE_")}
+        environment = {key: value for key, value in os.environ.items() if not key.startswith("RESNET_SERVE_")}
+        environment.update(env or {})
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log:
-            self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, env=environment, stdout=log,
+                                            stderr=subprocess.STDOUT)
         self.ready_after_s: float | None = None
 
     @property

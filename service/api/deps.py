@@ -1,4 +1,6 @@
-"""FastAPI dependencies: how a route gets the app's data plane and metrics (never by reading app.state itself)."""
+"""FastAPI dependencies: how a route gets the app's data plane and metrics (never by reading app.state itself).
+
+They are coroutines on purpose: FastAPI runs a plain `def` dependency in a worker thread, a hand-off per request."""
 
 from __future__ import annotations
 
@@ -10,11 +12,11 @@ from service.dataplane import DataPlane
 from service.metrics import ServiceMetrics
 
 
-def _dataplane(request: Request) -> DataPlane:
+async def _dataplane(request: Request) -> DataPlane:
     return request.app.state.dataplane
 
 
-def _metrics(request: Request) -> ServiceMetrics:
+async def _metrics(request: Request) -> ServiceMetrics:
     return request.app.state.metrics
 
 
