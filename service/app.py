@@ -18,7 +18,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api import classify, health, metrics as metrics_api, models as models_api
+from service import __version__
+from service.api import classify, health, metrics as metrics_api, models as models_api, v2
 from service.api.errors import install_error_handlers
 from service.api.middleware import ServingGateMiddleware
 from service.config import Settings
@@ -79,7 +80,7 @@ def create_app(settings: Settings | None = None, *, open_runtime: RuntimeFactory
     app = FastAPI(
         title="resnet-serve",
         summary="Image classification with ONNX ResNets and dynamic batching.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -92,4 +93,5 @@ def create_app(settings: Settings | None = None, *, open_runtime: RuntimeFactory
     app.include_router(models_api.router)
     app.include_router(health.router)
     app.include_router(metrics_api.router)
+    app.include_router(v2.router)
     return app

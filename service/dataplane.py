@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -45,6 +46,13 @@ class StageTimings:
     queue_wait_s: float
     inference_s: float
     total_s: float
+
+
+@dataclass(frozen=True)
+class ImagesInferred:
+    logits: np.ndarray
+    images: list[PreprocessedImage]
+    timings: StageTimings
 
 
 @dataclass(frozen=True)
@@ -104,7 +112,7 @@ class DataPlane:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
     def admit(self, model_name: str | None, top_k: int | None = None, *, declared_bytes: int | None = None,
-              received_at: float | None = None) -> Ticket:
+              received_at: float | None = None, protocol: str = "v1") -> Ticket:
         """The one admission decision, before any of the body is read: model, readiness, k, room for one image
         in the model's queue and wait bound, and the declared body size in the upload byte budget.
 
@@ -132,6 +140,7 @@ class DataPlane:
         except BaseException:
             ticket.close()
             raise
+        self._metrics.requests.labels(model.name, protocol).inc()
         return ticket
 
     def _deadline_exceeded(self) -> DeadlineExceeded:
@@ -144,26 +153,32 @@ class DataPlane:
         """Decode, batch, infer and rank the admitted request's `uploads`; results are in upload order.
 
         Any image that fails fails the whole request (with that file named) and affects no other request."""
+        inferred = await self.infer_images(ticket, uploads)
+        ranked = ticket.model.postprocess(inferred.logits, ticket.top_k)
+        return ClassifyOutcome(
+            model=ticket.model.name,
+            results=[
+                ImageClassification(upload.filename, image.width, image.height, labels)
+                for upload, image, labels in zip(uploads, inferred.images, ranked)
+            ],
+            timings=inferred.timings,
+        )
+
+    async def infer_images(self, ticket: Ticket, uploads: Sequence[ImageUpload]) -> ImagesInferred:
+        """Decode and infer the admitted request's encoded images: their logits, in upload order."""
         if not uploads:
             raise InvalidParameter(
                 "the request carries no image: send multipart/form-data parts named 'file' or a raw image body"
             )
         ticket.count_images(len(uploads))
         model = ticket.model
-        try:
-            async with asyncio.timeout(ticket.deadline - time.monotonic()):
-                prepared = await self.decode(model, uploads)
-                inference = await self.infer(ticket, [image.tensor for image in prepared])
-        except TimeoutError:
-            raise self._deadline_exceeded() from None
-        ranked = model.postprocess(inference.logits, ticket.top_k)
+        async with self._deadline(ticket):
+            prepared = await self.decode(model, uploads)
+            inference = await self.infer(ticket, [image.tensor for image in prepared])
         self._metrics.images_classified.labels(model.name).inc(len(uploads))
-        return ClassifyOutcome(
-            model=model.name,
-            results=[
-                ImageClassification(upload.filename, image.width, image.height, labels)
-                for upload, image, labels in zip(uploads, prepared, ranked)
-            ],
+        return ImagesInferred(
+            logits=inference.logits,
+            images=prepared,
             timings=StageTimings(
                 preprocess_s=max(image.seconds for image in prepared),
                 queue_wait_s=inference.queue_wait_s,
@@ -171,6 +186,22 @@ class DataPlane:
                 total_s=time.monotonic() - ticket.received_at,
             ),
         )
+
+    async def infer_tensors(self, ticket: Ticket, batch: np.ndarray) -> Inference:
+        """Infer an admitted batch already preprocessed (N, C, H, W float32): no decoding."""
+        ticket.count_images(len(batch))
+        async with self._deadline(ticket):
+            inference = await self.infer(ticket, list(batch))
+        self._metrics.images_classified.labels(ticket.model.name).inc(len(batch))
+        return inference
+
+    @asynccontextmanager
+    async def _deadline(self, ticket: Ticket) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(ticket.deadline - time.monotonic()):
+                yield
+        except TimeoutError:
+            raise self._deadline_exceeded() from None
 
     async def decode(self, model: ServedModel, uploads: Sequence[ImageUpload]) -> list[PreprocessedImage]:
         """The model's preprocess stage for every upload, in parallel in the decode pool; the first error wins."""

@@ -52,6 +52,15 @@ class MalformedRequest(ServiceError):
     reason = "invalid_request"
 
 
+class InvalidTensor(ServiceError):
+    """An inference request whose tensors do not add up: sizes, shapes, datatypes or names (Open Inference
+    Protocol)."""
+
+    status_code = 400
+    code = "invalid_tensor"
+    reason = "invalid_request"
+
+
 class ModelNotFound(ServiceError):
     status_code = 404
     code = "model_not_found"

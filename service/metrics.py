@@ -79,6 +79,10 @@ class ServiceMetrics:
         self.queue_depth = Gauge(
             "resnet_serve_queue_depth", "Images waiting in the batcher queue.", ["model"], registry=r,
         )
+        self.requests = Counter(
+            "resnet_serve_requests", "Inference requests admitted, by model and protocol (v1, v2-http, v2-grpc).",
+            ["model", "protocol"], registry=r,
+        )
         self.images_classified = Counter(
             "resnet_serve_images_classified", "Images classified successfully.", ["model"], registry=r,
         )

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
 from service.api.deps import DataPlaneDep
+from service.api.disconnect import unless_client_leaves
 from service.api.schemas import ClassifyResponse, ErrorResponse
 from service.api.uploads import UploadLimits, check_media_type, declared_length, read_uploads
 from service.dataplane import DataPlane
-from service.errors import ClientDisconnected
 
 router = APIRouter(tags=["classify"])
-
-T = TypeVar("T")
 
 _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
@@ -53,25 +49,6 @@ TopK = Annotated[
 ]
 
 
-async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it if the client disconnects first (its queued images are then dropped)."""
-    task = asyncio.ensure_future(work)
-
-    async def client_left() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(client_left())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return task.result()
-        raise ClientDisconnected("the client disconnected before its images were classified")
-    finally:
-        watcher.cancel()
-        task.cancel()
-
-
 async def _classify(request: Request, dataplane: DataPlane, model_name: str | None, top_k: int | None
                     ) -> ClassifyResponse:
     received_at = time.monotonic()
@@ -82,7 +59,7 @@ async def _classify(request: Request, dataplane: DataPlane, model_name: str | No
     # without room for one (or a byte budget without room for the declared body) is answered 503 at once.
     with dataplane.admit(model_name, top_k, declared_bytes=declared, received_at=received_at) as ticket:
         uploads = await read_uploads(request, limits, ticket)
-        outcome = await _unless_client_leaves(request, dataplane.classify(ticket, uploads))
+        outcome = await unless_client_leaves(request, dataplane.classify(ticket, uploads))
     return ClassifyResponse.from_outcome(outcome)
 
 

@@ -1,8 +1,9 @@
-"""Exception handlers: every error leaves as the one JSON shape of `service.errors.error_body`.
+"""Exception handlers: every error leaves as one JSON shape per protocol.
 
 Whatever is raised is first turned into a `ServiceError` (validation errors into `InvalidParameter`, anything
 unexpected into `InternalError`), counted once under its reason, and answered by `error_response`, which the
-serving gate middleware uses too.
+serving gate middleware uses too: `service.errors.error_body` on /v1 and everything else, and the Open Inference
+Protocol's ``{"error": "<message>"}`` under /v2 (what Triton's clients read).
 """
 
 from __future__ import annotations
@@ -30,12 +31,16 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "invalid request parameters: " + "; ".join(parts)
 
 
-def error_response(exc: ServiceError) -> JSONResponse:
-    """The HTTP answer to a service error: its status, headers and JSON body."""
-    return JSONResponse(
-        error_body(exc.status_code, exc.code, exc.message, exc.filename), status_code=exc.status_code,
-        headers=exc.headers,
-    )
+V2_PREFIX = "/v2"
+
+
+def error_response(exc: ServiceError, path: str = "") -> JSONResponse:
+    """The HTTP answer to a service error on `path`: its status, headers and the protocol's JSON body."""
+    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        body: dict[str, object] = {"error": exc.message}
+    else:
+        body = error_body(exc.status_code, exc.code, exc.message, exc.filename)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
@@ -43,7 +48,7 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         metrics.count_rejection(exc)
         if exc.status_code >= 500 and exc.status_code != 503:
             logger.warning("%s %s -> %d %s: %s", request.method, request.url.path, exc.status_code, exc.code, exc.message)
-        return error_response(exc)
+        return error_response(exc, request.url.path)
 
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
@@ -56,13 +61,13 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         # Unknown routes and wrong methods: not a refusal of work, so not counted as a rejection.
         assert isinstance(exc, StarletteHTTPException)
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404:
             message = f"no route {request.method} {request.url.path}; see /docs for the API"
-        return JSONResponse(
-            error_body(exc.status_code, code, message), status_code=exc.status_code, headers=exc.headers
-        )
+        error = ServiceError(message, headers=dict(exc.headers or {}))
+        error.status_code = exc.status_code  # type: ignore[misc]
+        error.code = _HTTP_CODES.get(exc.status_code, "http_error")  # type: ignore[misc]
+        return error_response(error, request.url.path)
 
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         # The traceback goes to the log (uvicorn prints it); the client only learns that it was our fault.

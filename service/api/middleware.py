@@ -57,7 +57,7 @@ class ServingGateMiddleware:
                 refusal = ShuttingDown("the server is shutting down; retry on another instance",
                                        headers={"Connection": "close", "Retry-After": "1"})
                 self.metrics.count_rejection(refusal)
-                await error_response(refusal)(scope, receive_tracking_body, send_recording_status)
+                await error_response(refusal, scope["path"])(scope, receive_tracking_body, send_recording_status)
                 return
             if not gated:
                 await self.app(scope, receive_tracking_body, send_recording_status)

@@ -10,6 +10,7 @@ they arrive, so a request the server has no room for is refused mid-upload, befo
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -179,3 +180,61 @@ async def read_uploads(request: Request, limits: UploadLimits, accounting: Uploa
         async for chunk in chunks:
             body.extend(chunk)
     return [ImageUpload(bytes(body), filename=None, content_type=media_type.decode("latin-1"))]
+
+
+_DECOMPRESSORS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+"""Content-Encoding -> zlib window bits; HTTP's "deflate" is the zlib format (RFC 9110 §8.4.1.2)."""
+
+
+def check_content_encoding(request: Request) -> str | None:
+    """The body's Content-Encoding (None for identity); 415 for one we do not decode."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding not in _DECOMPRESSORS:
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or identity")
+    return encoding
+
+
+async def read_body(request: Request, limits: UploadLimits, accounting: UploadAccounting,
+                    encoding: str | None) -> bytes:
+    """The whole body, decompressed as it streams when `encoding` says so; the upload limit applies to the
+    decompressed size (a zip bomb is a 413 as soon as it passes the limit, never an allocation past it)."""
+    parts: list[bytes] = []
+    size = 0
+    decompressor = zlib.decompressobj(_DECOMPRESSORS[encoding]) if encoding else None
+    async with aclosing(_chunks(request, limits, _CompressedAccounting(accounting) if decompressor else accounting)
+                        ) as chunks:
+        async for chunk in chunks:
+            if decompressor is None:
+                parts.append(chunk)
+                continue
+            try:
+                while chunk:
+                    room = limits.max_upload_bytes - size + 1
+                    out = decompressor.decompress(chunk, room)
+                    size += len(out)
+                    if size > limits.max_upload_bytes:
+                        raise UploadTooLarge(f"the request body is larger than the limit of {limits.max_upload_bytes} "
+                                             f"bytes once decompressed")
+                    accounting.count_bytes(len(out))
+                    parts.append(out)
+                    chunk = decompressor.unconsumed_tail
+            except zlib.error as exc:
+                raise MalformedRequest(f"the {encoding} body cannot be decompressed ({exc})") from None
+    if decompressor is not None and not decompressor.eof:
+        raise MalformedRequest(f"the {encoding} body ends before its compressed stream does")
+    return b"".join(parts)
+
+
+class _CompressedAccounting:
+    """Compressed bytes only pass through; what is held (and counted) is what they decompress to."""
+
+    def __init__(self, inner: UploadAccounting) -> None:
+        self._inner = inner
+
+    def count_bytes(self, count: int) -> None:
+        pass
+
+    def count_images(self, total: int) -> None:
+        self._inner.count_images(total)

@@ -7,6 +7,7 @@ validated as a Pod) and the Grafana dashboard's structure.
 
     python tests/container/check_manifests.py k8s RENDERED.yaml
     python tests/container/check_manifests.py kserve deploy/k8s/kserve/inferenceservice.yaml
+    python tests/container/check_manifests.py kserve-v2 deploy/k8s/kserve/v2.yaml
     python tests/container/check_manifests.py dashboard deploy/grafana/dashboards/resnet-serve.json \
         deploy/grafana/provisioning/datasources/prometheus.yml
 
@@ -219,6 +220,52 @@ def check_kserve(path: Path) -> list[str]:
     return failures.messages
 
 
+def check_kserve_v2(path: Path) -> list[str]:
+    """The V2 serving runtime and the InferenceService that uses it."""
+    failures = Failures()
+    objects = [o for o in yaml.safe_load_all(path.read_text()) if o]
+    runtimes = [o for o in objects if o.get("kind") == "ServingRuntime"]
+    services = [o for o in objects if o.get("kind") == "InferenceService"]
+    failures.check(len(runtimes) == 1 and len(services) == 1, "one ServingRuntime and one InferenceService")
+    if failures.messages:
+        return failures.messages
+    runtime, isvc = runtimes[0], services[0]
+    spec = runtime["spec"]
+    failures.check("v2" in spec.get("protocolVersions", []), "the runtime must declare protocolVersions: [v2]")
+    # Everything but KServe's runtime fields is a PodSpec: validate it as a Pod, strictly.
+    runtime_fields = {"supportedModelFormats", "protocolVersions", "multiModel", "disabled", "builtInAdapter",
+                      "grpcEndpoint", "grpcDataEndpoint", "storageHelper", "replicas", "httpDataEndpoint"}
+    pod_spec = {k: v for k, v in spec.items() if k not in runtime_fields}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kserve-runtime"}, "spec": pod_spec}
+    try:
+        kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        failures.check(False, f"runtime pod spec: {'.'.join(map(str, exc.path))}: {exc.message}")
+        return failures.messages
+    container = pod_spec["containers"][0]
+    failures.check(container["name"] == KSERVE_CONTAINER, f"KServe finds the server container by the name {KSERVE_CONTAINER}")
+    failures.check((_env_value(container, "RESNET_SERVE_MODEL_DIR") or {}).get("value") == "/mnt/models",
+                   "the storage initializer puts the model in /mnt/models: RESNET_SERVE_MODEL_DIR must point there")
+    port_env = (_env_value(container, PORT_ENV) or {}).get("value")
+    failures.check(port_env is not None and int(port_env) in [p["containerPort"] for p in container.get("ports", [])],
+                   f"{PORT_ENV} must be a container port")
+    for probe, path_ in (("livenessProbe", "/v2/health/live"), ("readinessProbe", "/v2/health/ready")):
+        failures.check(_probe_path(container, probe) == path_, f"{probe} must probe {path_}")
+    security = container.get("securityContext", {})
+    failures.check(security.get("readOnlyRootFilesystem") is True, "root filesystem must be read-only")
+    failures.check(security.get("runAsNonRoot") is True, "runAsNonRoot unset")
+    model = isvc["spec"]["predictor"].get("model", {})
+    failures.check(model.get("runtime") == runtime["metadata"]["name"], "the InferenceService must name the runtime")
+    failures.check(model.get("protocolVersion") == "v2", "the InferenceService must ask for protocolVersion v2")
+    formats = {f["name"] for f in spec.get("supportedModelFormats", [])}
+    failures.check(model.get("modelFormat", {}).get("name") in formats, "the model format must be one the runtime supports")
+    timeout_env = (_env_value(container, TIMEOUT_ENV) or {}).get("value")
+    if "timeout" in isvc["spec"]["predictor"] and timeout_env is not None:
+        failures.check(isvc["spec"]["predictor"]["timeout"] > float(timeout_env),
+                       "KServe's timeout must exceed the server's request timeout")
+    return failures.messages
+
+
 def _panels(dashboard: dict[str, Any]) -> Iterable[dict[str, Any]]:
     for panel in dashboard.get("panels", []):
         yield panel
@@ -255,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     sub.add_parser("k8s").add_argument("rendered", type=Path)
     sub.add_parser("kserve").add_argument("path", type=Path)
+    sub.add_parser("kserve-v2").add_argument("path", type=Path)
     dash = sub.add_parser("dashboard")
     dash.add_argument("dashboard", type=Path)
     dash.add_argument("datasources", type=Path)
@@ -264,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         messages, subject = check_k8s(args.rendered), args.rendered
     elif args.what == "kserve":
         messages, subject = check_kserve(args.path), args.path
+    elif args.what == "kserve-v2":
+        messages, subject = check_kserve_v2(args.path), args.path
     else:
         messages, subject = check_dashboard(args.dashboard, args.datasources), args.dashboard
     for message in messages:

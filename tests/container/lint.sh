@@ -63,6 +63,7 @@ step "kubernetes-validate --strict ($oldest_kubernetes)" \
   "$kubernetes_validate" --strict --quiet -k "$oldest_kubernetes" "$work/rendered.yaml"
 step "manifests: selectors, probes, threads, drain" "$PYTHON" tests/container/check_manifests.py k8s "$work/rendered.yaml"
 step "KServe custom predictor" "$PYTHON" tests/container/check_manifests.py kserve deploy/k8s/kserve/inferenceservice.yaml
+step "KServe V2 serving runtime" "$PYTHON" tests/container/check_manifests.py kserve-v2 deploy/k8s/kserve/v2.yaml
 step "Grafana dashboard" "$PYTHON" tests/container/check_manifests.py dashboard \
   deploy/grafana/dashboards/resnet-serve.json deploy/grafana/provisioning/datasources/prometheus.yml
 
