@@ -16,10 +16,13 @@ refuse what is clearly refusable.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum, auto
 
 _CRLF = b"\r\n"
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+"""The blank line ending a head; parsers such as h11 accept bare LF line endings, so the scanner must too."""
 _MAX_CHUNK_LINE = 4096
 """A chunk-size line with extensions longer than this is hostile (h11 allows 1 KiB of extensions)."""
 
@@ -153,21 +156,22 @@ class RequestFramingScanner:
         return (line[:-1] if line.endswith(b"\r") else line), newline + 1
 
     def _scan_head(self, view: memoryview, events: list[ScanEvent]) -> int:
-        if not self._buffer and view[:2] == _CRLF:
+        if not self._buffer and view[:1] in (b"\r", b"\n"):
             # Empty lines before a request line are allowed (RFC 9112 §2.2); they count as the request's start,
             # so that a client cannot keep a socket open forever by sending nothing else.
-            self.bytes_of_current_request += 2
-            return 2
+            skipped = 2 if view[:2] == _CRLF else 1
+            self.bytes_of_current_request += skipped
+            return skipped
         searched_from = max(0, len(self._buffer) - 3)
         window = bytes(view[: self.max_head_bytes + 4])
         self._buffer += window
-        end = self._buffer.find(b"\r\n\r\n", searched_from)
-        if end < 0:
+        found = _HEAD_END.search(self._buffer, searched_from)
+        if found is None:
             self.bytes_of_current_request += len(window)
             if len(self._buffer) > self.max_head_bytes:
                 events.append(FramingViolation(431, f"the request head is larger than {self.max_head_bytes} bytes"))
             return len(window)
-        head_length = end + 4
+        end, head_length = found.start(), found.end()
         consumed = len(window) - (len(self._buffer) - head_length)
         self.bytes_of_current_request += consumed
         head = bytes(self._buffer[:end])
@@ -181,8 +185,8 @@ class RequestFramingScanner:
     def _framing(self, head: bytes, events: list[ScanEvent]) -> None:
         lengths: set[bytes] = set()
         codings: list[bytes] = []
-        for line in head.split(_CRLF)[1:]:
-            name, colon, value = line.partition(b":")
+        for line in head.split(b"\n")[1:]:
+            name, colon, value = line.rstrip(b"\r").partition(b":")
             if not colon:
                 continue
             name = name.strip().lower()

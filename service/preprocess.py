@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
@@ -69,10 +69,11 @@ class DecodeMemory:
     A decode first reserves what it will allocate (estimated from the image header by `decode_cost_bytes`) and
     waits while others hold too much; an image that alone needs more than the limit is refused (413)."""
 
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(self, limit_bytes: int, on_change: Callable[[int], None] | None = None) -> None:
         self.limit_bytes = limit_bytes
         self.in_use = 0
         self._changed = threading.Condition()
+        self._on_change = on_change
 
     @contextmanager
     def hold(self, count: int) -> Iterator[None]:
@@ -85,12 +86,16 @@ class DecodeMemory:
             while self.in_use + count > self.limit_bytes:
                 self._changed.wait()
             self.in_use += count
+            if self._on_change:
+                self._on_change(self.in_use)
         try:
             yield
         finally:
             with self._changed:
                 self.in_use -= count
                 self._changed.notify_all()
+                if self._on_change:
+                    self._on_change(self.in_use)
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,14 @@ def decode_cost_bytes(mode: str, size: tuple[int, int], color_mode: str, orienta
     return pixels * (decoded + converted + rotated) + 4 * max(size) * 1024
 
 
+def _header_orientation(image: Image.Image) -> int:
+    """The EXIF orientation an opened image's header already carries, without decoding anything: Pillow's
+    `getexif()` on a PNG whose eXIf chunk is not before its pixels would decode the whole image to look further."""
+    if "exif" not in image.info:
+        return 1
+    return _orientation(image)
+
+
 def _orientation(image: Image.Image) -> int:
     try:
         return int(image.getexif().get(_EXIF_ORIENTATION, 1))
@@ -306,12 +319,22 @@ def preprocess_image(data: bytes, spec: ModelSpec, options: DecodeOptions, conte
     """Bytes of one upload -> the model's input tensor and what the client should hear about the image."""
     started = time.perf_counter()
     opened, image_format, full_size = open_image(data, spec, options, content_type)
-    cost = decode_cost_bytes(opened.mode, opened.size, spec.color_mode, _orientation(opened))
+    cost = decode_cost_bytes(opened.mode, opened.size, spec.color_mode, _header_orientation(opened))
+    failure: ServiceError | None = None
     with options.memory.hold(cost) if options.memory is not None else nullcontext():
-        image, (width, height) = decode_opened(opened, image_format, full_size, spec)
         try:
+            image, (width, height) = decode_opened(opened, image_format, full_size, spec)
             tensor = image_to_tensor(image, spec, options.max_image_pixels)
+            del image
         except (OSError, ValueError, MemoryError) as exc:
-            raise InvalidImage(f"the {image_format} image cannot be resized ({exc})") from None
-        del image, opened  # the decoded pixels are freed before the budget is given back
+            failure = InvalidImage(f"the {image_format} image cannot be resized ({exc})")
+        except ServiceError as exc:
+            failure = exc
+        if failure is not None:
+            # The traceback's frames (and the exception a decoder raised first) hold the decoded pixels: drop them
+            # before the budget is given back.
+            failure.__traceback__ = failure.__context__ = failure.__cause__ = None
+        del opened
+    if failure is not None:
+        raise failure
     return PreprocessedImage(tensor, width, height, image_format, time.perf_counter() - started)

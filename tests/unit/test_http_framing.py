@@ -86,3 +86,13 @@ def test_what_the_scanner_does_not_understand_is_left_to_the_parser():
     scan = scanner()
     assert scan.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n") == [HeadComplete(Framing.CHUNKED, None)]
     assert not scan.following
+
+
+@pytest.mark.parametrize("piece", [1, 5, 1000])
+def test_bare_lf_line_endings_are_followed_too(piece):
+    """h11 accepts heads whose lines end in a bare LF: smuggling written that way must be caught all the same."""
+    events = feed_in_pieces(b"GET / HTTP/1.1\nHost: x\n\n" + b"POST / HTTP/1.1\nContent-Length: 3\n\nabc", piece)
+    assert events == [HeadComplete(Framing.NONE, None), BodyComplete(), HeadComplete(Framing.LENGTH, 3), BodyComplete()]
+    smuggled = b"POST / HTTP/1.1\nHost: x\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\r\n\r\n"
+    (event,) = feed_in_pieces(smuggled, piece)
+    assert isinstance(event, FramingViolation) and event.status == 400
