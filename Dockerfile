@@ -1,7 +1,7 @@
 # resnet-serve, CPU image: FastAPI + ONNX Runtime with dynamic batching, and the bundled Fashion-MNIST model.
 #
 #   docker build -t resnet-serve .
-#   docker run --rm -p 8000:8000 resnet-serve
+#   docker run --rm -p 8000:8000 -p 8001:8001 resnet-serve     # HTTP on 8000, gRPC (Open Inference Protocol) on 8001
 #
 # The base is an argument so that builders without registry access can substitute any Debian-like image that
 # has python3 >= 3.11 and python3-venv (the test suite uses a debootstrap image). Nothing below relies on
@@ -59,11 +59,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     ORT_DISABLE_TELEMETRY=1 \
     ORT_TELEMETRY_DISABLED=1 \
     RESNET_SERVE_HOST=0.0.0.0 \
-    RESNET_SERVE_PORT=8000
+    RESNET_SERVE_PORT=8000 \
+    RESNET_SERVE_GRPC_PORT=8001
 
 USER 10001:10001
 WORKDIR /opt/resnet-serve
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=4s --start-period=60s --retries=3 \
     CMD ["/opt/venv/bin/python", "/opt/resnet-serve/healthcheck.py"]
 

@@ -6,12 +6,15 @@ a message on stderr when the check fails. Every wait polls with a deadline; noth
     probe.py wait-ready     URL --since-ns NS               /readyz 200; prints seconds since NS (cold start)
     probe.py classify       URL                             real Fashion-MNIST PNGs, multipart and raw body, bad input
     probe.py metrics        URL                             /metrics shows the classified images and a ready model
+    probe.py grpc           URL --target HOST:PORT          gRPC: the health service says SERVING; ModelInfer with
+                                                            PNGs gives the labels /v1/classify gives
     probe.py drain          URL --container NAME            SIGTERM during a request: it completes, exit status 0
     probe.py prom-target    PROM_URL --target HOST:PORT     Prometheus reports the target up
     probe.py dashboard      PROM_URL --service-url URL --dashboard JSON
                                                             every dashboard query is valid and returns data
 
-Needs the project's environment (numpy, Pillow) and the Debian package dataset-fashion-mnist.
+Needs the project's environment (numpy, Pillow, grpcio and the service's generated gRPC modules) and the Debian
+package dataset-fashion-mnist.
 """
 
 from __future__ import annotations
@@ -200,6 +203,58 @@ def metrics(url: str) -> dict[str, Any]:
     return {"images_classified": classified, "series": len(samples)}
 
 
+def grpc_v2(url: str, target: str, count: int, deadline_s: float) -> dict[str, Any]:
+    """The gRPC listener (Open Inference Protocol): grpc.health.v1 answers SERVING, and ModelInfer with encoded
+    PNGs and the classification extension gives the top labels /v1/classify gives for the same images."""
+    import struct
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from service.grpc.proto import grpc_predict_v2_pb2 as pb
+    from service.grpc.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    status, body = http_get(f"{url}/v1/models")
+    if status != 200:
+        raise CheckFailed(f"GET /v1/models: {status} {body[:300]!r}")
+    models = json.loads(body)
+    default = next(m for m in models["models"] if m["name"] == models["default_model"])
+    samples = fashion_mnist_test_pngs(count)
+    form, content_type = multipart_body([(f"t10k-{i}.png", png, "image/png") for i, (png, _) in enumerate(samples)])
+    status, answer = http_post(f"{url}/v1/classify", form, content_type)
+    if status != 200:
+        raise CheckFailed(f"POST /v1/classify: {status} {answer[:300]!r}")
+    expected = [result["top_k"][0]["label"] for result in json.loads(answer)["results"]]
+
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def serving() -> bool | None:
+            try:
+                answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2.0)
+            except grpc.RpcError:
+                return None
+            return True if answer.status == health_pb2.HealthCheckResponse.SERVING else None
+
+        poll(f"grpc.health.v1 on {target} answering SERVING", deadline_s, serving)
+        request = pb.ModelInferRequest(model_name=default["name"], id="container-test")
+        request.inputs.add(name=default["input"]["name"], datatype="BYTES", shape=[count])
+        request.raw_input_contents.append(b"".join(struct.pack("<I", len(png)) + png for png, _ in samples))
+        request.outputs.add(name=default["output_name"]).parameters["classification"].int64_param = 1
+        try:
+            response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=HTTP_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            raise CheckFailed(f"ModelInfer: {exc.code().name} {exc.details()}") from None
+    raw, labels, offset = response.raw_output_contents[0], [], 0
+    while offset < len(raw):
+        (length,) = struct.unpack_from("<I", raw, offset)
+        labels.append(raw[offset + 4 : offset + 4 + length].decode().split(":", 2)[2])
+        offset += 4 + length
+    if response.id != "container-test" or labels != expected:
+        raise CheckFailed(f"ModelInfer answered {response.id!r} {labels}, /v1/classify {expected}")
+    return {"health": "SERVING", "model": response.model_name, "images": count, "labels_as_v1": True}
+
+
 def _in_flight(url: str) -> float:
     _, body = http_get(f"{url}/metrics", timeout_s=2.0)
     return parse_metrics(body.decode()).get("resnet_serve_http_requests_in_flight", 0.0)
@@ -347,6 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-correct", type=int, default=12)
     p = sub.add_parser("metrics")
     p.add_argument("url")
+    p = sub.add_parser("grpc")
+    p.add_argument("url")
+    p.add_argument("--target", required=True)
+    p.add_argument("--count", type=int, default=8)
+    p.add_argument("--deadline-s", type=float, default=60.0)
     p = sub.add_parser("drain")
     p.add_argument("url")
     p.add_argument("--container", required=True)
@@ -370,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
             outcome = classify(args.url, args.count, args.min_correct)
         elif args.check == "metrics":
             outcome = metrics(args.url)
+        elif args.check == "grpc":
+            outcome = grpc_v2(args.url, args.target, args.count, args.deadline_s)
         elif args.check == "drain":
             outcome = drain(args.url, args.container, args.docker, args.deadline_s)
         elif args.check == "prom-target":

@@ -6,7 +6,8 @@
 #  3. builds the local stand-in for python:3.12-slim-bookworm (build_base.sh), then the image from Dockerfile
 #  4. checks the image: size, no torch, no compiler, non-root, bundled model
 #  5. runs it read-only, waits for /readyz (cold start), checks the HEALTHCHECK, classifies real Fashion-MNIST
-#     images, reads /metrics, sends SIGTERM during a request: the request completes and the container exits 0
+#     images, reads /metrics, calls the gRPC health service and ModelInfer on port 8001, sends SIGTERM during a
+#     request: the request completes and the container exits 0
 #  6. brings up docker-compose.yml's service and Prometheus (a local Prometheus image through compose.test.yml),
 #     checks Prometheus reports the service's target up and every Grafana dashboard query returns data
 #  7. stops everything and dockerd, and removes the data root, also on failure
@@ -192,10 +193,11 @@ check "image: non-root, exec-form entrypoint, HEALTHCHECK, no torch/pip/compiler
 # --- 4. the container ---------------------------------------------------------------------------------------------
 serve_port="$(free_port)"
 serve_url="http://127.0.0.1:$serve_port"
+grpc_target="127.0.0.1:$(free_port)"
 run_container() {
   t_run_ns="$(date +%s%N)"
   "$docker" run --detach --name "$serve_container" --read-only --tmpfs /tmp \
-    --publish "127.0.0.1:$serve_port:8000" --health-interval 1s "$image" >/dev/null
+    --publish "127.0.0.1:$serve_port:8000" --publish "$grpc_target:8001" --health-interval 1s "$image" >/dev/null
   "${probe[@]}" wait-ready "$serve_url" --since-ns "$t_run_ns"
 }
 check "container runs read-only and answers /readyz" run_container
@@ -217,10 +219,15 @@ healthy() {
 check "HEALTHCHECK reports healthy" healthy
 check "classify real Fashion-MNIST PNGs (multipart, raw body, bad input)" "${probe[@]}" classify "$serve_url"
 check "/metrics counts the classified images" "${probe[@]}" metrics "$serve_url"
+check "gRPC on 8001: grpc.health.v1 SERVING, ModelInfer agrees with /v1/classify" \
+  "${probe[@]}" grpc "$serve_url" --target "$grpc_target"
 clean_logs() {
   local logs
   logs="$("$docker" logs "$serve_container" 2>&1)"
-  if grep -iE 'telemetry|traceback|error' <<<"$logs" | grep -v '" [45][0-9][0-9] ' >&2; then
+  # Error lines, not the word: uvicorn's logger is named uvicorn.error, and access lines of the bad-input checks
+  # carry 4xx statuses.
+  if grep -E '[Tt]elemetry|Traceback| (ERROR|CRITICAL) |"level":"(error|critical)"' <<<"$logs" \
+      | grep -v '" [45][0-9][0-9] ' >&2; then
     echo "the logs above should not be there (ONNX Runtime telemetry must be off; no errors while serving)" >&2
     return 1
   fi

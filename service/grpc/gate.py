@@ -1,0 +1,89 @@
+"""The serving gate of the gRPC front end, the twin of HTTP's `api.middleware.ServingGateMiddleware`.
+
+Every call of inference.GRPCInferenceService passes it before its request is parsed:
+
+- `ServerLive` and `ServerReady` are probes, as HTTP's /v2/health/live and /v2/health/ready: always answered
+  (while draining too, when ServerReady says false), without a key, and not counted as work in flight.
+- While the server drains, any other call is refused with UNAVAILABLE and HTTP's ``shutting_down`` message.
+- With API keys on, any other call needs one, in the metadata ``authorization: Bearer KEY`` or ``x-api-key: KEY``
+  (what HTTP takes as headers); without an accepted key it gets UNAUTHENTICATED and HTTP's 401 message.
+- The calls let in count in the lifecycle's requests in flight from the moment their headers arrive until their
+  handling ends, whatever the outcome, so that the SIGTERM drain waits for them as for HTTP requests.
+
+The health service (grpc.health.v1) passes untouched, as HTTP's probes do.
+
+Refusing here rather than stopping gRPC at the signal matters: when grpc's server stops, it cancels the calls it
+has received but not yet handed to the application (under load, several per connection), so their clients would
+see CANCELLED for calls sent before the signal. The listener is stopped once the drain is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from service.auth import ApiKeys
+from service.errors import ServiceError, ShuttingDown, Unauthorized
+from service.grpc import errors
+from service.grpc.v2 import SERVICE_NAME
+from service.lifecycle import Lifecycle
+from service.metrics import ServiceMetrics
+
+PROBES = frozenset({"ServerLive", "ServerReady"})
+SHUTTING_DOWN = "the server is shutting down; retry on another instance"
+"""The message HTTP's gate sends with its 503 while draining."""
+KEY_REQUIRED = ("this server requires an API key: send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY' (the "
+                "key given, if any, is not accepted)")
+"""The message HTTP's gate sends with its 401 (in gRPC metadata the names are lowercase)."""
+_BEARER = "bearer "
+
+
+class ServingGate(grpc.aio.ServerInterceptor):
+    def __init__(self, lifecycle: Lifecycle, metrics: ServiceMetrics, api_keys: ApiKeys | None = None) -> None:
+        self._lifecycle = lifecycle
+        self._metrics = metrics
+        self._api_keys = api_keys
+        self._prefix = f"/{SERVICE_NAME}/"
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        if not method.startswith(self._prefix) or method.removeprefix(self._prefix) in PROBES:
+            return await continuation(handler_call_details)
+        name = method.removeprefix(self._prefix)
+        if not self._lifecycle.accepting:
+            return self._refusal(name, ShuttingDown(SHUTTING_DOWN, headers={"Retry-After": "1"}))
+        if self._api_keys is not None and self._api_keys.enabled:
+            key_name = self._key_name(handler_call_details.invocation_metadata or ())
+            if key_name is None:
+                return self._refusal(name, Unauthorized(KEY_REQUIRED))
+            self._metrics.api_key_requests.labels(key_name).inc()
+        call = asyncio.current_task()  # gRPC serves each call in a task of its own, interceptors included
+        if call is not None:
+            self._lifecycle.request_started()
+            call.add_done_callback(lambda _: self._lifecycle.request_finished())
+        return await continuation(handler_call_details)
+
+    def _key_name(self, metadata: tuple[tuple[str, str | bytes], ...]) -> str | None:
+        assert self._api_keys is not None
+        values = {key.lower(): value for key, value in metadata if isinstance(value, str)}
+        authorization = values.get("authorization")
+        if authorization is not None and authorization[: len(_BEARER)].lower() == _BEARER:
+            presented: str | None = authorization[len(_BEARER):].strip()
+        else:
+            presented = values.get("x-api-key")
+        return self._api_keys.identify(presented) if presented else None
+
+    def _refusal(self, method: str, refusal: ServiceError) -> grpc.RpcMethodHandler:
+        async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> None:
+            code = errors.status_code(refusal)
+            self._metrics.count_rejection(refusal)
+            self._metrics.grpc_requests.labels(method, code.name).inc()
+            await context.abort(code, refusal.message, errors.trailing_metadata(refusal))
+
+        # Every method of the service is unary; the request is never parsed.
+        return grpc.unary_unary_rpc_method_handler(refuse)

@@ -1,0 +1,121 @@
+"""The gRPC listener: a grpc.aio server in uvicorn's own event loop, started and drained with the HTTP server.
+
+It serves inference.GRPCInferenceService (`v2.InferenceServicer`, behind the serving gate `gate.ServingGate`) and
+grpc.health.v1 (`health`) from the app's data plane, so both protocols share the models, batchers, admission,
+byte budgets, lifecycle and metrics. `service.server` starts it once HTTP listens and the models are loaded, calls
+`begin_drain` on SIGTERM and `stop` once the drain is over.
+
+Limits: messages up to ``max_upload_bytes`` (a larger one is refused by gRPC with RESOURCE_EXHAUSTED before it is
+read whole), at most ``grpc_max_concurrent_streams`` calls per connection and ``grpc_max_concurrent_rpcs`` in all,
+and keepalive pings that drop peers which stopped answering. The port is shared (SO_REUSEPORT) only among the
+worker processes of one server (`share_port`, service/workers.py), where the kernel spreads connections over
+them; otherwise a port in use is a start-up error, not a second server silently splitting the traffic.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from service.auth import ApiKeys
+from service.config import Settings
+from service.dataplane import DataPlane
+from service.grpc.gate import ServingGate
+from service.grpc.health import ReadinessHealthServicer
+from service.grpc.proto.grpc_predict_v2_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
+from service.grpc.v2 import InferenceServicer
+from service.lifecycle import Lifecycle
+from service.metrics import ServiceMetrics
+
+logger = logging.getLogger("service")
+
+
+class GrpcStartError(Exception):
+    """The gRPC listener could not be opened (the message says where and why)."""
+
+
+def listen_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def server_options(settings: Settings, *, share_port: bool = False) -> list[tuple[str, int]]:
+    """gRPC core's channel arguments for the server, from the settings."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_upload_bytes),
+        ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+        ("grpc.keepalive_time_ms", round(settings.grpc_keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", round(settings.grpc_keepalive_timeout_s * 1000)),
+        # Ping idle connections too, and without a limit on pings between data frames: a peer that is gone
+        # without a FIN is found whether or not it has a call open.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.so_reuseport", int(share_port)),
+    ]
+
+
+class GrpcFrontEnd:
+    """The V2 gRPC front end of one app; create it anywhere, `start` it inside the running event loop."""
+
+    def __init__(self, dataplane: DataPlane, *, lifecycle: Lifecycle, metrics: ServiceMetrics, settings: Settings,
+                 address: str | None = None, share_port: bool = False, api_keys: ApiKeys | None = None) -> None:
+        self.address = address if address is not None else listen_address(settings.host, settings.grpc_port)
+        self._share_port = share_port
+        self._gate = ServingGate(lifecycle, metrics, api_keys)
+        self.port: int | None = None
+        """The port listened on, once started (the chosen one when `address` asks for port 0)."""
+        self._settings = settings
+        self._health = ReadinessHealthServicer(lambda: dataplane.ready)
+        self._servicer = InferenceServicer(dataplane, metrics=metrics)
+        self._server: grpc.aio.Server | None = None
+
+    @classmethod
+    def for_app(cls, app: object, settings: Settings, *, address: str | None = None, share_port: bool = False
+                ) -> GrpcFrontEnd:
+        """The front end of a `create_app` app: its data plane, lifecycle and metrics, and the API keys of the
+        settings (read as the app reads them, so the same keys open both protocols)."""
+        state = app.state  # type: ignore[attr-defined]
+        api_keys = ApiKeys(settings.api_keys_file,
+                           settings.api_keys.get_secret_value() if settings.api_keys is not None else None)
+        return cls(state.dataplane, lifecycle=state.lifecycle, metrics=state.metrics, settings=settings,
+                   address=address, share_port=share_port, api_keys=api_keys)
+
+    async def start(self) -> int:
+        """Listen and serve; raises GrpcStartError when the address cannot be bound."""
+        server = grpc.aio.server(options=server_options(self._settings, share_port=self._share_port),
+                                 interceptors=[self._gate],
+                                 maximum_concurrent_rpcs=self._settings.grpc_max_concurrent_rpcs)
+        add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        try:
+            port = server.add_insecure_port(self.address)
+        except RuntimeError as exc:
+            raise GrpcStartError(f"gRPC cannot listen on {self.address} (is the port in use? set --grpc-port, or "
+                                 f"0 to turn gRPC off): {exc}") from None
+        await server.start()
+        self._server, self.port = server, port
+        host = self.address.rpartition(":")[0]
+        logger.info("gRPC listening on %s:%d (Open Inference Protocol, grpc.health.v1)", host, port)
+        return port
+
+    def begin_drain(self) -> None:
+        """Health NOT_SERVING (watches end) from now on. New calls are refused by the serving gate (the lifecycle
+        drains), calls already received go on; the listener closes in `stop`, once the drain is over."""
+        self._health.begin_drain()
+
+    async def retire(self, grace_s: float) -> None:
+        """Leave a pool of workers that keep serving: stop taking calls (clients get GOAWAY and reconnect to the
+        other workers, which share the port), let the calls in flight finish within `grace_s`. Health stays as it
+        is: the others serve."""
+        if self._server is not None:
+            await self._server.stop(grace_s)
+            logger.info("gRPC retired")
+
+    async def stop(self) -> None:
+        """Close the listener and cancel whatever is still open (calls past the drain's grace period)."""
+        self._health.begin_drain()
+        if self._server is None:
+            return
+        await self._server.stop(None)
+        logger.info("gRPC stopped")

@@ -1,0 +1,209 @@
+"""The Open Inference Protocol's GRPCInferenceService, on the same data plane as HTTP.
+
+The gRPC twin of `service.api.v2`: health, server and model metadata, and ModelInfer with BYTES [N] encoded
+images (decoded and preprocessed by the server) or a preprocessed FP32 [N, C, H, W] batch, in ``contents`` or
+``raw_input_contents``; logits, or the classification extension's strings, in ``raw_output_contents``.
+
+Every call is one admission (`DataPlane.admit`, released on every path) and leaves with the status code of
+`errors.STATUS_CODES` and the message HTTP would send. While the server drains, the serving gate
+(`gate.ServingGate`) refuses new calls before they get here; the calls it let in are served. The client's gRPC
+deadline shortens the request's own deadline, so images still queued when it passes are dropped unrun; a client
+that cancels has its handler cancelled, which drops its queued images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from service import __version__
+from service.admission import Ticket
+from service.dataplane import DataPlane
+from service.errors import (
+    ClientDisconnected,
+    DeadlineExceeded,
+    InternalError,
+    InvalidParameter,
+    ModelNotFound,
+    ServiceError,
+)
+from service.grpc import errors, messages
+from service.grpc.proto import grpc_predict_v2_pb2 as pb
+from service.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceServicer
+from service.metrics import ServiceMetrics
+from service.preprocess import ImageUpload
+from service.v2 import codec
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+SERVER_NAME = "resnet-serve"
+EXTENSIONS = ["binary_tensor_data", "classification"]
+"""As over HTTP: Triton's clients read the same list from either protocol."""
+PROTOCOL = "v2-grpc"
+"""The `protocol` label of resnet_serve_requests_total."""
+
+_DEADLINE_SLACK_S = 0.05
+"""gRPC cancels a call at its deadline by its own clock, which can be a few milliseconds ahead of what
+`time_remaining()` computes: a call cancelled this close to its deadline was cancelled by it."""
+
+Response = TypeVar("Response")
+ServicerContext = grpc.aio.ServicerContext
+
+
+def _check_version(model: str, version: str) -> None:
+    if version and version != messages.MODEL_VERSION:
+        raise ModelNotFound(f"model {model!r} has no version {version!r}; its only version is "
+                            f"{messages.MODEL_VERSION!r}")
+
+
+class InferenceServicer(GRPCInferenceServiceServicer):
+    """The RPCs of inference.GRPCInferenceService; each one is served through `_call`."""
+
+    def __init__(self, dataplane: DataPlane, *, metrics: ServiceMetrics) -> None:
+        self._dataplane = dataplane
+        self._metrics = metrics
+
+    # ------------------------------------------------------------------------------------------ every call
+
+    async def _call(self, method: str, context: ServicerContext, serve: Callable[[], Awaitable[Response]]
+                    ) -> Response:
+        """Serve one call: counted in the metrics, its errors as status codes."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        self._metrics.grpc_in_flight.inc()
+        try:
+            return await serve()
+        except ServiceError as exc:
+            code = errors.status_code(exc)
+            await self._refuse(method, context, exc, code)
+            raise AssertionError("unreachable: abort raises") from None
+        except asyncio.CancelledError:
+            # The client cancelled, or its deadline passed: gRPC cancels the handler, which drops its queued
+            # images (DataPlane.infer cancels their futures). Nobody reads an answer; count why it ended.
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= _DEADLINE_SLACK_S:
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
+                self._metrics.count_rejection(DeadlineExceeded("the client's deadline passed"))
+            else:
+                code = grpc.StatusCode.CANCELLED
+                self._metrics.count_rejection(ClientDisconnected("the client cancelled the call"))
+            raise
+        except Exception:
+            # The traceback goes to the log; the client only learns that it was our fault.
+            logger.exception("gRPC %s failed", method)
+            code = grpc.StatusCode.INTERNAL
+            await self._refuse(method, context, InternalError("internal server error; the details are in the "
+                                                              "server log"), code)
+            raise AssertionError("unreachable: abort raises") from None
+        finally:
+            self._metrics.grpc_in_flight.dec()
+            self._metrics.grpc_requests.labels(method, code.name).inc()
+            self._metrics.grpc_request_seconds.labels(method).observe(time.perf_counter() - started)
+
+    async def _refuse(self, method: str, context: ServicerContext, exc: ServiceError, code: grpc.StatusCode) -> None:
+        self._metrics.count_rejection(exc)
+        if exc.status_code >= 500 and exc.status_code != 503:
+            logger.warning("gRPC %s -> %s %s: %s", method, code.name, exc.code, exc.message)
+        await context.abort(code, exc.message, errors.trailing_metadata(exc))
+
+    # ------------------------------------------------------------------------------------------ health and metadata
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: ServicerContext) -> pb.ServerLiveResponse:
+        async def serve() -> pb.ServerLiveResponse:
+            return pb.ServerLiveResponse(live=True)
+
+        return await self._call("ServerLive", context, serve)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: ServicerContext) -> pb.ServerReadyResponse:
+        async def serve() -> pb.ServerReadyResponse:
+            return pb.ServerReadyResponse(ready=self._dataplane.ready)
+
+        return await self._call("ServerReady", context, serve)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: ServicerContext) -> pb.ModelReadyResponse:
+        async def serve() -> pb.ModelReadyResponse:
+            _check_version(request.name, request.version)
+            try:
+                model = self._dataplane.registry.get(request.name)
+            except ModelNotFound:
+                return pb.ModelReadyResponse(ready=False)  # as Triton answers: not ready, not an error
+            return pb.ModelReadyResponse(ready=model.ready and self._dataplane.ready)
+
+        return await self._call("ModelReady", context, serve)
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: ServicerContext
+                             ) -> pb.ServerMetadataResponse:
+        async def serve() -> pb.ServerMetadataResponse:
+            return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
+
+        return await self._call("ServerMetadata", context, serve)
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: ServicerContext
+                            ) -> pb.ModelMetadataResponse:
+        async def serve() -> pb.ModelMetadataResponse:
+            _check_version(request.name, request.version)
+            model = self._dataplane.registry.get(request.name)
+            return messages.model_metadata(model.name, model.spec)
+
+        return await self._call("ModelMetadata", context, serve)
+
+    # ------------------------------------------------------------------------------------------ inference
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: ServicerContext) -> pb.ModelInferResponse:
+        return await self._call("ModelInfer", context, lambda: self._infer(request, context))
+
+    async def _infer(self, request: pb.ModelInferRequest, context: ServicerContext) -> pb.ModelInferResponse:
+        received_at = time.monotonic()
+        dataplane = self._dataplane
+        _check_version(request.model_name, request.model_version)
+        # The message is whole already (gRPC bounds it by max_upload_bytes); its size still counts in the byte
+        # budget shared with HTTP while the request holds it.
+        with dataplane.admit(request.model_name, None, declared_bytes=request.ByteSize(), received_at=received_at,
+                             protocol=PROTOCOL) as ticket:
+            client_deadline = self._apply_client_deadline(ticket, context)
+            model = ticket.model
+            inference_request = messages.infer_request(request)
+            wanted = codec.requested_outputs(inference_request, model.spec.output_name)
+            for output in wanted:
+                if output.classification is not None and output.classification > model.spec.num_classes:
+                    raise InvalidParameter(f"classification must be between 1 and {model.spec.num_classes} (the "
+                                           f"number of classes of model {model.name}), got {output.classification}")
+            given = codec.model_input(inference_request, model.spec, max_images=dataplane.max_files_per_request)
+            ticket.count_images(given.count)
+            try:
+                if given.images is not None:
+                    uploads = [ImageUpload(data) for data in given.images]
+                    logits = (await dataplane.infer_images(ticket, uploads)).logits
+                else:
+                    assert given.batch is not None
+                    logits = (await dataplane.infer_tensors(ticket, given.batch)).logits
+            except DeadlineExceeded:
+                if client_deadline is None:
+                    raise
+                raise DeadlineExceeded(f"no answer within the client's deadline of {client_deadline:.3g} s; its "
+                                       f"queued images were dropped") from None
+        outputs = [
+            codec.classification_output(output.name, model.postprocess(logits, output.classification))
+            if output.classification is not None else codec.logits_output(output.name, logits)
+            for output in wanted
+        ]
+        return messages.infer_response(model.name, inference_request.id, outputs)
+
+    @staticmethod
+    def _apply_client_deadline(ticket: Ticket, context: ServicerContext) -> float | None:
+        """Make the client's gRPC deadline the request's, when it comes before the server's own; returns the
+        client's time budget in seconds when it does."""
+        remaining = context.time_remaining()
+        if remaining is None:
+            return None
+        client_deadline = time.monotonic() + remaining
+        if client_deadline >= ticket.deadline:
+            return None
+        ticket.deadline = client_deadline
+        return remaining
