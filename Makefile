@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Torch is pinned to the releases this project is tested with; any torch>=2.9 works for models/.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: serve install install-dev data test test-models test-service lint-deploy test-container bench reliability soak clean
+.PHONY: serve install install-dev data browser screenshot test test-models test-service lint-deploy test-container bench reliability soak clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,14 +34,22 @@ serve: install
 data:
 	@[ -f $(DATA_DIR)/t10k-images-idx3-ubyte.gz ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
 
+## browser: Debian's chromium, which the page tests drive headless (Playwright downloads no browser)
+browser:
+	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
+## screenshot: docs/demo-page.png, the page with two classified images (README)
+screenshot: install-dev browser
+	PAGE_SCREENSHOT=docs/demo-page.png $(PY) -m pytest -q tests/integration/test_page.py -k two_dropped_files
+
 ## test: every test (models, service, bench smoke)
-test: install-dev data
+test: install-dev data browser
 	$(PY) -m pytest
 
 test-models: install-dev data
 	$(PY) -m pytest tests/models
 
-test-service: install-dev data
+test-service: install-dev data browser
 	$(PY) -m pytest tests/unit tests/integration
 
 clean:
