@@ -58,6 +58,12 @@ def _timed_median(work: Callable[[], object], min_seconds: float, min_runs: int)
     return statistics.median(times), len(times)
 
 
+def model_spec_of(path: Path) -> ModelSpec:
+    """The spec embedded in an ONNX file, read with a throwaway session."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return build_spec(fields_from_metadata_props(session.get_modelmeta().custom_metadata_map), source=path.name)
+
+
 def model_spec(runtime: OnnxModelRuntime) -> ModelSpec:
     return build_spec(fields_from_metadata_props(runtime.metadata_props), source=runtime.path.name)
 

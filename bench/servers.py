@@ -24,12 +24,36 @@ class ServerFailed(RuntimeError):
     """A server under test exited or never became ready; the message carries its log."""
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of all threads of `pid` so far, from /proc/PID/stat."""
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a server with worker processes is a tree), those alive now."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        try:
+            pending += [int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _own_cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
-    # Fields 14 and 15 of proc(5) (utime, stime); `fields` starts at field 3.
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    # Fields 14 to 17 of proc(5) (utime, stime, and those of waited-for children); `fields` starts at field 3.
+    return sum(int(value) for value in fields[11:15]) / _CLOCK_TICKS
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of all threads of `pid` and its worker processes so far, from /proc/PID/stat
+    (a retired worker's time counts once its parent has reaped it)."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            total += _own_cpu_seconds(member)
+        except OSError:
+            continue
+    return total
 
 
 @dataclass(frozen=True)
@@ -39,12 +63,20 @@ class Memory:
 
 
 def process_memory(pid: int) -> Memory:
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) * 1024
-    return Memory(values["VmRSS"], values["VmHWM"])
+    """RSS and peak RSS summed over `pid` and its worker processes alive now."""
+    rss = peak = 0
+    for member in process_tree(pid):
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            key, _, rest = line.partition(":")
+            if key == "VmRSS":
+                rss += int(rest.split()[0]) * 1024
+            elif key == "VmHWM":
+                peak += int(rest.split()[0]) * 1024
+    return Memory(rss, peak)
 
 
 def free_port() -> int:
@@ -74,7 +106,7 @@ class ServerKind:
 
     def command(self, model: ModelCase, port: int, extra_args: tuple[str, ...]) -> list[str]:
         if self.key == "ours":
-            return [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+            return [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0",
                     "--model-dir", str(model.folder), "--no-access-log", "--log-level", "warning", *extra_args]
         return [sys.executable, "-m", "bench.naive_server", "--host", "127.0.0.1", "--port", str(port),
                 "--model", str(model.path), *extra_args]

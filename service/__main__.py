@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from service.app import create_app
 from service.config import ENV_PREFIX, Settings
-from service.server import serve
+from service.cpus import available_cpus
+from service.server import configure_logging, serve
 
 EXIT_STARTUP_FAILED = 3
 
@@ -65,10 +65,20 @@ def load_settings(argv: Sequence[str] | None = None) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    if not serve(create_app(settings), settings):
+    configure_logging(settings)
+    if settings.workers != 1:
+        from service import workers
+
+        return workers.run(settings, available_cpus())
+    from service.app import create_app
+    from service.registry import StartupError
+
+    try:
+        app = create_app(settings)
+    except StartupError as exc:
+        logging.getLogger("service").error("cannot start: %s", exc)
+        return EXIT_STARTUP_FAILED
+    if not serve(app, settings):
         return EXIT_STARTUP_FAILED
     return 0
 

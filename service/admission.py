@@ -8,6 +8,7 @@ is given back on every exit path (it is a context manager).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from service.batching import ImageReservation
@@ -20,9 +21,10 @@ if TYPE_CHECKING:
 class ByteBudget:
     """Upload bytes held by requests in flight, across every model and front end of the process."""
 
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(self, limit_bytes: int, on_change: Callable[[int], None] | None = None) -> None:
         self.limit_bytes = limit_bytes
         self.in_use = 0
+        self._on_change = on_change
 
     def take(self, count: int) -> None:
         if self.in_use + count > self.limit_bytes:
@@ -31,9 +33,13 @@ class ByteBudget:
                 f"{self.limit_bytes}; retry later"
             )
         self.in_use += count
+        if self._on_change:
+            self._on_change(self.in_use)
 
     def give(self, count: int) -> None:
         self.in_use -= count
+        if self._on_change and count:
+            self._on_change(self.in_use)
 
 
 class Ticket:

@@ -54,6 +54,8 @@ class BatchObserver(Protocol):
 
     def items_dropped(self, reason: str, count: int) -> None: ...
 
+    def queue_changed(self, depth: int) -> None: ...
+
 
 class DynamicBatcher(Generic[P, R]):
     """Queues payloads from many requests and runs them through `run_batch` in batches, one batch at a time.
@@ -92,6 +94,17 @@ class DynamicBatcher(Generic[P, R]):
     @property
     def max_batch_size(self) -> int:
         return self._policy.max_batch_size
+
+    def tune(self, max_batch_size: int, seconds_per_image: float | None = None) -> None:
+        """Set the batch size chosen at warm-up, and seed the wait estimate with the measured seconds per image,
+        so that the wait bound holds from the first request on (before `start()`)."""
+        if self._task is not None:
+            raise RuntimeError(f"batcher {self.name} is already running")
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self._policy.max_batch_size = max_batch_size
+        if seconds_per_image is not None:
+            self._policy.record_batch(1, seconds_per_image)
 
     @property
     def max_queue_size(self) -> int:
@@ -154,6 +167,8 @@ class DynamicBatcher(Generic[P, R]):
         items = [QueuedItem(payload, now, deadline, loop.create_future()) for payload in payloads]
         self._policy.enqueue_reserved(items)
         self._wakeup.set()
+        if self._observer:
+            self._observer.queue_changed(len(self._policy))
         return [item.waiter for item in items]
 
     def expected_wait_s(self, count: int) -> float | None:
@@ -187,6 +202,8 @@ class DynamicBatcher(Generic[P, R]):
                 item.waiter.set_exception(ShuttingDown(f"model {self.name} shut down before this image ran"))
         if queued and self._observer:
             self._observer.items_dropped("shutdown", len(queued))
+        if self._observer:
+            self._observer.queue_changed(0)
         self._wakeup.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
@@ -220,6 +237,7 @@ class DynamicBatcher(Generic[P, R]):
                     DeadlineExceeded(f"the request deadline passed while the image waited for model {self.name}")
                 )
         if self._observer:
+            self._observer.queue_changed(len(self._policy))
             if batch.expired:
                 self._observer.items_dropped("timeout", len(batch.expired))
             if batch.abandoned:

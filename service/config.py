@@ -11,10 +11,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PlainValidator, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.modelspec import BatchDelayMs, BatchSize, QueueSize, QueueWaitMs, ServingOverrides, ThreadCount
+from service.modelspec import BatchDelayMs, BatchSizeSetting, QueueSize, QueueWaitMs, ServingOverrides, ThreadCount
+
+
+def _worker_count(value: object) -> int | str:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
+        raise ValueError(f"must be a whole number from 1 to 64, or 'auto'; got {value!r}")
+    count = int(value)
+    if not 1 <= count <= 64:
+        raise ValueError(f"must be between 1 and 64, or 'auto'; got {count}")
+    return count
+
+
+WorkerCount = Annotated[int | str, PlainValidator(_worker_count)]
 
 ENV_PREFIX = "RESNET_SERVE_"
 
@@ -46,9 +60,10 @@ class Settings(BaseSettings):
     """Folder whose *.onnx files are served, each under its file stem; defaults to the bundled repository."""
     default_model: str | None = None
     """Model answering POST /v1/classify; unset: the only model, or the first by name when there are several."""
-    max_batch_size: BatchSize = 16
-    """Most images one ONNX Runtime call processes; also the largest batch warmed up at start-up. A model's own
-    `serving` section overrides this and the next four settings for that model."""
+    max_batch_size: BatchSizeSetting = "auto"
+    """Most images one ONNX Runtime call processes; auto: at start-up, time the model at batch sizes 1, 2, 4, ...
+    and keep the largest that still raises throughput by 5% (service/autotune.py). A model's own `serving`
+    section overrides this and the next four settings for that model."""
     max_batch_delay_ms: BatchDelayMs = 0.0
     """How long the first queued image may wait for more to fill its batch; 0 runs at once when the model is idle."""
     max_queue_size: QueueSize = 256
@@ -79,6 +94,14 @@ class Settings(BaseSettings):
     jpeg_draft: bool = True
     """Let large JPEGs decode at 1/2, 1/4 or 1/8 scale (never below twice the model's resize size): several times
     faster, a few levels of difference per pixel (measured in docs/SERVICE.md)."""
+    workers: WorkerCount = "auto"
+    """Server processes sharing the port, each with its own event loop, sessions and share of the cores; auto:
+    one per core when the models are cheap (under 5 ms an image, where one event loop is the limit), else one
+    (service/workers.py). With more than one, budgets and connection caps are split between them."""
+    http: Literal["auto", "httptools", "h11"] = "auto"
+    """HTTP/1.1 parser: httptools (C, llhttp) or h11 (pure Python); auto: httptools when installed."""
+    loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    """Event loop: uvloop (libuv) or asyncio's own; auto: uvloop when installed."""
     header_timeout_s: float = Field(default=10.0, gt=0.0)
     """A request's head must arrive within this many seconds of its first byte (or of the connection opening),
     else 408 and the connection is closed."""
@@ -89,6 +112,21 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=1000, ge=1)
     """Open HTTP connections beyond which a new one is answered 503 and closed at once (keep it below the
     process's file-descriptor limit)."""
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """TCP port of the Open Inference Protocol's gRPC listener (inference.GRPCInferenceService and the grpc.health.v1
+    health service), on the same host and data plane as HTTP; 0 turns it off."""
+    grpc_max_concurrent_streams: int = Field(default=100, ge=1)
+    """Calls one gRPC connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); the client holds
+    further ones back until one ends."""
+    grpc_max_concurrent_rpcs: int = Field(default=1000, ge=1)
+    """gRPC calls the server handles at once over all connections (health watches included); a call beyond it is
+    refused at once with RESOURCE_EXHAUSTED."""
+    grpc_keepalive_time_s: float = Field(default=60.0, gt=0.0)
+    """The server pings a gRPC connection after this many seconds without activity, also between calls, to find
+    peers that are gone without closing their connection."""
+    grpc_keepalive_timeout_s: float = Field(default=20.0, gt=0.0)
+    """A gRPC peer that does not answer a ping within this many seconds is dropped: its connection closed, its
+    calls cancelled and their queued images dropped unrun."""
     decode_threads: int | None = Field(default=None, ge=1)
     """Threads decoding and preprocessing uploads; unset: the CPUs this process may use."""
     worker_nice: int = Field(default=10, ge=0, le=19)
@@ -99,7 +137,19 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """Log level of the server and of uvicorn."""
     access_log: bool = True
-    """Log one line per HTTP request (uvicorn's access log)."""
+    """Log one line per request (method, path, status, model, images, bytes, latency, stage timings, client,
+    request ID), written off the event loop."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as text for people, or one JSON object per line for a log stack."""
+    api_keys_file: Path | None = None
+    """Require an API key (Authorization: Bearer KEY or X-API-Key: KEY) on every route but the probes, the demo
+    page and the docs: one key per line, `name:key` or `name:sha256:HEXDIGEST`; re-read when it changes. Unset
+    (and no RESNET_SERVE_API_KEYS): no keys, anyone who reaches the port may classify."""
+    api_keys: SecretStr | None = None
+    """Keys given inline instead (or as well), comma-separated `name:key` entries; prefer the file or the
+    environment variable to a flag, which other users of the machine can see in the process list."""
+    metrics_require_key: bool = False
+    """With API keys on, require one for /metrics too (off: Prometheus scrapes without a key)."""
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -128,6 +178,12 @@ class Settings(BaseSettings):
                 f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least max_upload_bytes "
                 f"({self.max_upload_bytes}), or the largest upload could never be admitted"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _grpc_port_is_its_own(self) -> Settings:
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(f"grpc_port ({self.grpc_port}) must differ from port, or be 0 to turn gRPC off")
         return self
 
     @model_validator(mode="after")
@@ -166,7 +222,8 @@ class Settings(BaseSettings):
 class ServingSettings:
     """One model's effective batching, queueing and threading settings."""
 
-    max_batch_size: int
+    max_batch_size: int | str
+    """A number, or "auto" until the model's warm-up has measured it."""
     max_batch_delay_ms: float
     max_queue_size: int
     max_queue_wait_ms: float | None

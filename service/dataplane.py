@@ -96,8 +96,7 @@ class DataPlane:
         self.request_timeout_s = request_timeout_s
         self.max_files_per_request = max_files_per_request
         self.max_upload_bytes = max_upload_bytes
-        self.upload_bytes = ByteBudget(max_inflight_bytes)
-        metrics.inflight_upload_bytes.set_function(lambda: self.upload_bytes.in_use)
+        self.upload_bytes = ByteBudget(max_inflight_bytes, metrics.inflight_upload_bytes.set)
 
     @property
     def ready(self) -> bool:

@@ -61,6 +61,18 @@ class InvalidTensor(ServiceError):
     reason = "invalid_request"
 
 
+class Unauthorized(ServiceError):
+    """API keys are on and the request carries none, or one the server does not accept."""
+
+    status_code = 401
+    code = "unauthorized"
+    reason = "unauthorized"
+
+    def __init__(self, message: str, *, filename: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, filename=filename,
+                         headers={"WWW-Authenticate": 'Bearer realm="resnet-serve"', **(headers or {})})
+
+
 class ModelNotFound(ServiceError):
     status_code = 404
     code = "model_not_found"
@@ -144,6 +156,15 @@ class DeadlineExceeded(ServiceError):
     reason = "timeout"
 
 
+class RequestReceiptTimeout(ServiceError):
+    """The request's head or body did not arrive within its deadline; the protocol guard answered 408 and closed
+    the connection while the app was still reading it."""
+
+    status_code = 408
+    code = "request_timeout"
+    reason = "timeout"
+
+
 class ClientDisconnected(ServiceError):
     """The client closed the connection before its answer was ready; its queued images are dropped.
 
@@ -183,9 +204,12 @@ def rejection_reasons() -> tuple[str, ...]:
     return tuple(sorted({cls.reason for cls in _error_classes()}))
 
 
-def error_body(status_code: int, code: str, message: str, filename: str | None = None) -> dict[str, object]:
+def error_body(status_code: int, code: str, message: str, filename: str | None = None,
+               request_id: str | None = None) -> dict[str, object]:
     """The one JSON error shape every error response uses."""
     error: dict[str, object] = {"status": status_code, "code": code, "message": message}
     if filename is not None:
         error["filename"] = filename
+    if request_id is not None:
+        error["request_id"] = request_id
     return {"error": error}

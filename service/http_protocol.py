@@ -22,14 +22,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 from service.errors import error_body
 from service.http_framing import BodyComplete, FramingViolation, RequestFramingScanner
 
+REFUSAL_EXTENSION = "resnet_serve.refused"
+"""Scope extension set on a request the guard refused while the app was reading it: {"status", "reason"}."""
 _CODES = {400: "malformed_request", 408: "request_timeout", 413: "upload_too_large", 431: "headers_too_large",
           503: "too_many_connections"}
 
@@ -44,9 +45,15 @@ class ReceiptLimits:
     """A chunked body declaring more than this is refused before its data arrives (the upload limit)."""
 
 
-ConnectionObserver = Callable[[str], None]
-"""Called with the reason of each connection the guard refused: header_timeout, body_timeout, framing or
-max_connections."""
+class ConnectionObserver(Protocol):
+    """Where the guard reports: connections opening and closing, and each one it refused and why."""
+
+    def connection_opened(self) -> None: ...
+
+    def connection_closed(self) -> None: ...
+
+    def count_connection_refused(self, reason: str) -> None:
+        """`reason`: header_timeout, body_timeout, framing or max_connections."""
 
 
 def refusal_bytes(status: int, message: str) -> bytes:
@@ -73,6 +80,7 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: ReceiptLimits, observ
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
+            observer.connection_opened()
             self._scanner = RequestFramingScanner(
                 max_head_bytes=limits.max_head_bytes, max_body_bytes=limits.max_body_bytes
             )
@@ -101,6 +109,7 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: ReceiptLimits, observ
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            observer.connection_closed()
             super().connection_lost(exc)
 
         def _follow(self, now: float) -> None:
@@ -131,14 +140,20 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: ReceiptLimits, observ
             limit = limits.header_timeout_s if reason == "header_timeout" else limits.body_timeout_s
             self._refuse(408, f"the {what} did not arrive within {limit:g} s", reason)
 
+        def send_400_response(self, msg: str) -> None:
+            """The parser (h11 or httptools) refused the bytes: answer in the service's JSON shape."""
+            self._refuse(400, f"the request cannot be parsed as HTTP/1.1 ({msg.rstrip('.')})", "framing")
+
         def _refuse(self, status: int, message: str, reason: str) -> None:
             self._refused = True
             self._disarm()
-            observer(reason)
+            observer.count_connection_refused(reason)
             cycle: Any = getattr(self, "cycle", None)
             answering = cycle is not None and not cycle.response_complete
             if answering:
-                # The app is reading this request: it learns of the refusal as a disconnect and writes nothing.
+                # The app is reading this request: it learns of the refusal as a disconnect and writes nothing;
+                # the scope tells it why, so that it counts a timeout rather than a client that left.
+                cycle.scope.setdefault("extensions", {})[REFUSAL_EXTENSION] = {"status": status, "reason": reason}
                 cycle.disconnected = True
                 cycle.message_event.set()
             if not (answering and cycle.response_started) and not self.transport.is_closing():

@@ -6,9 +6,10 @@ they do in tests. All names start with ``resnet_serve_``; docs/SERVICE.md lists 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from service.errors import ServiceError, rejection_reasons
@@ -17,6 +18,8 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Set by the worker supervisor (service.workers) for its workers: metric values then live in files there."""
 CONNECTION_REFUSAL_REASONS = ("header_timeout", "body_timeout", "framing", "max_connections")
 
 
@@ -29,6 +32,7 @@ class ModelBatchObserver:
         self._inference = metrics.inference_seconds.labels(model)
         self._queue_wait = metrics.queue_wait_seconds.labels(model)
         self._dropped = metrics.dropped_images
+        self._depth = metrics.queue_depth.labels(model)
         self._model = model
 
     def batch_ran(self, size: int, inference_s: float) -> None:
@@ -41,6 +45,9 @@ class ModelBatchObserver:
 
     def items_dropped(self, reason: str, count: int) -> None:
         self._dropped.labels(self._model, reason).inc(count)
+
+    def queue_changed(self, depth: int) -> None:
+        self._depth.set(depth)
 
 
 class ServiceMetrics:
@@ -59,7 +66,21 @@ class ServiceMetrics:
         )
         self.http_in_flight = Gauge(
             "resnet_serve_http_requests_in_flight", "Requests being served now (health and metrics excluded).",
-            registry=r,
+            multiprocess_mode="livesum", registry=r,
+        )
+        self.grpc_requests = Counter(
+            "resnet_serve_grpc_requests",
+            "gRPC calls of inference.GRPCInferenceService answered, by method and status code (OK, "
+            "INVALID_ARGUMENT, ...).",
+            ["method", "code"], registry=r,
+        )
+        self.grpc_request_seconds = Histogram(
+            "resnet_serve_grpc_request_duration_seconds", "Time from a gRPC call's start to its answer.",
+            ["method"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.grpc_in_flight = Gauge(
+            "resnet_serve_grpc_requests_in_flight", "gRPC calls being served now (health service excluded).",
+            multiprocess_mode="livesum", registry=r,
         )
         self.preprocess_seconds = Histogram(
             "resnet_serve_preprocess_seconds", "Decode and preprocess time per image.",
@@ -77,7 +98,12 @@ class ServiceMetrics:
             "resnet_serve_batch_size", "Images per batch run.", ["model"], buckets=BATCH_SIZE_BUCKETS, registry=r,
         )
         self.queue_depth = Gauge(
-            "resnet_serve_queue_depth", "Images waiting in the batcher queue.", ["model"], registry=r,
+            "resnet_serve_queue_depth", "Images waiting in the batcher queue.", ["model"], multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.api_key_requests = Counter(
+            "resnet_serve_api_key_requests", "Requests let in with an API key, by the key's name (never the key).",
+            ["key"], registry=r,
         )
         self.requests = Counter(
             "resnet_serve_requests", "Inference requests admitted, by model and protocol (v1, v2-http, v2-grpc).",
@@ -96,11 +122,11 @@ class ServiceMetrics:
         )
         self.decode_memory_bytes = Gauge(
             "resnet_serve_decode_memory_bytes", "Memory reserved by the decodes in progress (the decode budget in use).",
-            registry=r,
+            multiprocess_mode="livesum", registry=r,
         )
         self.inflight_upload_bytes = Gauge(
             "resnet_serve_inflight_upload_bytes", "Upload bytes held by requests in flight (the byte budget in use).",
-            registry=r,
+            multiprocess_mode="livesum", registry=r,
         )
         self.rejections = Counter(
             "resnet_serve_rejections", "Requests refused or failed, by reason.", ["reason"], registry=r,
@@ -117,11 +143,12 @@ class ServiceMetrics:
             ["reason"], registry=r,
         )
         self.open_connections = Gauge(
-            "resnet_serve_open_connections", "HTTP connections open now.", registry=r,
+            "resnet_serve_open_connections", "HTTP connections open now.", multiprocess_mode="livesum",
+            registry=r,
         )
         self.model_ready = Gauge(
             "resnet_serve_model_ready", "1 when the model is loaded, warmed up and its batcher running.",
-            ["model"], registry=r,
+            ["model"], multiprocess_mode="livemin", registry=r,
         )
         self.rejection_reasons = rejection_reasons()
         """Every reason an error class can be counted under, pre-created at zero so dashboards see every series."""
@@ -139,6 +166,12 @@ class ServiceMetrics:
     def count_connection_refused(self, reason: str) -> None:
         self.connections_refused.labels(reason).inc()
 
+    def connection_opened(self) -> None:
+        self.open_connections.inc()
+
+    def connection_closed(self) -> None:
+        self.open_connections.dec()
+
     def register_model(self, model: str) -> ModelBatchObserver:
         """Create the model's series and return the hooks its batcher reports to."""
         self.images_classified.labels(model)
@@ -147,9 +180,12 @@ class ServiceMetrics:
         self.model_ready.labels(model).set(0)
         return ModelBatchObserver(self, model)
 
-    def watch_queue_depth(self, model: str, queue_depth: Callable[[], float]) -> None:
-        """Read the model's queue depth at scrape time."""
-        self.queue_depth.labels(model).set_function(queue_depth)
 
     def render(self) -> bytes:
+        """The exposition text; with several worker processes (PROMETHEUS_MULTIPROC_DIR set by the supervisor),
+        every worker's values, summed (gauges: the live workers' sum, or their minimum for readiness)."""
+        if MULTIPROCESS_ENV in os.environ:
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)
+            return generate_latest(merged)
         return generate_latest(self.registry)

@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 METADATA_PREFIX = "modelspec."
@@ -32,6 +32,23 @@ Precision = Literal["fp32", "fp16", "int8"]
 # The rules of the per-model serving settings, shared by the server's flags (service.config.Settings) and a
 # model's own `serving` section, so that both are validated alike.
 BatchSize = Annotated[int, Field(ge=1, le=1024)]
+AUTO = "auto"
+MAX_BATCH_SIZE = 1024
+
+
+def _batch_size_setting(value: object) -> int | str:
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
+        raise ValueError(f"must be a whole number from 1 to {MAX_BATCH_SIZE}, or 'auto'; got {value!r}")
+    size = int(value)
+    if not 1 <= size <= MAX_BATCH_SIZE:
+        raise ValueError(f"must be between 1 and {MAX_BATCH_SIZE}, or 'auto'; got {size}")
+    return size
+
+
+BatchSizeSetting = Annotated[int | str, PlainValidator(_batch_size_setting)]
+"""A batch size from 1 to 1024, or "auto": measured at start-up (service.autotune)."""
 BatchDelayMs = Annotated[float, Field(ge=0.0, le=10_000.0)]
 QueueSize = Annotated[int, Field(ge=1)]
 QueueWaitMs = Annotated[float, Field(gt=0.0)]
@@ -106,8 +123,8 @@ class ServingOverrides(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    max_batch_size: BatchSize | None = None
-    """Most images one inference call of this model processes."""
+    max_batch_size: BatchSizeSetting | None = None
+    """Most images one inference call of this model processes, or "auto" (measured at start-up)."""
     max_batch_delay_ms: BatchDelayMs | None = None
     """How long this model's first queued image may wait for more to fill its batch."""
     max_queue_size: QueueSize | None = None

@@ -1,14 +1,12 @@
 """The one class that owns an ONNX Runtime session: providers, threads, warm-up and `run(batch)`.
 
-Also home of `available_cpus()`, because thread pools must be sized from the CPUs this process may really use:
-inside a container the host's core count is the wrong answer (onnxruntime #29510).
+Its thread pool is sized by `service.cpus.available_cpus()` (re-exported here), the CPUs this process may really
+use: inside a container the host's core count is the wrong answer (onnxruntime #29510).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -16,90 +14,18 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
+from service import autotune
 from service.config import PROVIDER_ALIASES
+from service.cpus import available_cpus, cgroup_cpu_limit
+
+__all__ = ["InferenceRuntime", "OnnxModelRuntime", "available_cpus", "cgroup_cpu_limit", "resolve_providers",
+           "run_batch"]
 from service.modelspec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
-
-
-def _cgroup_v2_limit(cpu_max: Path) -> float | None:
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-    except (OSError, ValueError):
-        return None
-    if quota == "max":
-        return None
-    return int(quota) / int(period)
-
-
-def _cgroup_v1_limit(folder: Path) -> float | None:
-    try:
-        quota = int((folder / "cpu.cfs_quota_us").read_text())
-        period = int((folder / "cpu.cfs_period_us").read_text())
-    except (OSError, ValueError):
-        return None
-    if quota <= 0 or period <= 0:
-        return None
-    return quota / period
-
-
-def _ancestors(root: Path, relative: str) -> list[Path]:
-    """`root/relative` and its parents up to `root`; just `root` when the path is not visible (container)."""
-    relative = relative.strip("/")
-    own = root / relative if relative else root
-    if not own.exists():
-        return [root]
-    folders = [own]
-    while folders[-1] != root:
-        folders.append(folders[-1].parent)
-    return folders
-
-
-def cgroup_cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
-    """CPUs' worth of time the cgroup quota allows this process (for example 1.5), or None when unlimited.
-
-    Reads cgroup v2 ``cpu.max`` and cgroup v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` along the process's
-    own cgroup path and its ancestors; the tightest limit wins.
-    """
-    try:
-        lines = proc_cgroup.read_text().splitlines()
-    except OSError:
-        return None
-    limits: list[float] = []
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
-        if controllers == "":
-            for folder in _ancestors(cgroup_root, path):
-                limit = _cgroup_v2_limit(folder / "cpu.max")
-                if limit is not None:
-                    limits.append(limit)
-        elif "cpu" in controllers.split(","):
-            for mount in (cgroup_root / "cpu", cgroup_root / "cpu,cpuacct", cgroup_root / "cpuacct,cpu"):
-                if mount.is_dir():
-                    for folder in _ancestors(mount, path):
-                        limit = _cgroup_v1_limit(folder)
-                        if limit is not None:
-                            limits.append(limit)
-                    break
-    return min(limits) if limits else None
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: its affinity mask, capped by the cgroup CPU quota (rounded up), at least 1."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        count = os.cpu_count() or 1
-    quota = cgroup_cpu_limit()
-    if quota is not None:
-        count = min(count, max(1, math.ceil(quota)))
-    return max(1, count)
 
 
 def resolve_providers(requested: Iterable[str], available: Sequence[str]) -> list[str]:
@@ -145,6 +71,9 @@ class InferenceRuntime(Protocol):
 
     def warm_up(self, batch_sizes: Iterable[int], sample_shape: Sequence[int], output_name: str | None = None
                 ) -> None: ...
+
+    def measure_batches(self, limit: int, sample_shape: Sequence[int], output_name: str | None = None
+                        ) -> autotune.BatchCurve: ...
 
 
 def run_batch(tensors: Sequence[np.ndarray], *, runtime: InferenceRuntime, spec: ModelSpec) -> np.ndarray:
@@ -243,3 +172,16 @@ class OnnxModelRuntime:
         """Run each batch size once so allocation and kernel selection do not land on the first requests."""
         for size in batch_sizes:
             self.run(np.zeros((size, *sample_shape), dtype=np.float32), output_name)
+
+    def measure_batches(self, limit: int, sample_shape: Sequence[int], output_name: str | None = None
+                        ) -> autotune.BatchCurve:
+        """Time batch sizes 1, 2, 4, ... up to `limit` (warming each) and choose one (service.autotune)."""
+        inputs = {size: np.zeros((size, *sample_shape), dtype=np.float32) for size in (1,)}
+
+        def run(size: int) -> None:
+            batch = inputs.get(size)
+            if batch is None:
+                batch = inputs[size] = np.zeros((size, *sample_shape), dtype=np.float32)
+            self.run(batch, output_name)
+
+        return autotune.measure(run, limit)

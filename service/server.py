@@ -3,7 +3,9 @@
 One process, one event loop, one copy of each model. The first SIGTERM (or Ctrl-C) starts a drain: /readyz
 answers 503 and new requests are refused with 503 while the server keeps listening, requests already in flight
 (uploading, queued or running) finish, then uvicorn stops and the process exits 0. The drain lasts at most
-``shutdown_grace_s``; a second signal stops at once.
+``shutdown_grace_s``; a second signal stops at once. The gRPC listener (``grpc_port``) shares the loop and the
+drain: at the signal its health service turns NOT_SERVING and new calls get UNAVAILABLE, its calls in flight
+finish, and it closes with HTTP.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ import logging
 import os
 import resource
 import signal
+import socket
+import threading
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from service import logs
 from service.config import Settings
+from service.grpc.server import GrpcFrontEnd, GrpcStartError
 from service.http_protocol import ReceiptLimits, guarded_protocol
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
@@ -41,23 +47,90 @@ def http_protocol_class(settings: Settings, metrics: ServiceMetrics) -> type[asy
         max_head_bytes=MAX_HEAD_BYTES,
         max_body_bytes=settings.max_upload_bytes,
     )
-    return guarded_protocol(H11Protocol, limits, metrics.count_connection_refused)
+    return guarded_protocol(_http_parser(settings.http), limits, metrics)
+
+
+def _http_parser(choice: str) -> type[asyncio.Protocol]:
+    if choice in ("auto", "httptools"):
+        try:
+            from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        except ImportError:
+            if choice == "httptools":
+                raise
+        else:
+            return HttpToolsProtocol
+    return H11Protocol
+
+
+def _event_loop(choice: str) -> str:
+    if choice == "auto":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            return "asyncio"
+        return "uvloop"
+    return choice
 
 
 class DrainingServer(uvicorn.Server):
-    """A uvicorn server whose first SIGTERM/SIGINT drains in-flight work before stopping, then exits cleanly."""
+    """A uvicorn server whose first SIGTERM/SIGINT drains in-flight work before stopping, then exits cleanly.
 
-    def __init__(self, config: uvicorn.Config, *, lifecycle: Lifecycle, grace_s: float) -> None:
+    With `grpc`, the gRPC front end runs in the same event loop: it starts once HTTP listens (the models are
+    loaded by then), refuses new calls from the signal on while its calls in flight finish (they count in the
+    lifecycle's requests in flight, which the drain waits for), and is closed before the lifespan closes the
+    batchers."""
+
+    def __init__(self, config: uvicorn.Config, *, lifecycle: Lifecycle, grace_s: float,
+                 grpc: GrpcFrontEnd | None = None) -> None:
         super().__init__(config)
         self._lifecycle = lifecycle
         self._grace_s = grace_s
+        self._grpc = grpc
+        self.startup_failed = False
+        """True when HTTP started but the gRPC listener could not (the server then stops at once)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_requested = False
         self._drain_task: asyncio.Task[None] | None = None
+        self._retiring: asyncio.Task[None] | None = None
 
     async def serve(self, sockets: list | None = None) -> None:  # type: ignore[override]
         self._loop = asyncio.get_running_loop()
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._loop.add_signal_handler(RETIRE_SIGNAL, self._retire)
         await super().serve(sockets)
+
+    def _retire(self) -> None:
+        """Leave a pool of workers that keep serving (service.workers): stop accepting connections at once, so that
+        new ones go to the others, close idle kept-alive connections, let requests in flight finish, then stop.
+        Unlike the drain there is no 503 phase: nobody needs to see this worker go."""
+        if self._drain_requested:
+            return
+        self._drain_requested = True
+        logger.info("retiring: no new connections; %d request(s) in flight finish", self._lifecycle.in_flight)
+        for listener in getattr(self, "servers", []):
+            listener.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()  # idle ones close now, busy ones after their response
+        loop = asyncio.get_running_loop()
+        if self._grpc is not None:
+            self._retiring = loop.create_task(self._grpc.retire(self._grace_s))
+        self._drain_task = loop.create_task(self._drain())
+
+    async def startup(self, sockets: list | None = None) -> None:  # type: ignore[override]
+        await super().startup(sockets)
+        if self.should_exit or self._grpc is None:
+            return
+        try:
+            await self._grpc.start()
+        except GrpcStartError as exc:
+            logger.error("cannot start: %s", exc)
+            self.startup_failed = True
+            self.should_exit = True
+
+    async def shutdown(self, sockets: list | None = None) -> None:  # type: ignore[override]
+        if self._grpc is not None:
+            await self._grpc.stop()
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain_requested or self._loop is None:
@@ -74,6 +147,8 @@ class DrainingServer(uvicorn.Server):
             signal_name, self._lifecycle.in_flight, self._grace_s,
         )
         self._lifecycle.begin_drain()
+        if self._grpc is not None:
+            self._grpc.begin_drain()
         self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
@@ -87,6 +162,8 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+RETIRE_SIGNAL = signal.SIGUSR1
+"""What the worker supervisor sends a worker it replaces by others (service.workers)."""
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 128 * 1024
 """Allocations from this size up get their own mapping, returned to the OS as soon as they are freed."""
@@ -117,8 +194,12 @@ def _check_file_limit(settings: Settings) -> None:
                        "(ulimit -n) or lower --max-connections", soft, settings.max_connections)
 
 
-def serve(app: FastAPI, settings: Settings) -> bool:
-    """Serve `app` until stopped; False if start-up failed."""
+def configure_logging(settings: Settings) -> None:
+    logs.configure(settings.log_level, settings.log_format)
+
+
+def serve(app: FastAPI, settings: Settings, sockets: list[socket.socket] | None = None) -> bool:
+    """Serve `app` until stopped (on `sockets` when a worker supervisor bound them); False if start-up failed."""
     metrics: ServiceMetrics = app.state.metrics
     _check_file_limit(settings)
     if not return_freed_memory_to_the_os():
@@ -128,13 +209,16 @@ def serve(app: FastAPI, settings: Settings) -> bool:
         host=settings.host,
         port=settings.port,
         http=http_protocol_class(settings, metrics),
+        log_config=None,  # service.logs configured every logger, uvicorn's included
         log_level=settings.log_level,
-        access_log=settings.access_log,
+        access_log=False,  # the serving gate writes the access lines (service.logs)
         lifespan="on",
+        loop=_event_loop(settings.loop),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=_GRACEFUL_CONNECTION_CLOSE_S,
     )
-    server = DrainingServer(config, lifecycle=app.state.lifecycle, grace_s=settings.shutdown_grace_s)
-    metrics.open_connections.set_function(lambda: len(server.server_state.connections))
-    server.run()
-    return server.started
+    # Worker processes (given the supervisor's sockets) share the gRPC port too, each with its own listener.
+    grpc = GrpcFrontEnd.for_app(app, settings, share_port=sockets is not None) if settings.grpc_port else None
+    server = DrainingServer(config, lifecycle=app.state.lifecycle, grace_s=settings.shutdown_grace_s, grpc=grpc)
+    server.run(sockets=sockets)
+    return server.started and not server.startup_failed

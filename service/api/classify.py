@@ -58,9 +58,13 @@ async def _classify(request: Request, dataplane: DataPlane, model_name: str | No
     # The one admission, before any of the body is read: every request carries at least one image, so a model
     # without room for one (or a byte budget without room for the declared body) is answered 503 at once.
     with dataplane.admit(model_name, top_k, declared_bytes=declared, received_at=received_at) as ticket:
+        request.state.model, request.state.protocol = ticket.model.name, "v1"
         uploads = await read_uploads(request, limits, ticket)
+        request.state.images = len(uploads)
         outcome = await unless_client_leaves(request, dataplane.classify(ticket, uploads))
-    return ClassifyResponse.from_outcome(outcome)
+    response = ClassifyResponse.from_outcome(outcome)
+    request.state.timings_ms = response.timings_ms.model_dump()
+    return response
 
 
 @router.post(

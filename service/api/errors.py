@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from service.errors import InternalError, InvalidParameter, ServiceError, error_body
 from service.metrics import ServiceMetrics
@@ -34,12 +35,17 @@ def _describe_validation(exc: RequestValidationError) -> str:
 V2_PREFIX = "/v2"
 
 
-def error_response(exc: ServiceError, path: str = "") -> JSONResponse:
-    """The HTTP answer to a service error on `path`: its status, headers and the protocol's JSON body."""
+def error_response(exc: ServiceError, scope: Scope) -> JSONResponse:
+    """The HTTP answer to a service error for the request of `scope`: its status, headers and the protocol's JSON
+    body, with the request's ID."""
+    path = scope.get("path", "")
+    request_id = scope.get("state", {}).get("request_id")
     if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
         body: dict[str, object] = {"error": exc.message}
+        if request_id is not None:
+            body["request_id"] = request_id
     else:
-        body = error_body(exc.status_code, exc.code, exc.message, exc.filename)
+        body = error_body(exc.status_code, exc.code, exc.message, exc.filename, request_id)
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
@@ -48,7 +54,7 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         metrics.count_rejection(exc)
         if exc.status_code >= 500 and exc.status_code != 503:
             logger.warning("%s %s -> %d %s: %s", request.method, request.url.path, exc.status_code, exc.code, exc.message)
-        return error_response(exc, request.url.path)
+        return error_response(exc, request.scope)
 
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
@@ -67,7 +73,7 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         error = ServiceError(message, headers=dict(exc.headers or {}))
         error.status_code = exc.status_code  # type: ignore[misc]
         error.code = _HTTP_CODES.get(exc.status_code, "http_error")  # type: ignore[misc]
-        return error_response(error, request.url.path)
+        return error_response(error, request.scope)
 
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         # The traceback goes to the log (uvicorn prints it); the client only learns that it was our fault.

@@ -1,79 +1,51 @@
-"""The serving gate: refuses new requests while draining, counts requests in flight, records HTTP metrics, and
-closes a connection whose response leaves before its request body was read.
+"""The serving gate, the outermost layer of the app: what every request passes before any of its body is read.
 
-A pure ASGI middleware (no BaseHTTPMiddleware), so request bodies still stream through untouched. An answer sent
-before the whole body arrived (413, 415, 503, ...) carries ``Connection: close``: the server then stops reading
-instead of receiving and discarding the rest of an upload it already refused.
+- Request IDs: `X-Request-ID` is taken when it is valid (1 to 128 characters of letters, digits and ``._:-``),
+  else one is made; it is echoed on every response, put in error bodies and in every log line about the request.
+- API keys (when on): a request without an accepted key is answered 401 before its body is read; probes, the
+  demo page and the docs stay open, /metrics too unless `metrics_require_key`.
+- Draining: new requests are refused with 503 while the server drains; requests in flight are counted.
+- An answer sent before the whole body arrived (401, 413, 415, 503, ...) carries ``Connection: close``: the
+  server then stops reading instead of receiving and discarding the rest of an upload it already refused.
+- Metrics and the access log line, once the response is sent.
+
+A pure ASGI middleware (no BaseHTTPMiddleware), so request bodies still stream through untouched.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import logs
 from service.api.errors import error_response
-from service.errors import ShuttingDown
+from service.auth import ApiKeys
+from service.errors import ServiceError, ShuttingDown, Unauthorized
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 
-UNGATED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-"""Probes and scrapes keep working while draining, and are not counted as work in flight."""
+access_logger = logging.getLogger(logs.ACCESS_LOGGER)
+
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
+"""Always answered: readiness must show while draining, and probes carry no keys."""
+UNGATED_PATHS = PROBE_PATHS | {"/metrics"}
+"""Not counted as work in flight, and answered while draining."""
+OPEN_PREFIXES = ("/static/", "/docs")
+OPEN_PATHS = frozenset({"/", "/favicon.ico", "/favicon.svg", "/openapi.json"})
+"""The demo page and the docs load without a key (the page then calls the API with one)."""
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_BEARER = "bearer "
 
 
-class ServingGateMiddleware:
-    def __init__(self, app: ASGIApp, *, lifecycle: Lifecycle, metrics: ServiceMetrics) -> None:
-        self.app = app
-        self.lifecycle = lifecycle
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-        body_read = not _has_body(scope)
-
-        async def receive_tracking_body() -> Message:
-            nonlocal body_read
-            message = await receive()
-            if message["type"] == "http.request" and not message.get("more_body", False):
-                body_read = True
-            return message
-
-        async def send_recording_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                if not body_read:
-                    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
-                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
-            await send(message)
-
-        gated = scope["path"] not in UNGATED_PATHS
-        try:
-            if gated and not self.lifecycle.accepting:
-                refusal = ShuttingDown("the server is shutting down; retry on another instance",
-                                       headers={"Connection": "close", "Retry-After": "1"})
-                self.metrics.count_rejection(refusal)
-                await error_response(refusal, scope["path"])(scope, receive_tracking_body, send_recording_status)
-                return
-            if not gated:
-                await self.app(scope, receive_tracking_body, send_recording_status)
-                return
-            self.lifecycle.request_started()
-            self.metrics.http_in_flight.inc()
-            try:
-                await self.app(scope, receive_tracking_body, send_recording_status)
-            finally:
-                self.metrics.http_in_flight.dec()
-                self.lifecycle.request_finished()
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.http_requests.labels(template, scope["method"], str(status)).inc()
-            self.metrics.http_request_seconds.labels(template).observe(time.perf_counter() - started)
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def _has_body(scope: Scope) -> bool:
@@ -81,3 +53,121 @@ def _has_body(scope: Scope) -> bool:
         if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
             return True
     return False
+
+
+class ServingGateMiddleware:
+    def __init__(self, app: ASGIApp, *, lifecycle: Lifecycle, metrics: ServiceMetrics, api_keys: ApiKeys,
+                 metrics_require_key: bool = False, access_log: bool = True) -> None:
+        self.app = app
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+        self.api_keys = api_keys
+        self.metrics_require_key = metrics_require_key
+        self.access_log = access_log
+
+    def _needs_key(self, path: str) -> bool:
+        if not self.api_keys.enabled or path in PROBE_PATHS or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            return False
+        return path != "/metrics" or self.metrics_require_key
+
+    def _key_name(self, scope: Scope) -> str | None:
+        authorization = _header(scope, b"authorization")
+        if authorization is not None and authorization[: len(_BEARER)].lower() == _BEARER:
+            presented: str | None = authorization[len(_BEARER):].strip()
+        else:
+            presented = _header(scope, b"x-api-key")
+        return self.api_keys.identify(presented) if presented else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        given = _header(scope, b"x-request-id")
+        request_id = given if given is not None and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        token = logs.request_id.set(request_id)
+        status = 500
+        sent_bytes = 0
+        body_read = not _has_body(scope)
+        received_bytes = 0
+        path = scope["path"]
+
+        async def receive_tracking_body() -> Message:
+            nonlocal body_read, received_bytes
+            message = await receive()
+            if message["type"] == "http.request":
+                received_bytes += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body_read = True
+            return message
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal status, sent_bytes
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                if not body_read:
+                    headers = [(k, v) for k, v in headers if k.lower() != b"connection"]
+                    headers.append((b"connection", b"close"))
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body":
+                sent_bytes += len(message.get("body", b""))
+            await send(message)
+
+        async def refuse(error: ServiceError) -> None:
+            self.metrics.count_rejection(error)
+            await error_response(error, scope)(scope, receive_tracking_body, send_tracking)
+
+        gated = path not in UNGATED_PATHS
+        try:
+            if gated and not self.lifecycle.accepting:
+                await refuse(ShuttingDown("the server is shutting down; retry on another instance",
+                                          headers={"Connection": "close", "Retry-After": "1"}))
+                return
+            if self._needs_key(path):
+                name = self._key_name(scope)
+                if name is None:
+                    await refuse(Unauthorized("this server requires an API key: send it as 'Authorization: Bearer "
+                                              "KEY' or 'X-API-Key: KEY' (the key given, if any, is not accepted)"))
+                    return
+                state["api_key"] = name
+                self.metrics.api_key_requests.labels(name).inc()
+            if not gated:
+                await self.app(scope, receive_tracking_body, send_tracking)
+                return
+            self.lifecycle.request_started()
+            self.metrics.http_in_flight.inc()
+            try:
+                await self.app(scope, receive_tracking_body, send_tracking)
+            finally:
+                self.metrics.http_in_flight.dec()
+                self.lifecycle.request_finished()
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.http_requests.labels(template, scope["method"], str(status)).inc()
+            self.metrics.http_request_seconds.labels(template).observe(elapsed)
+            if self.access_log and gated:
+                self._log_access(scope, state, status, elapsed, received_bytes, sent_bytes)
+            logs.request_id.reset(token)
+
+    @staticmethod
+    def _log_access(scope: Scope, state: dict, status: int, elapsed: float, received: int, sent: int) -> None:
+        client = scope.get("client")
+        address = f"{client[0]}:{client[1]}" if client else None
+        query = scope.get("query_string", b"")
+        target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+        latency_ms = round(elapsed * 1000, 2)
+        extra = {
+            "method": scope["method"], "path": target, "status": status, "latency_ms": latency_ms,
+            "bytes": {"received": received, "sent": sent}, "client": address,
+            "model": state.get("model"), "images": state.get("images"), "timings_ms": state.get("timings_ms"),
+            "api_key": state.get("api_key"), "protocol": state.get("protocol"),
+        }
+        model = f" model={state['model']} images={state.get('images')}" if state.get("model") else ""
+        access_logger.info('%s "%s %s" %d %.1f ms%s', address or "-", scope["method"], target, status, latency_ms,
+                           model, extra=extra)

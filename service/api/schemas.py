@@ -88,11 +88,20 @@ class PreprocessingOut(_Schema):
     std: list[float]
 
 
+class BatchSizeTimingOut(_Schema):
+    batch_size: int
+    images_per_second: float
+
+
 class BatchingOut(_Schema):
     """The model's effective serving settings: the server's flags, overridden by the model's own `serving`
     section (listed in `overridden`)."""
 
     max_batch_size: int
+    max_batch_size_source: str
+    """auto (measured at warm-up, see batch_curve), model (its serving section), flag, or fixed batch axis."""
+    batch_curve: list[BatchSizeTimingOut] | None
+    """With auto: the throughput measured at each batch size tried at warm-up."""
     max_batch_delay_ms: float
     max_queue_size: int
     max_queue_wait_ms: float | None
@@ -150,6 +159,11 @@ class ModelOut(_Schema):
             intra_op_threads=model.intra_op_threads,
             batching=BatchingOut(
                 max_batch_size=serving.max_batch_size,
+                max_batch_size_source=model.batch_size_source,
+                batch_curve=None if model.batch_curve is None else [
+                    BatchSizeTimingOut(batch_size=t.batch_size, images_per_second=t.images_per_second)
+                    for t in model.batch_curve.timings
+                ],
                 max_batch_delay_ms=serving.max_batch_delay_ms,
                 max_queue_size=serving.max_queue_size,
                 max_queue_wait_ms=serving.max_queue_wait_ms,

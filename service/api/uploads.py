@@ -20,9 +20,11 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from service.http_protocol import REFUSAL_EXTENSION
 from service.preprocess import ImageUpload
 from service.errors import (
     ClientDisconnected,
+    RequestReceiptTimeout,
     InvalidParameter,
     MalformedRequest,
     TooManyFiles,
@@ -76,6 +78,9 @@ async def _chunks(request: Request, limits: UploadLimits, accounting: UploadAcco
                 accounting.count_bytes(len(chunk))
                 yield chunk
     except ClientDisconnect:
+        refusal = request.scope.get("extensions", {}).get(REFUSAL_EXTENSION)
+        if refusal is not None and refusal["status"] == 408:
+            raise RequestReceiptTimeout("the request body did not arrive within its deadline") from None
         raise ClientDisconnected("the client disconnected during the upload") from None
 
 

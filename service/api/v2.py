@@ -12,6 +12,7 @@ import gzip
 import json
 import time
 import zlib
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
@@ -231,6 +232,7 @@ async def _infer(request: Request, dataplane: DataPlaneDep, name: str) -> Respon
     with dataplane.admit(name, None, declared_bytes=declared if encoding is None else None, received_at=received_at,
                          protocol="v2-http") as ticket:
         model = ticket.model
+        request.state.model, request.state.protocol = model.name, "v2-http"
         body = await read_body(request, limits, ticket, encoding)
         if header_length is None:
             codec.check_json_size(body, model.spec, dataplane.max_files_per_request)
@@ -243,6 +245,7 @@ async def _infer(request: Request, dataplane: DataPlaneDep, name: str) -> Respon
                 raise InvalidParameter(f"classification must be between 1 and {model.spec.num_classes} (the number "
                                        f"of classes of model {model.name}), got {output.classification}")
         given = codec.model_input(inference_request, model.spec, max_images=dataplane.max_files_per_request)
+        request.state.images = given.count
         ticket.count_images(given.count)
         if given.images is not None:
             uploads = [ImageUpload(data) for data in given.images]
@@ -255,6 +258,9 @@ async def _infer(request: Request, dataplane: DataPlaneDep, name: str) -> Respon
          if output.classification is not None else codec.logits_output(output.name, logits))
         for output in wanted
     ]
+    if inference_request.id is None:
+        # The request's ID answers for a request that gave no `id` of its own, so a client can trace it.
+        inference_request = replace(inference_request, id=request.state.request_id)
     body, json_length = encode_response(model, inference_request, tensors)
     body, headers = _compress(body, request)
     if json_length is not None:

@@ -80,14 +80,16 @@ class ServerProcess:
         env.update(self.extra_env)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "0", *self.args],
+                # gRPC is off unless a test asks for it (--grpc-port N): its default port would be shared.
+                [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0",
+                 *self.args],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
             )
         return self
 
     def wait_listening(self) -> int:
         def port_or_exit() -> int | None:
-            match = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", self.log())
+            match = re.search(r"(?:Uvicorn|resnet-serve) running on http://127\.0\.0\.1:(\d+)", self.log())
             if match:
                 return int(match.group(1))
             if self.process is not None and self.process.poll() is not None:
@@ -216,6 +218,10 @@ class GatedRuntime:
     def warm_up(self, *args: Any) -> None:
         self.warm_up_gate.wait()
         self.inner.warm_up(*args)
+
+    def measure_batches(self, *args: Any) -> Any:
+        self.warm_up_gate.wait()
+        return self.inner.measure_batches(*args)
 
     def run(self, batch: np.ndarray, output_name: str | None = None) -> np.ndarray:
         self.batch_sizes.append(len(batch))

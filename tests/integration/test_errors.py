@@ -97,7 +97,8 @@ def test_unknown_route_and_wrong_method_use_the_same_shape(tiny_server):
     assert_error(httpx.get(f"{tiny_server.url}/v1/classify", timeout=30), 405, "method_not_allowed")
     # Under /v2 the Open Inference Protocol's own shape: {"error": "<message>"}.
     response = httpx.get(f"{tiny_server.url}/v2/whatever", timeout=30)
-    assert response.status_code == 404 and response.json() == {"error": "no route GET /v2/whatever; see /docs for the API"}
+    assert response.status_code == 404 and response.json()["error"] == "no route GET /v2/whatever; see /docs for the API"
+    assert response.json()["request_id"] == response.headers["x-request-id"]
 
 
 # --- 413 --------------------------------------------------------------------------------------------------------

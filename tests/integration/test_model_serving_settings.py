@@ -69,8 +69,8 @@ def test_each_model_batches_by_its_own_serving_section(in_thread_server, two_mod
 
 
 @pytest.mark.parametrize("section,message", [
-    ({"max_batch_size": 0}, "bad.json: serving.max_batch_size: Input should be greater than or equal to 1"),
-    ({"max_batch_size": "many"}, "bad.json: serving.max_batch_size: Input should be a valid integer"),
+    ({"max_batch_size": 0}, "bad.json: serving.max_batch_size: Value error, must be between 1 and 1024, or 'auto'"),
+    ({"max_batch_size": "many"}, "bad.json: serving.max_batch_size: Value error, must be a whole number"),
     ({"batch": 4}, "bad.json: serving.batch: Extra inputs are not permitted"),
     ({"max_queue_size": 2}, "bad.json: serving.max_queue_size (2) must be at least max_files_per_request (16)"),
 ])

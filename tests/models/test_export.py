@@ -40,7 +40,7 @@ def test_export_writes_the_models_own_serving_settings(exported):
 
 
 @pytest.mark.parametrize("pair,message", [
-    ("max_batch_size=0", "--serving: serving.max_batch_size: Input should be greater than or equal to 1"),
+    ("max_batch_size=0", "--serving: serving.max_batch_size: Value error, must be between 1 and 1024"),
     ("batch=4", "--serving: serving.batch: Extra inputs are not permitted"),
     ("max_batch_size", "--serving takes NAME=VALUE"),
 ])

@@ -31,7 +31,7 @@ def test_two_apps_in_one_process_have_separate_registries():
 def test_every_metric_is_prefixed_and_documented():
     metrics = ServiceMetrics()
     observer = metrics.register_model("m")
-    metrics.watch_queue_depth("m", lambda: 2)
+    observer.queue_changed(2)
     observer.batch_ran(4, 0.01)
     observer.item_dequeued(0.002)
     observer.items_dropped("timeout", 1)
@@ -44,11 +44,10 @@ def test_every_metric_is_prefixed_and_documented():
         assert f"`{exposed}`" in doc, f"docs/SERVICE.md does not list {exposed}"
 
 
-def test_queue_depth_is_read_at_scrape_time():
+def test_queue_depth_follows_the_batcher():
     metrics = ServiceMetrics()
-    depth = [0]
-    metrics.watch_queue_depth("m", lambda: depth[0])
-    depth[0] = 7
+    observer = metrics.register_model("m")
+    observer.queue_changed(7)
     assert 'resnet_serve_queue_depth{model="m"} 7.0' in metrics.render().decode()
 
 

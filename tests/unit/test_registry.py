@@ -80,3 +80,30 @@ def test_a_bad_repository_is_a_startup_error(tmp_path):
     (tmp_path / "broken.onnx").write_bytes(b"not onnx")
     with pytest.raises(StartupError, match="broken.onnx: ONNX Runtime cannot load the model"):
         loaded(tmp_path)
+
+
+def test_auto_batch_size_is_measured_at_warm_up_and_shown(tiny_model_dir):
+    registry = loaded(tiny_model_dir, max_batch_size="auto")
+    model = registry.get("tiny-gray")
+    assert model.describe().batch_size_source == "auto (not measured yet)"
+
+    async def warm() -> None:
+        assert await registry.warm_up_and_start()
+        await registry.close()
+
+    asyncio.run(warm())
+    description = model.describe()
+    curve = description.batch_curve
+    assert description.batch_size_source == "auto" and curve is not None
+    sizes = [t.batch_size for t in curve.timings]
+    assert sizes == [2**i for i in range(len(sizes))]  # 1, 2, 4, ... in doubling order
+    assert curve.chosen in sizes and description.serving.max_batch_size == curve.chosen
+    assert model.batcher.seconds_per_image is not None  # the wait estimate is seeded from the measurement
+
+
+def test_a_fixed_batch_size_warms_powers_of_two_and_the_maximum():
+    from service.registry import warm_up_sizes
+
+    assert warm_up_sizes(1) == [1]
+    assert warm_up_sizes(16) == [1, 2, 4, 8, 16]
+    assert warm_up_sizes(24) == [1, 2, 4, 8, 16, 24]

@@ -105,7 +105,7 @@ def test_serving_overrides_come_from_metadata_and_the_sidecar_wins(tmp_path, mak
 
 @pytest.mark.parametrize("section,message", [
     ({"max_queue_wait_ms": 0}, "m.json: serving.max_queue_wait_ms: Input should be greater than 0"),
-    ({"max_batch_size": 2000}, "m.json: serving.max_batch_size: Input should be less than or equal to 1024"),
+    ({"max_batch_size": 2000}, "m.json: serving.max_batch_size: Value error, must be between 1 and 1024, or 'auto'"),
     ([1, 2], "m.json: 'serving' must be a JSON object"),
 ])
 def test_invalid_serving_overrides_name_the_file_and_field(tmp_path, make_classifier, gray_spec, section, message):

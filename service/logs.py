@@ -1,0 +1,79 @@
+"""Logging: text or one JSON object per line, every line about a request carrying its request ID, written by a
+background thread so that a slow stderr never stalls the event loop.
+
+The request ID lives in a context variable set by the serving gate for the request's task (and copied into the
+tasks and threads asyncio starts from it), so every log line about the request carries it without being passed
+around. Access lines are the gate's own (`service.access`), with the fields a log stack wants.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import json
+import logging
+import logging.handlers
+import queue
+import sys
+import time
+from typing import Any
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+"""The ID of the request the current task or thread works for."""
+
+ACCESS_LOGGER = "service.access"
+ACCESS_FIELDS = ("method", "path", "status", "model", "images", "bytes", "latency_ms", "timings_ms", "client",
+                 "api_key", "protocol")
+"""What an access line may carry besides time, level and request ID (as `extra` on the record)."""
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(request_suffix)s"
+
+
+class _RequestContext(logging.Filter):
+    """Adds the current request ID to every record (as `request_id`, and as a suffix for the text format)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = getattr(record, "request_id", None) or request_id.get()
+        record.request_id = current
+        record.request_suffix = f" [request {current}]" if current else ""
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, request ID, access fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if getattr(record, "request_id", None):
+            entry["request_id"] = record.request_id
+        for field in ACCESS_FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                entry[field] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, separators=(",", ":"), default=str)
+
+
+def configure(level: str, log_format: str) -> None:
+    """Route every log record (ours, uvicorn's, the libraries') through one background writer to stderr."""
+    writer = logging.StreamHandler(sys.stderr)
+    writer.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT_FORMAT))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    enqueue = logging.handlers.QueueHandler(records)
+    enqueue.addFilter(_RequestContext())
+    listener = logging.handlers.QueueListener(records, writer, respect_handler_level=False)
+    listener.start()
+    atexit.register(listener.stop)
+    root = logging.getLogger()
+    root.handlers[:] = [enqueue]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        # uvicorn's own handlers would write around the queue and in another format.
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True

@@ -1,0 +1,137 @@
+"""Several worker processes on one port (`--workers`): the supervisor, auto's switch-over, metrics summed over
+the workers, the drain, and a worker that dies. Real servers, real sockets, real models."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.config import Settings
+from service.workers import CHEAP_MODEL_S_PER_IMAGE, split_settings, workers_for
+
+from tests.images import random_png
+
+
+def children(pid: int) -> list[int]:
+    """The supervisor's worker processes (multiprocessing's resource tracker is a child too, not a worker)."""
+    workers = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in command:
+            workers.append(int(child))
+    return workers
+
+
+def classify(url: str, seed: int) -> httpx.Response:
+    return httpx.post(f"{url}/v1/models/gray/classify", files={"file": ("x.png", random_png(seed), "image/png")},
+                      timeout=120)
+
+
+@pytest.fixture
+def gray_dir(tmp_path, make_classifier, gray_spec):
+    make_classifier(tmp_path / "gray.onnx", gray_spec, seed=8)
+    return tmp_path
+
+
+def test_auto_moves_a_cheap_model_to_one_worker_per_core_without_losing_readiness(start_server, gray_dir,
+                                                                                    wait_until, metrics_of):
+    server = start_server("--model-dir", str(gray_dir), "--workers", "auto", "--grpc-port", "0").wait_ready()
+    expected = classify(server.url, 1).json()["results"][0]["top_k"]
+    statuses: Counter[int] = Counter()
+    stop = threading.Event()
+
+    def keep_probing() -> None:
+        # New connections all the time, as a load balancer's probes and clients make: none may meet a worker that
+        # is going away.
+        while not stop.is_set():
+            statuses[httpx.get(server.url + "/readyz", timeout=30).status_code] += 1
+            statuses[classify(server.url, 1).status_code] += 1
+
+    prober = threading.Thread(target=keep_probing)
+    prober.start()
+    try:
+        wait_until(lambda: "per-core workers serve; retiring worker 0" in server.log(), "the switch-over")
+        wait_until(lambda: len(children(server.process.pid)) == 2, "two workers left")
+    finally:
+        stop.set()
+        prober.join()
+    assert set(statuses) == {200}, statuses  # readiness never lapsed, no request was refused
+    answers = [classify(server.url, 1) for _ in range(20)]
+    assert {r.status_code for r in answers} == {200}
+    assert all(r.json()["results"][0]["top_k"] == expected for r in answers)
+    # Whichever worker answers a scrape, the counters are summed over all of them (and over the retired one):
+    # every classification this test received, the first one included, is counted once.
+    classified = metrics_of(server.url)[("resnet_serve_images_classified_total", (("model", "gray"),))]
+    assert classified == 1 + statuses[200] // 2 + len(answers)
+    ready = metrics_of(server.url)[("resnet_serve_model_ready", (("model", "gray"),))]
+    assert ready == 1
+    threads = {int(server_threads) for server_threads in
+               [httpx.get(server.url + "/v1/models/gray", timeout=30).json()["intra_op_threads"] for _ in range(6)]}
+    assert threads == {1}  # each worker has its share of the two cores
+
+
+def test_sigterm_drains_every_worker_and_exits_0(start_server, gray_dir, wait_until):
+    server = start_server("--model-dir", str(gray_dir), "--workers", "2", "--grpc-port", "0").wait_ready()
+    wait_until(lambda: len(children(server.process.pid)) == 2, "two workers")
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(seed: int) -> None:
+        with httpx.Client(timeout=120) as http:
+            while not stop.is_set():
+                try:
+                    response = http.post(f"{server.url}/v1/models/gray/classify",
+                                         files={"file": ("x.png", random_png(seed), "image/png")})
+                    outcome = str(response.status_code)
+                except httpx.TransportError as exc:
+                    outcome = type(exc).__name__
+                with lock:
+                    outcomes[outcome] += 1
+                if outcome != "200":
+                    return
+
+    clients = [threading.Thread(target=client, args=(seed,)) for seed in range(6)]
+    for thread in clients:
+        thread.start()
+    wait_until(lambda: outcomes["200"] >= 20, "load under way")
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit() == 0
+    stop.set()
+    for thread in clients:
+        thread.join(timeout=120)
+    # Every request was answered: 200 before the drain, 503 shutting_down or a closed connection after it.
+    assert set(outcomes) <= {"200", "503", "ConnectError", "RemoteProtocolError", "ReadError"}, outcomes
+    assert server.log().count("drained: no request in flight; stopping") == 2
+
+
+def test_a_worker_that_dies_stops_the_others_and_the_supervisor_fails(start_server, gray_dir, wait_until):
+    server = start_server("--model-dir", str(gray_dir), "--workers", "2", "--grpc-port", "0").wait_ready()
+    wait_until(lambda: len(children(server.process.pid)) == 2, "two workers")
+    victim = children(server.process.pid)[0]
+    import os
+
+    os.kill(victim, signal.SIGKILL)
+    assert server.wait_exit() != 0
+    assert "stopping the others" in server.log()
+
+
+def test_the_auto_rule_and_each_workers_share():
+    assert workers_for({"small": CHEAP_MODEL_S_PER_IMAGE / 10}, cpus=4) == 4
+    assert workers_for({"small": 0.0001, "resnet50": 0.038}, cpus=4) == 1  # one slow model: one process batches best
+    assert workers_for({"small": 0.0001}, cpus=1) == 1
+    settings = Settings(max_connections=1000, max_inflight_bytes=128 * 2**20, max_decode_bytes=384 * 2**20)
+    share = split_settings(settings, 2, cpus=4)
+    assert (share.workers, share.intra_op_threads, share.decode_threads) == (1, 2, 2)
+    assert share.max_connections == 500
+    assert share.max_inflight_bytes == 64 * 2**20 and share.max_decode_bytes == 192 * 2**20
+    assert share.max_queue_size == settings.max_queue_size  # queues and wait bounds are per worker
+    assert split_settings(settings, 1, cpus=4) is settings
