@@ -14,12 +14,22 @@ import json
 import logging
 import logging.handlers
 import queue
+import re
 import sys
 import time
+import uuid
 from typing import Any
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 """The ID of the request the current task or thread works for."""
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id_from(given: str | None) -> str:
+    """A client's request ID when it is valid (1 to 128 characters of letters, digits and ``._:-``), else a new one."""
+    return given if given is not None and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
 
 ACCESS_LOGGER = "service.access"
 ACCESS_FIELDS = ("method", "path", "status", "model", "images", "bytes", "latency_ms", "timings_ms", "client",

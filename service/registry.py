@@ -28,7 +28,8 @@ from service.metrics import ServiceMetrics
 from service.modelspec import AUTO, ModelSpec, ModelSpecError
 from service.postprocess import ScoredLabel, rank
 from service.priority import call_in_lowered_thread, thread_initializer
-from service.preprocess import DecodeMemory, DecodeOptions, ImageUpload, PreprocessedImage, preprocess_upload
+from service.decode_memory import DecodeMemory
+from service.preprocess import DecodeOptions, ImageUpload, PreprocessedImage, preprocess_upload
 from service.runtime import InferenceRuntime, OnnxModelRuntime, available_cpus, run_batch
 
 logger = logging.getLogger("service")

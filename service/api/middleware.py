@@ -15,9 +15,7 @@ A pure ASGI middleware (no BaseHTTPMiddleware), so request bodies still stream t
 from __future__ import annotations
 
 import logging
-import re
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -37,7 +35,6 @@ UNGATED_PATHS = PROBE_PATHS | {"/metrics"}
 OPEN_PREFIXES = ("/static/", "/docs")
 OPEN_PATHS = frozenset({"/", "/favicon.ico", "/favicon.svg", "/openapi.json"})
 """The demo page and the docs load without a key (the page then calls the API with one)."""
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _BEARER = "bearer "
 
 
@@ -83,8 +80,7 @@ class ServingGateMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        given = _header(scope, b"x-request-id")
-        request_id = given if given is not None and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        request_id = logs.request_id_from(_header(scope, b"x-request-id"))
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         token = logs.request_id.set(request_id)

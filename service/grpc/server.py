@@ -67,7 +67,7 @@ class GrpcFrontEnd:
         """The port listened on, once started (the chosen one when `address` asks for port 0)."""
         self._settings = settings
         self._health = ReadinessHealthServicer(lambda: dataplane.ready)
-        self._servicer = InferenceServicer(dataplane, metrics=metrics)
+        self._servicer = InferenceServicer(dataplane, metrics=metrics, access_log=settings.access_log)
         self._server: grpc.aio.Server | None = None
 
     @classmethod

@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import grpc
 
-from service import __version__
+from service import __version__, logs
 from service.admission import Ticket
 from service.dataplane import DataPlane
 from service.errors import (
@@ -39,6 +39,7 @@ from service.metrics import ServiceMetrics
 from service.preprocess import ImageUpload
 from service.v2 import codec
 
+access_logger = logging.getLogger(logs.ACCESS_LOGGER)
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
@@ -65,17 +66,24 @@ def _check_version(model: str, version: str) -> None:
 class InferenceServicer(GRPCInferenceServiceServicer):
     """The RPCs of inference.GRPCInferenceService; each one is served through `_call`."""
 
-    def __init__(self, dataplane: DataPlane, *, metrics: ServiceMetrics) -> None:
+    def __init__(self, dataplane: DataPlane, *, metrics: ServiceMetrics, access_log: bool = True) -> None:
         self._dataplane = dataplane
         self._metrics = metrics
+        self._access_log = access_log
 
     # ------------------------------------------------------------------------------------------ every call
 
     async def _call(self, method: str, context: ServicerContext, serve: Callable[[], Awaitable[Response]]
                     ) -> Response:
-        """Serve one call: counted in the metrics, its errors as status codes."""
+        """Serve one call: its request ID (the client's `x-request-id`, or a new one) in every log line about it and
+        echoed in the trailing metadata, counted in the metrics, an access line, its errors as status codes."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
+        metadata = {key.lower(): value for key, value in (context.invocation_metadata() or ())
+                    if isinstance(value, str)}
+        request_id = logs.request_id_from(metadata.get("x-request-id"))
+        token = logs.request_id.set(request_id)
+        context.set_trailing_metadata((("x-request-id", request_id),))
         self._metrics.grpc_in_flight.inc()
         try:
             return await serve()
@@ -102,15 +110,24 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                                                               "server log"), code)
             raise AssertionError("unreachable: abort raises") from None
         finally:
+            elapsed = time.perf_counter() - started
             self._metrics.grpc_in_flight.dec()
             self._metrics.grpc_requests.labels(method, code.name).inc()
-            self._metrics.grpc_request_seconds.labels(method).observe(time.perf_counter() - started)
+            self._metrics.grpc_request_seconds.labels(method).observe(elapsed)
+            if self._access_log and method not in ("ServerLive", "ServerReady"):
+                peer = context.peer()
+                access_logger.info('%s "gRPC %s" %s %.1f ms', peer, method, code.name, elapsed * 1000, extra={
+                    "method": f"gRPC {method}", "status": code.name, "latency_ms": round(elapsed * 1000, 2),
+                    "client": peer, "protocol": PROTOCOL})
+            logs.request_id.reset(token)
 
     async def _refuse(self, method: str, context: ServicerContext, exc: ServiceError, code: grpc.StatusCode) -> None:
         self._metrics.count_rejection(exc)
         if exc.status_code >= 500 and exc.status_code != 503:
             logger.warning("gRPC %s -> %s %s: %s", method, code.name, exc.code, exc.message)
-        await context.abort(code, exc.message, errors.trailing_metadata(exc))
+        request_id = logs.request_id.get()
+        trailing = errors.trailing_metadata(exc) + ((("x-request-id", request_id),) if request_id else ())
+        await context.abort(code, exc.message, trailing)
 
     # ------------------------------------------------------------------------------------------ health and metadata
 
@@ -193,7 +210,8 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             if output.classification is not None else codec.logits_output(output.name, logits)
             for output in wanted
         ]
-        return messages.infer_response(model.name, inference_request.id, outputs)
+        # The request's ID answers for a request that gave no `id` of its own, as over HTTP.
+        return messages.infer_response(model.name, inference_request.id or logs.request_id.get(), outputs)
 
     @staticmethod
     def _apply_client_deadline(ticket: Ticket, context: ServicerContext) -> float | None:

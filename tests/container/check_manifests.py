@@ -232,6 +232,12 @@ def check_kserve_v2(path: Path) -> list[str]:
     runtime, isvc = runtimes[0], services[0]
     spec = runtime["spec"]
     failures.check("v2" in spec.get("protocolVersions", []), "the runtime must declare protocolVersions: [v2]")
+    if "grpc-v2" in spec.get("protocolVersions", []):
+        runtime_container = spec["containers"][0]
+        grpc_port = (_env_value(runtime_container, "RESNET_SERVE_GRPC_PORT") or {}).get("value")
+        h2c = [p["containerPort"] for p in runtime_container.get("ports", []) if p.get("name") == "h2c"]
+        failures.check(grpc_port is not None and h2c == [int(grpc_port)],
+                       "with grpc-v2, RESNET_SERVE_GRPC_PORT must be the container port named h2c (KServe's gRPC)")
     # Everything but KServe's runtime fields is a PodSpec: validate it as a Pod, strictly.
     runtime_fields = {"supportedModelFormats", "protocolVersions", "multiModel", "disabled", "builtInAdapter",
                       "grpcEndpoint", "grpcDataEndpoint", "storageHelper", "replicas", "httpDataEndpoint"}

@@ -619,3 +619,25 @@ def test_worker_processes_share_the_grpc_port(tmp_path, gray_dir, wait_until):
         assert server.log().count("gRPC stopped") == 2
     finally:
         server.kill()
+
+
+def test_request_ids_are_echoed_and_answer_for_the_v2_id(tiny):
+    """The client's x-request-id comes back in the trailing metadata and as the response's id when the request
+    gave none; without one the server makes one."""
+    import grpc as grpc_lib
+
+    from service.grpc.proto import grpc_predict_v2_pb2 as pb
+    from service.grpc.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    channel = grpc_lib.insecure_channel(tiny.grpc_url)
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    request = pb.ModelInferRequest(model_name="tiny-gray")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 1, 28, 28])
+    request.raw_input_contents.append(bytes(4 * 28 * 28))
+    response, call = stub.ModelInfer.with_call(request, metadata=(("x-request-id", "grpc-trace-7"),), timeout=60)
+    assert response.id == "grpc-trace-7"
+    assert ("x-request-id", "grpc-trace-7") in call.trailing_metadata()
+    _, call = stub.ModelInfer.with_call(request, timeout=60)
+    made = dict(call.trailing_metadata())["x-request-id"]
+    assert len(made) == 32
+    channel.close()
