@@ -19,6 +19,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DROP_REASONS = ("timeout", "client_disconnected", "shutdown")
 """Set by the worker supervisor (service.workers) for its workers: metric values then live in files there."""
 CONNECTION_REFUSAL_REASONS = ("header_timeout", "body_timeout", "framing", "max_connections")
 
@@ -175,6 +176,9 @@ class ServiceMetrics:
     def register_model(self, model: str) -> ModelBatchObserver:
         """Create the model's series and return the hooks its batcher reports to."""
         self.images_classified.labels(model)
+        for reason in DROP_REASONS:
+            # Series at zero from the start: with worker processes an untouched family would not be exported.
+            self.dropped_images.labels(model, reason)
         self.images_decoded.labels(model)
         self.images_inferred.labels(model)
         self.model_ready.labels(model).set(0)
