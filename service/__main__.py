@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from service import logs
 from service.config import ENV_PREFIX, Settings
 from service.cpus import available_cpus
-from service.server import configure_logging, serve
 
 EXIT_STARTUP_FAILED = 3
 
@@ -65,13 +65,16 @@ def load_settings(argv: Sequence[str] | None = None) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings(argv)
-    configure_logging(settings)
     if settings.workers != 1:
+        # The supervisor stays light (no numpy, onnxruntime or web stack, no thread): it forks the workers.
+        logs.configure(settings.log_level, settings.log_format, background=False)
         from service import workers
 
         return workers.run(settings, available_cpus())
+    logs.configure(settings.log_level, settings.log_format)
     from service.app import create_app
     from service.registry import StartupError
+    from service.server import serve
 
     try:
         app = create_app(settings)

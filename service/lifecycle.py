@@ -22,6 +22,9 @@ class Lifecycle:
     """Phase plus in-flight request accounting; used from the event loop only."""
 
     def __init__(self) -> None:
+        self.retiring = False
+        """This worker leaves a pool that goes on serving (service.workers): answers close their connections, so
+        that clients reconnect to the others; nothing is refused."""
         self.phase = Phase.STARTING
         self._in_flight = 0
         self._idle = asyncio.Event()

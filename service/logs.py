@@ -70,18 +70,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"), default=str)
 
 
-def configure(level: str, log_format: str) -> None:
-    """Route every log record (ours, uvicorn's, the libraries') through one background writer to stderr."""
+def configure(level: str, log_format: str, *, background: bool = True) -> None:
+    """Route every log record (ours, uvicorn's, the libraries') to stderr, through one background writer thread
+    unless `background` is False (the worker supervisor, which must stay free of threads to fork workers)."""
     writer = logging.StreamHandler(sys.stderr)
     writer.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT_FORMAT))
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    enqueue = logging.handlers.QueueHandler(records)
-    enqueue.addFilter(_RequestContext())
-    listener = logging.handlers.QueueListener(records, writer, respect_handler_level=False)
-    listener.start()
-    atexit.register(listener.stop)
+    handler: logging.Handler = writer
+    if background:
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        handler = logging.handlers.QueueHandler(records)
+        listener = logging.handlers.QueueListener(records, writer, respect_handler_level=False)
+        listener.start()
+        atexit.register(listener.stop)
+    handler.addFilter(_RequestContext())
     root = logging.getLogger()
-    root.handlers[:] = [enqueue]
+    root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         # uvicorn's own handlers would write around the queue and in another format.

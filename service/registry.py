@@ -293,16 +293,13 @@ class ModelRegistry:
         return all(outcomes)
 
     async def batch1_seconds_per_image(self) -> dict[str, float]:
-        """Each model's inference time for one image alone: from its batch curve, or timed now (two runs)."""
+        """Each model's inference time for one image alone, timed now, once the server is ready: the fastest of
+        many runs, so that a busy machine's stall does not make a cheap model look slow."""
         costs: dict[str, float] = {}
         for model in self.models:
-            measured = model.batch_curve.seconds_per_image(1) if model.batch_curve is not None else None
-            if measured is None:
-                spec = model.spec
-                shape = (spec.channels, spec.crop_size, spec.crop_size)
-                curve = await asyncio.to_thread(model.runtime.measure_batches, 1, shape, spec.output_name)
-                measured = curve.seconds_per_image(1)
-            costs[model.name] = measured if measured is not None else float("inf")
+            spec = model.spec
+            shape = (spec.channels, spec.crop_size, spec.crop_size)
+            costs[model.name] = await asyncio.to_thread(model.runtime.batch1_seconds, shape, spec.output_name)
         return costs
 
     async def close(self) -> None:

@@ -75,6 +75,8 @@ class InferenceRuntime(Protocol):
     def measure_batches(self, limit: int, sample_shape: Sequence[int], output_name: str | None = None
                         ) -> autotune.BatchCurve: ...
 
+    def batch1_seconds(self, sample_shape: Sequence[int], output_name: str | None = None) -> float: ...
+
 
 def run_batch(tensors: Sequence[np.ndarray], *, runtime: InferenceRuntime, spec: ModelSpec) -> np.ndarray:
     """The model contract's inference stage: CHW tensors -> logits of shape (len(tensors), classes)."""
@@ -185,3 +187,9 @@ class OnnxModelRuntime:
             self.run(batch, output_name)
 
         return autotune.measure(run, limit)
+
+    def batch1_seconds(self, sample_shape: Sequence[int], output_name: str | None = None) -> float:
+        """One image's inference time alone: the fastest of up to 20 runs within about 0.1 s (after a warm one)."""
+        batch = np.zeros((1, *sample_shape), dtype=np.float32)
+        self.run(batch, output_name)
+        return autotune.fastest(lambda _: self.run(batch, output_name), 1, runs=20, budget_s=0.1)

@@ -19,13 +19,14 @@ import resource
 import signal
 import socket
 import threading
+import time
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from service import logs
+
 from service.config import Settings
 from service.grpc.server import GrpcFrontEnd, GrpcStartError
 from service.http_protocol import ReceiptLimits, guarded_protocol
@@ -101,20 +102,30 @@ class DrainingServer(uvicorn.Server):
 
     def _retire(self) -> None:
         """Leave a pool of workers that keep serving (service.workers): stop accepting connections at once, so that
-        new ones go to the others, close idle kept-alive connections, let requests in flight finish, then stop.
-        Unlike the drain there is no 503 phase: nobody needs to see this worker go."""
+        new ones go to the others; answer whatever arrives on the connections already open, each answer closing
+        its connection (idle ones close at the keep-alive timeout); stop when none is left. Unlike the drain there
+        is no 503 phase and no connection is cut: nobody needs to see this worker go."""
         if self._drain_requested:
             return
         self._drain_requested = True
-        logger.info("retiring: no new connections; %d request(s) in flight finish", self._lifecycle.in_flight)
+        logger.info("retiring: no new connections; %d open connection(s) close after their next answer",
+                    len(self.server_state.connections))
         for listener in getattr(self, "servers", []):
             listener.close()
-        for connection in list(self.server_state.connections):
-            connection.shutdown()  # idle ones close now, busy ones after their response
+        self._lifecycle.retiring = True
         loop = asyncio.get_running_loop()
         if self._grpc is not None:
             self._retiring = loop.create_task(self._grpc.retire(self._grace_s))
-        self._drain_task = loop.create_task(self._drain())
+        self._drain_task = loop.create_task(self._retired())
+
+    async def _retired(self) -> None:
+        give_up = time.monotonic() + self.config.timeout_keep_alive + self._grace_s
+        while self.server_state.connections and time.monotonic() < give_up:
+            await asyncio.sleep(0.05)
+        if self._retiring is not None:
+            await self._retiring
+        logger.info("retired: no connection left; stopping")
+        self.should_exit = True
 
     async def startup(self, sockets: list | None = None) -> None:  # type: ignore[override]
         await super().startup(sockets)
@@ -192,10 +203,6 @@ def _check_file_limit(settings: Settings) -> None:
     if soft != resource.RLIM_INFINITY and soft < settings.max_connections + 64:
         logger.warning("the file-descriptor limit (%d) leaves little room above max_connections (%d); raise it "
                        "(ulimit -n) or lower --max-connections", soft, settings.max_connections)
-
-
-def configure_logging(settings: Settings) -> None:
-    logs.configure(settings.log_level, settings.log_format)
 
 
 def serve(app: FastAPI, settings: Settings, sockets: list[socket.socket] | None = None) -> bool:

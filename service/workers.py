@@ -11,7 +11,8 @@ ready it reports each model's inference time per image at batch 1. When the slow
 `CHEAP_MODEL_S_PER_IMAGE`, the supervisor starts one worker per core (each warmed up before it takes
 connections) and then drains the first; otherwise the first serves alone. Readiness never lapses.
 
-The supervisor imports no numpy, onnxruntime or model code. It forwards SIGTERM/SIGINT to the workers (the first
+The supervisor imports no numpy, onnxruntime or model code and starts no thread, so that workers can be forked
+from it. It forwards SIGTERM/SIGINT to the workers (the first
 drains them, a second stops them at once), exits 0 when they all did, and fails fast (exit 1) if a worker dies
 unexpectedly. Metrics: every worker writes its values to files in a private PROMETHEUS_MULTIPROC_DIR, and any
 worker's /metrics sums them (prometheus-client's multiprocess mode).
@@ -96,15 +97,16 @@ def worker_main(settings_values: dict[str, Any], sock: socket.socket, index: int
                 warm_before_serving: bool) -> None:
     """A worker process: the app on the shared socket; reports its models' costs once ready (worker 0, auto)."""
     os.setpgrp()  # terminal signals go to the supervisor, which forwards them once
-    # Until uvicorn installs its drain, a signal finds nothing in flight: leave at once, cleanly.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
-    signal.signal(signal.SIGUSR1, lambda *_: sys.exit(0))
+    # Until uvicorn installs its drain, a signal finds nothing in flight: leave at once (os._exit, not sys.exit, which
+    # raised inside an import in progress would turn into an ImportError and a failed worker).
+    for early in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(early, lambda *_: os._exit(0))
+    from service import logs
     from service.app import create_app
-    from service.server import configure_logging, serve
+    from service.server import serve
 
     settings = Settings(**settings_values)
-    configure_logging(settings)
+    logs.configure(settings.log_level, settings.log_format)
 
     def ready(costs: dict[str, float]) -> None:
         assert report is not None
@@ -127,7 +129,10 @@ class Supervisor:
     def __init__(self, settings: Settings, cpus: int) -> None:
         self.settings = settings
         self.cpus = cpus
-        self.context = multiprocessing.get_context("spawn")
+        # fork, not spawn: the supervisor has imported nothing heavy (no numpy, no onnxruntime, no threads), so a
+        # forked worker starts from its state at once instead of starting an interpreter and importing anew; this
+        # saves about 0.6 s of cold start (measured: ready after 0.8 s against 1.5 s with spawn).
+        self.context = multiprocessing.get_context("fork")
         self.processes: dict[int, multiprocessing.process.BaseProcess] = {}
         self.signals = 0
         self.retiring: set[int] = set()

@@ -104,7 +104,7 @@ class ServingGateMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", []))
-                if not body_read:
+                if not body_read or self.lifecycle.retiring:
                     headers = [(k, v) for k, v in headers if k.lower() != b"connection"]
                     headers.append((b"connection", b"close"))
                 headers.append((b"x-request-id", request_id.encode("latin-1")))

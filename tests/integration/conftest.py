@@ -223,6 +223,9 @@ class GatedRuntime:
         self.warm_up_gate.wait()
         return self.inner.measure_batches(*args)
 
+    def batch1_seconds(self, *args: Any) -> float:
+        return self.inner.batch1_seconds(*args)
+
     def run(self, batch: np.ndarray, output_name: str | None = None) -> np.ndarray:
         self.batch_sizes.append(len(batch))
         self.batches_entered.release()

@@ -23,9 +23,9 @@ def children(pid: int) -> list[int]:
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
         try:
             command = Path(f"/proc/{child}/cmdline").read_bytes()
-        except FileNotFoundError:
+        except OSError:  # gone meanwhile
             continue
-        if b"spawn_main" in command:
+        if b"resource_tracker" not in command:
             workers.append(int(child))
     return workers
 

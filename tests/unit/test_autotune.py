@@ -56,3 +56,17 @@ def test_the_memory_cap_bounds_the_largest_batch():
     assert largest_batch(4 * 3 * 224 * 224) == 64  # ResNet-50's input: the count cap binds first
     assert largest_batch(4 * 3 * 512 * 512) == MAX_BATCH_INPUT_BYTES // (4 * 3 * 512 * 512) == 21
     assert largest_batch(10**9) == 1
+
+
+def test_fastest_keeps_the_best_run_within_its_budget():
+    from service.autotune import fastest
+
+    model = FakeModel({1: 0.001})
+    stalls = iter([0.5, 0.0, 0.0, 0.0])
+
+    def run(size: int) -> None:
+        model.run(size)
+        model.now += next(stalls, 0.0)
+
+    assert fastest(run, 1, runs=10, budget_s=0.4, clock=model.clock) == pytest.approx(0.001)
+    assert len(model.sizes_run) == 2  # a stall, then a clean run; the budget was spent: no more
