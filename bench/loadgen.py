@@ -1,8 +1,11 @@
-"""A lean HTTP/1.1 load generator on raw asyncio streams, light enough to share two cores with the server.
+"""A lean HTTP/1.1 load generator on raw asyncio streams, light enough to share two cores with the server, and a
+gRPC twin of its closed loop on grpc.aio.
 
-Requests are built once as bytes (headers and multipart body) and written as they are; responses are parsed just
-enough to get the status, Retry-After and the body length. Connections are kept alive and reopened when the
-server closes one (it does after refusing an upload it did not read).
+Requests are built once as bytes (headers and a multipart body for /v1, or an Open Inference Protocol JSON header
+and binary tensors for /v2) and written as they are; responses are parsed just enough to get the status,
+Retry-After and the body length. Connections are kept alive and reopened when the server closes one (it does
+after refusing an upload it did not read). gRPC requests (`ModelInferRequest`, from the server's own generated
+stubs) are built once too; each client has its own channel, hence its own connection, as each HTTP client has.
 
 Two load shapes:
 - `closed_loop`: N clients, each sending its next request when the previous answer arrives. A client refused with
@@ -10,21 +13,27 @@ Two load shapes:
 - `open_loop`: requests arrive as a Poisson process at a fixed rate, whatever the server does (MLPerf's Server
   scenario); latency counts from the scheduled arrival, so a late client or a full connection pool shows up in it.
 
-Each run reports its own CPU use (`resource.getrusage` of this process), so a reader can see the client did not
-starve the server. Every time is from the monotonic clock.
+Each run reports its own CPU use (`resource.getrusage` of this process, gRPC's own threads included), so a reader
+can see the client did not starve the server. Every time is from the monotonic clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import random
 import resource
+import struct
 import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.grpc.proto import grpc_predict_v2_pb2 as pb
 
 STATUS_CONNECTION_ERROR = 0
 STATUS_CLIENT_TIMEOUT = -1
@@ -56,6 +65,69 @@ def multipart_request_files(host: str, port: int, path: str, files: Sequence[tup
         f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     return head + body
+
+
+V2_HEADER_LENGTH = "Inference-Header-Content-Length"
+_LENGTH_PREFIX = struct.Struct("<I")
+
+
+def v2_bytes_tensor(elements: Sequence[bytes]) -> bytes:
+    """BYTES elements in the binary tensor data extension's form: each with a 4-byte little-endian length prefix."""
+    return b"".join(_LENGTH_PREFIX.pack(len(element)) + element for element in elements)
+
+
+def v2_infer_header(input_name: str, datatype: str, shape: Sequence[int], binary_size: int, *,
+                    output_name: str | None = None, classification: int | None = None,
+                    binary_output: bool = True) -> dict[str, Any]:
+    """The JSON header of an Open Inference Protocol request whose one input follows it as `binary_size` bytes.
+
+    With `output_name`, the response carries that output only, as the classification extension's top
+    `classification` strings when that is given; its data is binary when `binary_output`."""
+    header: dict[str, Any] = {"inputs": [{"name": input_name, "datatype": datatype, "shape": list(shape),
+                                          "parameters": {"binary_data_size": binary_size}}]}
+    if output_name is not None:
+        parameters: dict[str, Any] = {"binary_data": binary_output}
+        if classification is not None:
+            parameters["classification"] = classification
+        header["outputs"] = [{"name": output_name, "parameters": parameters}]
+    else:
+        header["parameters"] = {"binary_data_output": binary_output}
+    return header
+
+
+def v2_binary_request(host: str, port: int, model: str, *, input_name: str, datatype: str, shape: Sequence[int],
+                      data: bytes, output_name: str | None = None, classification: int | None = None,
+                      binary_output: bool = True) -> bytes:
+    """A complete ``POST /v2/models/{model}/infer`` with Triton's binary tensor data extension, ready to write to a
+    socket: the JSON header, then `data` (the input's binary form: `v2_bytes_tensor` of encoded images for BYTES,
+    little-endian row-major floats for FP32), its length in `Inference-Header-Content-Length`."""
+    header = json.dumps(v2_infer_header(input_name, datatype, shape, len(data), output_name=output_name,
+                                        classification=classification, binary_output=binary_output),
+                        separators=(",", ":")).encode()
+    body = header + data
+    head = (
+        f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: resnet-serve-bench\r\n"
+        f"Accept: */*\r\nContent-Type: application/octet-stream\r\n{V2_HEADER_LENGTH}: {len(header)}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+def grpc_infer_request(model: str, *, input_name: str, datatype: str, shape: Sequence[int], data: bytes,
+                       output_name: str | None = None, classification: int | None = None) -> pb.ModelInferRequest:
+    """A gRPC ``ModelInfer`` request carrying its one input in ``raw_input_contents`` (the same bytes as
+    `v2_binary_request`'s binary part); with `output_name`, that output only, as the top `classification` strings
+    when that is given."""
+    from service.grpc.proto import grpc_predict_v2_pb2 as pb
+
+    tensor = pb.ModelInferRequest.InferInputTensor(name=input_name, datatype=datatype, shape=list(shape))
+    outputs = []
+    if output_name is not None:
+        output = pb.ModelInferRequest.InferRequestedOutputTensor(name=output_name)
+        if classification is not None:
+            output.parameters["classification"].int64_param = classification
+        outputs.append(output)
+    return pb.ModelInferRequest(model_name=model, inputs=[tensor], outputs=outputs, raw_input_contents=[data])
 
 
 @dataclass(frozen=True)
@@ -242,10 +314,30 @@ async def _timed_send(connection: HttpConnection, request: bytes, timeout_s: flo
         return Response(STATUS_CLIENT_TIMEOUT)
 
 
-async def closed_loop(host: str, port: int, requests: Sequence[bytes], *, concurrency: int, warmup_s: float,
-                      duration_s: float, server_cpu: Callable[[], float] | None = None,
-                      timeout_s: float = 120.0) -> LoadRun:
-    """`concurrency` clients in a loop for warm-up plus `duration_s`; requests are taken round-robin."""
+class _Client:
+    """One closed-loop client's connection: `send` a request, get its `Response` (never raises), `close`."""
+
+    async def send(self, request: Any) -> Response:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class _HttpClient(_Client):
+    def __init__(self, host: str, port: int, timeout_s: float) -> None:
+        self._connection = HttpConnection(host, port)
+        self._timeout_s = timeout_s
+
+    async def send(self, request: bytes) -> Response:
+        return await _timed_send(self._connection, request, self._timeout_s)
+
+    async def close(self) -> None:
+        self._connection.close()
+
+
+async def _run_closed_loop(new_client: Callable[[], _Client], requests: Sequence[Any], *, concurrency: int,
+                           warmup_s: float, duration_s: float, server_cpu: Callable[[], float] | None) -> LoadRun:
     start = time.monotonic()
     window_start = start + warmup_s
     window_end = window_start + duration_s
@@ -253,14 +345,14 @@ async def closed_loop(host: str, port: int, requests: Sequence[bytes], *, concur
     meter = _WindowMeter(server_cpu)
 
     async def client(index: int) -> None:
-        connection = HttpConnection(host, port)
+        connection = new_client()
         position = index
         try:
             while time.monotonic() < window_end:
                 request = requests[position % len(requests)]
                 position += 1
                 sent_at = time.monotonic()
-                response = await _timed_send(connection, request, timeout_s)
+                response = await connection.send(request)
                 samples.append(Sample(sent_at, time.monotonic() - sent_at, response.status))
                 if response.status == 503:
                     pause = min(response.retry_after_s or MAX_RETRY_AFTER_S, MAX_RETRY_AFTER_S)
@@ -268,11 +360,108 @@ async def closed_loop(host: str, port: int, requests: Sequence[bytes], *, concur
                 elif response.status == STATUS_CONNECTION_ERROR:
                     await asyncio.sleep(0.01)  # a refused connection would otherwise spin
         finally:
-            connection.close()
+            await connection.close()
 
     await asyncio.gather(meter.watch(window_start, window_end), *(client(i) for i in range(concurrency)))
     return LoadRun(samples, window_start, duration_s, meter.client_cpu_s, meter.server_cpu_s,
                    concurrency=concurrency)
+
+
+async def closed_loop(host: str, port: int, requests: Sequence[bytes], *, concurrency: int, warmup_s: float,
+                      duration_s: float, server_cpu: Callable[[], float] | None = None,
+                      timeout_s: float = 120.0) -> LoadRun:
+    """`concurrency` clients in a loop for warm-up plus `duration_s`; requests are taken round-robin."""
+    return await _run_closed_loop(lambda: _HttpClient(host, port, timeout_s), requests, concurrency=concurrency,
+                                  warmup_s=warmup_s, duration_s=duration_s, server_cpu=server_cpu)
+
+
+# ------------------------------------------------------------------------------------------------------- gRPC
+
+GRPC_CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.use_local_subchannel_pool", 1),
+)
+"""Each client's channel: messages as large as the server takes, and a subchannel of its own, so that each client
+has its own TCP connection (channels with equal arguments would otherwise share one), as each HTTP client has."""
+
+
+def grpc_status(code: Any, retry_after: str | None) -> int:
+    """A gRPC call's outcome as the HTTP status the same error has over HTTP (service/grpc/errors.py), so that
+    load rows of both protocols read alike; a failure that never reached the server is a connection error."""
+    import grpc
+
+    if code == grpc.StatusCode.OK:
+        return 200
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED or (code == grpc.StatusCode.UNAVAILABLE and retry_after):
+        return 503  # Overloaded (RESOURCE_EXHAUSTED), or draining (UNAVAILABLE, with Retry-After)
+    return {
+        grpc.StatusCode.INVALID_ARGUMENT: 400,
+        grpc.StatusCode.UNAUTHENTICATED: 401,
+        grpc.StatusCode.NOT_FOUND: 404,
+        grpc.StatusCode.CANCELLED: 499,
+        grpc.StatusCode.INTERNAL: 500,
+        grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    }.get(code, STATUS_CONNECTION_ERROR)
+
+
+class _GrpcClient(_Client):
+    def __init__(self, target: str, timeout_s: float) -> None:
+        import grpc
+
+        from service.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+        self._grpc = grpc
+        self._channel = grpc.aio.insecure_channel(target, options=list(GRPC_CHANNEL_OPTIONS))
+        self._infer = GRPCInferenceServiceStub(self._channel).ModelInfer
+        self._timeout_s = timeout_s
+
+    async def send(self, request: pb.ModelInferRequest) -> Response:
+        try:
+            await self._infer(request, timeout=self._timeout_s)
+        except self._grpc.aio.AioRpcError as exc:
+            retry_after = dict(exc.trailing_metadata() or ()).get("retry-after")
+            try:
+                retry_after_s = float(retry_after) if retry_after else None
+            except ValueError:
+                retry_after_s = None
+            return Response(grpc_status(exc.code(), retry_after), retry_after_s)
+        return Response(200)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+async def grpc_wait_ready(target: str, timeout_s: float = 30.0) -> None:
+    """Wait until the server's gRPC listener answers ServerReady with ready (it starts just after HTTP)."""
+    import grpc
+
+    from service.grpc.proto import grpc_predict_v2_pb2 as pb
+    from service.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    give_up = time.monotonic() + timeout_s
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = GRPCInferenceServiceStub(channel)
+        while True:
+            try:
+                if (await stub.ServerReady(pb.ServerReadyRequest(), timeout=2.0)).ready:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if time.monotonic() > give_up:
+                raise TimeoutError(f"gRPC at {target} not ready after {timeout_s:g} s")
+            await asyncio.sleep(0.1)
+
+
+async def grpc_closed_loop(target: str, requests: Sequence[pb.ModelInferRequest], *, concurrency: int,
+                           warmup_s: float, duration_s: float, server_cpu: Callable[[], float] | None = None,
+                           timeout_s: float = 120.0) -> LoadRun:
+    """`closed_loop` over gRPC ``ModelInfer`` on grpc.aio: `concurrency` clients, each with its own channel (so
+    its own connection) to `target` ("host:port"), each sending its next request when the previous answer
+    arrives. Outcomes are recorded as HTTP statuses (`grpc_status`); RESOURCE_EXHAUSTED is a refusal (503),
+    after which the client waits what the ``retry-after`` trailing metadata says, capped at 1 s."""
+    return await _run_closed_loop(lambda: _GrpcClient(target, timeout_s), requests, concurrency=concurrency,
+                                  warmup_s=warmup_s, duration_s=duration_s, server_cpu=server_cpu)
 
 
 async def open_loop(host: str, port: int, requests: Sequence[bytes], *, rate: float, warmup_s: float,

@@ -8,19 +8,43 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from bench.results import BenchResults, LoadRow
-from bench.workload import SIZES_BY_KEY
+from bench.results import (
+    GRPC_BYTES,
+    GRPC_FP32,
+    PROTOCOLS,
+    V1,
+    V2_BYTES,
+    V2_FP32,
+    BenchResults,
+    LoadRow,
+    fixed_batch_key,
+)
+from bench.workload import BENCH_MODELS, IMAGE_SIZES, MODEL_TITLES, SIZES_BY_KEY
 
 SMALL = "small-jpeg"
 LARGE = "12mp-jpeg"
+SATURATION_CONCURRENCY = 32
+"""The concurrency of the saturation runs that the protocol and batch size targets compare."""
 CEILING_TARGET_SMALL = 0.95
 CEILING_TARGET_LARGE = 0.90
+CEILING_TARGET_BUNDLED = 0.85
+CEILING_TARGET_INT8 = 0.95
+CEILING_TARGET_KIND = 0.93
 C1_OVERHEAD_MS = 3.0
+C1_OVERHEAD_BUNDLED_MS = 0.5
 C64_P99_MS = 2000.0
 REJECT_MS = 50.0
 IDLE_PERCENT = 2.0
 INT8_SPEEDUP = 2.0
 ACCURACY_POINTS = 0.5
+V2_BYTES_VS_V1 = 0.97
+V2_FP32_VS_RAW = 0.95
+GRPC_VS_HTTP_BUNDLED = 1.0
+GRPC_VS_HTTP_TOLERANCE = 0.05
+READY_SLACK_S = 0.5
+AUTO_VS_BEST_FIXED = 0.97
+LATENCY_FIXED_BATCH = 32
+"""Auto's latency is compared with our server run with this fixed --max-batch-size."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +113,33 @@ class TargetDefinition:
         return TargetOutcome(name, self.goal, *(self.measure(results) or NOT_MEASURED))
 
 
+def _primary(results: BenchResults) -> str:
+    return results.primary_model
+
+
+def _bundled(results: BenchResults) -> str | None:
+    return results.bench_model("bundled")
+
+
+def _int8_of_primary(results: BenchResults) -> str:
+    return f"{results.primary_model}-int8"
+
+
+def _title(results: BenchResults, model: str | None) -> str:
+    if model is None:
+        return "—"
+    return results.model_titles.get(model, MODEL_TITLES.get(model, model))
+
+
+def _bench_title(results: BenchResults, key: str) -> str:
+    """Bench model `key` as a target names it, saying which model stood in for it (quick run)."""
+    model = results.bench_model(key)
+    wanted = _title(results, key)
+    if model is None or model == key:
+        return wanted
+    return f"{wanted} ({_title(results, model)} stands in)"
+
+
 def _saturation_name(size: str) -> Callable[[BenchResults], str]:
     def name(results: BenchResults) -> str:
         ceiling = results.ceiling_for(results.primary_model, size)
@@ -97,10 +148,16 @@ def _saturation_name(size: str) -> Callable[[BenchResults], str]:
     return name
 
 
-def _saturation(size: str, target: float) -> Callable[[BenchResults], Measurement | None]:
+def _saturation_of(model_of: Callable[[BenchResults], str | None], size: str, target: float
+                   ) -> Callable[[BenchResults], Measurement | None]:
+    """Our server at its defaults: its best closed-loop throughput on `size` against that model's ceiling."""
+
     def measure(results: BenchResults) -> Measurement | None:
-        ceiling = results.ceiling_for(results.primary_model, size)
-        saturation = results.saturation("ours", results.primary_model, size)
+        model = model_of(results)
+        if model is None:
+            return None
+        ceiling = results.ceiling_for(model, size)
+        saturation = results.saturation("ours", model, size)
         if ceiling is None or saturation is None:
             return None
         ratio = _ratio(saturation.throughput, ceiling.images_per_second)
@@ -116,40 +173,66 @@ def _saturation(size: str, target: float) -> Callable[[BenchResults], Measuremen
     return measure
 
 
-def _c1_latency(results: BenchResults) -> Measurement | None:
-    c1 = results.load_at("ours", results.primary_model, SMALL, 1)
-    if not c1 or not results.c1_reference_ms:
-        return None
-    pre = results.preprocess_for(results.primary_model, SMALL)
-    raw = results.raw_for(results.primary_model)
-    batch1 = raw.batch(1) if raw else None
-    pre_ms, inference_ms = results.c1_reference_ms
-    floor = pre_ms + inference_ms
-    overhead = c1.p50_ms - floor
-    earlier = f"; at the start of the run {pre.server_ms:.1f} + {batch1.ms_per_batch:.1f} ms" if pre and batch1 else ""
-    return Measurement(
-        f"p50 {c1.p50_ms:.1f} ms vs {pre_ms:.1f} + {inference_ms:.1f} = {floor:.1f} ms timed just before the run "
-        f"(overhead {overhead:.1f} ms){earlier}",
-        overhead <= C1_OVERHEAD_MS,
-        f"{C1_OVERHEAD_MS - overhead:+.1f} ms of slack")
+def _saturation(size: str, target: float) -> Callable[[BenchResults], Measurement | None]:
+    return _saturation_of(_primary, size, target)
+
+
+def _c1_latency_of(model_of: Callable[[BenchResults], str | None], allowed_ms: float
+                   ) -> Callable[[BenchResults], Measurement | None]:
+    """Our server's p50 at concurrency 1 against preprocessing plus batch-1 inference timed just before."""
+
+    def measure(results: BenchResults) -> Measurement | None:
+        model = model_of(results)
+        if model is None:
+            return None
+        c1 = results.load_at("ours", model, SMALL, 1)
+        reference = results.c1_reference_ms.get(model)
+        if not c1 or not reference or c1.ok == 0:
+            return None
+        pre = results.preprocess_for(model, SMALL)
+        raw = results.raw_for(model)
+        batch1 = raw.batch(1) if raw else None
+        pre_ms, inference_ms = reference
+        floor = pre_ms + inference_ms
+        overhead = c1.p50_ms - floor
+        digits = 1 if allowed_ms >= 1 else 2
+        earlier = (f"; at the start of the run {pre.server_ms:.{digits}f} + {batch1.ms_per_batch:.{digits}f} ms"
+                   if pre and batch1 else "")
+        return Measurement(
+            f"p50 {c1.p50_ms:.{digits}f} ms vs {pre_ms:.{digits}f} + {inference_ms:.{digits}f} = {floor:.{digits}f} ms "
+            f"timed just before the run (overhead {overhead:.{digits}f} ms){earlier}",
+            overhead <= allowed_ms,
+            f"{allowed_ms - overhead:+.{digits}f} ms of slack")
+
+    return measure
+
+
+_c1_latency = _c1_latency_of(_primary, C1_OVERHEAD_MS)
+
+
+ADMISSION = "ours-admission"
+"""The server with admission flags that the concurrency-64 targets are judged on."""
 
 
 def _c64_accepted(results: BenchResults) -> Measurement | None:
-    c64 = results.load_at("ours", results.primary_model, SMALL, 64)
+    c64 = results.load_at(ADMISSION, results.primary_model, SMALL, 64)
     if not c64 or not c64.ok:
         return None
     # Little's law: an accepted image waits behind at most the queue plus the batch being run.
-    in_system = results.ours_max_queue_size + results.ours_max_batch_size
-    bound = (f"; queue {results.ours_max_queue_size} + batch {results.ours_max_batch_size} = {in_system} images "
-             f"at {c64.throughput:.1f} img/s take {in_system / c64.throughput:.2f} s" if c64.throughput > 0 else "")
-    if results.ours_max_queue_wait_ms:
-        bound += f"; admission refuses what would wait over {results.ours_max_queue_wait_ms:g} ms"
+    bound = ""
+    batch = results.admission_max_batch_size
+    if batch is not None and c64.throughput > 0:
+        in_system = results.admission_max_queue_size + batch
+        bound = (f"; queue {results.admission_max_queue_size} + batch {batch} = {in_system} images at "
+                 f"{c64.throughput:.1f} img/s take {in_system / c64.throughput:.2f} s")
+    if results.admission_max_queue_wait_ms:
+        bound += f"; admission refuses what would wait over {results.admission_max_queue_wait_ms:g} ms"
     return Measurement(f"p99 {c64.p99_ms:.0f} ms over {c64.ok} answers{bound}", c64.p99_ms < C64_P99_MS,
                        f"{C64_P99_MS - c64.p99_ms:+.0f} ms of slack")
 
 
 def _c64_refused(results: BenchResults) -> Measurement | None:
-    c64 = results.load_at("ours", results.primary_model, SMALL, 64)
+    c64 = results.load_at(ADMISSION, results.primary_model, SMALL, 64)
     if not c64:
         return None
     if c64.rejected_p99_ms is None:
@@ -206,6 +289,194 @@ def _int8_accuracy(results: BenchResults) -> Measurement | None:
         f"{ACCURACY_POINTS - abs(drop):+.2f} points of slack")
 
 
+def _v2_bytes_vs_v1(results: BenchResults) -> Measurement | None:
+    model, c = results.primary_model, SATURATION_CONCURRENCY
+    v2, v1 = results.protocol_at(model, V2_BYTES, c), results.protocol_at(model, V1, c)
+    ratio = _ratio(v2.throughput if v2 else None, v1.throughput if v1 else None)
+    if v2 is None or v1 is None or ratio is None:
+        return None
+    return Measurement(
+        f"V2 HTTP binary BYTES {v2.throughput:.1f} img/s vs /v1 multipart {v1.throughput:.1f} img/s, both at "
+        f"concurrency {c} with the same 500x375 JPEGs = {ratio:.3f}",
+        ratio >= V2_BYTES_VS_V1,
+        f"{ratio - V2_BYTES_VS_V1:+.3f} ({v2.throughput - V2_BYTES_VS_V1 * v1.throughput:+.1f} img/s)")
+
+
+def _v2_fp32_vs_raw(results: BenchResults) -> Measurement | None:
+    model = results.primary_model
+    fp32, raw = results.protocol_saturation(model, V2_FP32), results.raw_for(model)
+    if fp32 is None or raw is None:
+        return None
+    best = raw.best
+    ratio = fp32.throughput / best.images_per_second
+    return Measurement(
+        f"V2 HTTP binary FP32 {fp32.throughput:.1f} img/s (concurrency {fp32.concurrency}, the best of its runs) vs "
+        f"raw ONNX Runtime {best.images_per_second:.1f} img/s (batch {best.batch_size}) = {ratio:.3f}",
+        ratio >= V2_FP32_VS_RAW,
+        f"{ratio - V2_FP32_VS_RAW:+.3f} ({fp32.throughput - V2_FP32_VS_RAW * best.images_per_second:+.1f} img/s)")
+
+
+def _grpc_vs_http_bundled(results: BenchResults) -> Measurement | None:
+    model, c = _bundled(results), SATURATION_CONCURRENCY
+    if model is None:
+        return None
+    grpc, http = results.protocol_at(model, GRPC_BYTES, c), results.protocol_at(model, V2_BYTES, c)
+    ratio = _ratio(grpc.throughput if grpc else None, http.throughput if http else None)
+    if grpc is None or http is None or ratio is None:
+        return None
+    v1 = results.protocol_at(model, V1, c)
+    context = f"; /v1 multipart {v1.throughput:.1f} img/s" if v1 else ""
+    return Measurement(
+        f"gRPC BYTES {grpc.throughput:.1f} img/s vs V2 HTTP binary BYTES {http.throughput:.1f} img/s, both at "
+        f"concurrency {c} = {ratio:.3f}{context}",
+        ratio >= GRPC_VS_HTTP_BUNDLED,
+        f"{ratio - GRPC_VS_HTTP_BUNDLED:+.3f} ({grpc.throughput - GRPC_VS_HTTP_BUNDLED * http.throughput:+.1f} img/s)")
+
+
+def _grpc_vs_http_primary(results: BenchResults) -> Measurement | None:
+    model, c = results.primary_model, SATURATION_CONCURRENCY
+    parts, slacks = [], []
+    for label, grpc_key, http_key in (("BYTES", GRPC_BYTES, V2_BYTES), ("FP32", GRPC_FP32, V2_FP32)):
+        grpc, http = results.protocol_at(model, grpc_key, c), results.protocol_at(model, http_key, c)
+        ratio = _ratio(grpc.throughput if grpc else None, http.throughput if http else None)
+        if grpc is None or http is None or ratio is None:
+            return None
+        parts.append(f"{label}: gRPC {grpc.throughput:.1f} vs V2 HTTP {http.throughput:.1f} img/s = {ratio:.3f}")
+        slacks.append((GRPC_VS_HTTP_TOLERANCE - abs(ratio - 1.0), label))
+    slack, closest = min(slacks)
+    return Measurement("; ".join(parts) + f" (concurrency {c})", slack >= 0,
+                       f"{slack:+.3f} from the ±{GRPC_VS_HTTP_TOLERANCE:.2f} bound ({closest})")
+
+
+def _c1_vs_naive(key: str) -> Callable[[BenchResults], Measurement | None]:
+    def measure(results: BenchResults) -> Measurement | None:
+        model = results.bench_model(key)
+        if model is None:
+            return None
+        ours, naive = results.load_at("ours", model, SMALL, 1), results.load_at("naive", model, SMALL, 1)
+        ratio = _ratio(ours.throughput if ours else None, naive.throughput if naive else None)
+        if ours is None or naive is None or ratio is None:
+            return None
+        return Measurement(
+            f"ours {ours.throughput:.1f} img/s (p50 {ours.p50_ms:.2f} ms) vs naive {naive.throughput:.1f} img/s "
+            f"(p50 {naive.p50_ms:.2f} ms) at concurrency 1 = {ratio:.3f}",
+            ratio >= 1.0,
+            f"{ratio - 1.0:+.3f} ({ours.throughput - naive.throughput:+.1f} img/s)")
+
+    return measure
+
+
+def _ready_time(model_of: Callable[[BenchResults], str | None]) -> Callable[[BenchResults], Measurement | None]:
+    def measure(results: BenchResults) -> Measurement | None:
+        model = model_of(results)
+        if model is None:
+            return None
+        ours, naive = results.resources_for("ours", model), results.resources_for("naive", model)
+        if ours is None or naive is None:
+            return None
+        raw = results.raw_for(model)
+        settled = (f" (its processes settled after {ours.settled_after_s:.2f} s)"
+                   if ours.settled_after_s is not None else "")
+        context = (f"; creating the ONNX Runtime session alone took {raw.session_load_s:.2f} s in-process"
+                   if raw and raw.session_load_s is not None else "")
+        slack = naive.ready_after_s + READY_SLACK_S - ours.ready_after_s
+        return Measurement(
+            f"ours {ours.ready_after_s:.2f} s{settled} vs naive {naive.ready_after_s:.2f} s, from process start to "
+            f"readiness 200{context}",
+            slack >= 0, f"{slack:+.2f} s of slack")
+
+    return measure
+
+
+def _rss_after_load(model_of: Callable[[BenchResults], str | None]) -> Callable[[BenchResults], Measurement | None]:
+    def measure(results: BenchResults) -> Measurement | None:
+        model = model_of(results)
+        if model is None:
+            return None
+        ours, naive = results.resources_for("ours", model), results.resources_for("naive", model)
+        if ours is None or naive is None or ours.rss_settled_mb is None or naive.rss_settled_mb is None:
+            return None
+        processes = f" in {ours.processes} processes" if ours.processes else ""
+        return Measurement(
+            f"ours {ours.rss_settled_mb:.0f} MiB{processes} vs naive {naive.rss_settled_mb:.0f} MiB, ready and before "
+            f"the first request; at the end of their load runs {ours.rss_mb:.0f} vs {naive.rss_mb:.0f} MiB",
+            ours.rss_settled_mb <= naive.rss_settled_mb,
+            f"{naive.rss_settled_mb - ours.rss_settled_mb:+.0f} MiB")
+
+    return measure
+
+
+def _auto_batch_throughput(key: str) -> Callable[[BenchResults], Measurement | None]:
+    def measure(results: BenchResults) -> Measurement | None:
+        model, c = results.bench_model(key), SATURATION_CONCURRENCY
+        if model is None:
+            return None
+        auto = results.load_at("ours", model, SMALL, c)
+        fixed = {size: results.load_at(fixed_batch_key(size), model, SMALL, c) for size in results.fixed_batch_sizes}
+        fixed = {size: row for size, row in fixed.items() if row is not None}
+        if auto is None or not fixed:
+            return None
+        best_size = max(fixed, key=lambda size: fixed[size].throughput)
+        best = fixed[best_size].throughput
+        ratio = _ratio(auto.throughput, best)
+        if ratio is None:
+            return None
+        batching = results.batching_for("ours", model)
+        chose = f" (batch {batching.max_batch_size})" if batching else ""
+        others = ", ".join(f"{size}: {row.throughput:.1f}" for size, row in sorted(fixed.items()))
+        return Measurement(
+            f"auto{chose} {auto.throughput:.1f} img/s vs the best fixed, --max-batch-size {best_size}, {best:.1f} "
+            f"img/s at concurrency {c} = {ratio:.3f} (fixed {others})",
+            ratio >= AUTO_VS_BEST_FIXED,
+            f"{ratio - AUTO_VS_BEST_FIXED:+.3f} ({auto.throughput - AUTO_VS_BEST_FIXED * best:+.1f} img/s)")
+
+    return measure
+
+
+def _auto_batch_latency(key: str) -> Callable[[BenchResults], Measurement | None]:
+    def measure(results: BenchResults) -> Measurement | None:
+        model = results.bench_model(key)
+        largest = LATENCY_FIXED_BATCH
+        if model is None or largest not in results.fixed_batch_sizes:
+            return None
+        parts, slacks = [], []
+        for concurrency in (1, 8):
+            auto = results.load_at("ours", model, SMALL, concurrency)
+            fixed = results.load_at(fixed_batch_key(largest), model, SMALL, concurrency)
+            if auto is None or fixed is None or not auto.ok or not fixed.ok:
+                return None
+            parts.append(f"concurrency {concurrency}: {auto.p50_ms:.2f} vs {fixed.p50_ms:.2f} ms")
+            slacks.append(fixed.p50_ms - auto.p50_ms)
+        batching = results.batching_for("ours", model)
+        chose = f" (batch {batching.max_batch_size})" if batching else ""
+        return Measurement(f"p50, auto{chose} vs --max-batch-size {largest}: " + "; ".join(parts),
+                           all(slack > 0 for slack in slacks), f"{min(slacks):+.2f} ms (the smaller difference)")
+
+    return measure
+
+
+def _model_name(prefix: str, model_of: Callable[[BenchResults], str | None], suffix: str = ""
+                ) -> Callable[[BenchResults], str]:
+    def name(results: BenchResults) -> str:
+        return f"{prefix}, {_title(results, model_of(results))}{suffix}"
+
+    return name
+
+
+def _bench_name(prefix: str, key: str) -> Callable[[BenchResults], str]:
+    def name(results: BenchResults) -> str:
+        return f"{prefix}, {_bench_title(results, key)}"
+
+    return name
+
+
+def _kind_name(size: str) -> Callable[[BenchResults], str]:
+    def name(results: BenchResults) -> str:
+        return f"Image kind vs ceiling, {SIZES_BY_KEY[size].label} ({_title(results, results.primary_model)})"
+
+    return name
+
+
 TARGETS: tuple[TargetDefinition, ...] = (
     TargetDefinition(_saturation_name(SMALL), f"≥ {CEILING_TARGET_SMALL:.2f} × ceiling",
                      _saturation(SMALL, CEILING_TARGET_SMALL)),
@@ -219,6 +490,42 @@ TARGETS: tuple[TargetDefinition, ...] = (
     TargetDefinition(_int8_name, f"≥ {INT8_SPEEDUP:g}× fp32", _int8_throughput),
     TargetDefinition("INT8 accuracy, bundled Fashion-MNIST model", f"within {ACCURACY_POINTS:g} point of fp32",
                      _int8_accuracy),
+    # Protocols (issues 10 and 11): our server at its defaults, the same 500x375 JPEGs.
+    TargetDefinition(_model_name("Protocols, V2 BYTES vs /v1 multipart", _primary),
+                     f"≥ {V2_BYTES_VS_V1:.2f} × /v1 at concurrency {SATURATION_CONCURRENCY}", _v2_bytes_vs_v1),
+    TargetDefinition(_model_name("Protocols, V2 FP32 vs raw ONNX Runtime", _primary),
+                     f"≥ {V2_FP32_VS_RAW:.2f} × raw best batch", _v2_fp32_vs_raw),
+    TargetDefinition(_model_name("Protocols, gRPC vs V2 HTTP (BYTES)", _bundled),
+                     f"≥ {GRPC_VS_HTTP_BUNDLED:.2f} × HTTP at concurrency {SATURATION_CONCURRENCY}",
+                     _grpc_vs_http_bundled),
+    TargetDefinition(_model_name("Protocols, gRPC vs V2 HTTP (BYTES and FP32)", _primary),
+                     f"within ±{100 * GRPC_VS_HTTP_TOLERANCE:.0f}% of HTTP at concurrency {SATURATION_CONCURRENCY}",
+                     _grpc_vs_http_primary),
+    # Performance (issue 12): ratios within the run, our server at its defaults.
+    TargetDefinition(_model_name("Saturation vs ceiling", _bundled, ", 500x375 JPEG"),
+                     f"≥ {CEILING_TARGET_BUNDLED:.2f} × ceiling",
+                     _saturation_of(_bundled, SMALL, CEILING_TARGET_BUNDLED)),
+    TargetDefinition(_model_name("Concurrency 1 latency", _bundled, ", 500x375 JPEG"),
+                     f"p50 ≤ preprocessing + batch-1 inference + {C1_OVERHEAD_BUNDLED_MS:g} ms",
+                     _c1_latency_of(_bundled, C1_OVERHEAD_BUNDLED_MS)),
+    *(TargetDefinition(_bench_name("Concurrency 1 vs naive", key), "ours ≥ naive throughput", _c1_vs_naive(key))
+      for key in BENCH_MODELS),
+    TargetDefinition(_model_name("Saturation vs ceiling", _int8_of_primary, ", 500x375 JPEG"),
+                     f"≥ {CEILING_TARGET_INT8:.2f} × ceiling",
+                     _saturation_of(_int8_of_primary, SMALL, CEILING_TARGET_INT8)),
+    *(TargetDefinition(_kind_name(size.key), f"≥ {CEILING_TARGET_KIND:.2f} × ceiling",
+                       _saturation(size.key, CEILING_TARGET_KIND)) for size in IMAGE_SIZES),
+    TargetDefinition(_model_name("Ready time", _primary), f"≤ naive + {READY_SLACK_S:g} s", _ready_time(_primary)),
+    TargetDefinition(_model_name("Ready time", _bundled), f"≤ naive + {READY_SLACK_S:g} s", _ready_time(_bundled)),
+    TargetDefinition(_model_name("RSS after load", _primary), "≤ naive", _rss_after_load(_primary)),
+    TargetDefinition(_model_name("RSS after load", _bundled), "≤ naive", _rss_after_load(_bundled)),
+    *(TargetDefinition(_bench_name("Auto batch size, throughput", key),
+                       f"≥ {AUTO_VS_BEST_FIXED:.2f} × best fixed --max-batch-size", _auto_batch_throughput(key))
+      for key in BENCH_MODELS),
+    *(TargetDefinition(_bench_name("Auto batch size, latency", key),
+                       f"p50 at concurrency 1 and 8 < with --max-batch-size {LATENCY_FIXED_BATCH}",
+                       _auto_batch_latency(key))
+      for key in BENCH_MODELS),
 )
 """The issue's targets in report order; a new target is one more entry here."""
 
@@ -283,9 +590,15 @@ def render(results: BenchResults) -> str:
     if raw and batch1:
         headline.append(f"- Raw ONNX Runtime on this machine: {raw.best.images_per_second:.1f} img/s at its best batch "
                         f"({raw.best.batch_size}), {batch1.images_per_second:.1f} img/s at batch 1.")
-    ours64, naive64 = results.load_at("ours", primary, SMALL, 64), results.load_at("naive", primary, SMALL, 64)
+    ours64, naive64 = results.load_at(ADMISSION, primary, SMALL, 64), results.load_at("naive", primary, SMALL, 64)
     if ours64 and naive64:
-        headline.append(f"- Concurrency 64: p99 {ours64.p99_ms:.0f} ms (ours) vs {naive64.p99_ms:.0f} ms (naive).")
+        headline.append(f"- Concurrency 64: p99 {ours64.p99_ms:.0f} ms ({servers[ADMISSION]}) vs "
+                        f"{naive64.p99_ms:.0f} ms (naive).")
+    protocol_rows = [(PROTOCOLS[protocol], results.protocol_at(primary, protocol, SATURATION_CONCURRENCY))
+                     for protocol in PROTOCOLS]
+    if all(row for _, row in protocol_rows):
+        headline.append(f"- Protocols, {titles[primary]}, concurrency {SATURATION_CONCURRENCY}: "
+                        + "; ".join(f"{label} {row.throughput:.1f} img/s" for label, row in protocol_rows) + ".")
     for search in results.rate_searches:
         if search.model == primary:
             best = search.best_rate
@@ -300,7 +613,10 @@ def render(results: BenchResults) -> str:
 
     # -------------------------------------------------------------------------------------- targets
     out += ["## Targets", "",
-            f"Judged on {titles[primary]}, as the issue states them; the margin is positive when a target is met.", ""]
+            f"As the issues state them, each a comparison within this run. A target that names no model is judged "
+            f"on {titles[primary]}. Every target is judged on our server at its defaults, except the two at "
+            f"concurrency 64, judged on the server started with admission flags (see [Method](#method)). The "
+            "margin is positive when a target is met.", ""]
     out += _table(["Target", "Goal", "Measured", "Verdict", "Margin"],
                   [[t.name, t.goal, t.measured, _verdict(t.met), t.margin] for t in targets])
 
@@ -308,7 +624,9 @@ def render(results: BenchResults) -> str:
     out += ["## Raw ONNX Runtime throughput", "",
             "Images per second (milliseconds per batch) through the server's own runtime class "
             "(`service.runtime.OnnxModelRuntime`: one intra-op thread per core, no spinning, full graph "
-            "optimisation), on random inputs, median over the timed runs.", ""]
+            "optimisation), on random inputs, median over the timed runs. Session creation: the seconds that "
+            "class's constructor took in-process (loading and optimising the graph, no warm-up), for comparison "
+            "with the servers' ready times.", ""]
     sizes = sorted({row.batch_size for raw in results.raw for row in raw.batches})
     rows = []
     for raw in results.raw:
@@ -317,8 +635,9 @@ def render(results: BenchResults) -> str:
             row = raw.batch(size)
             cells.append(f"{row.images_per_second:.1f} ({row.ms_per_batch:.1f} ms)" if row else "—")
         cells.append(f"{raw.best.images_per_second:.1f} (batch {raw.best.batch_size})")
+        cells.append(_num(raw.session_load_s, 2))
         rows.append(cells)
-    out += _table(["Model", *[f"batch {s}" for s in sizes], "best"], rows)
+    out += _table(["Model", *[f"batch {s}" for s in sizes], "best", "Session creation (s)"], rows)
     for raw in results.raw:
         if raw.default_session_batch1:
             out += [f"With a default `InferenceSession` (as the naive server has it), {raw.title} at batch 1: "
@@ -353,7 +672,7 @@ def render(results: BenchResults) -> str:
     rows = []
     for row in results.load:
         ceiling_row = results.ceiling_for(row.model, row.size)
-        naive_row = results.saturation("naive", row.model, row.size) if row.server == "ours" else None
+        naive_row = results.saturation("naive", row.model, row.size) if row.server != "naive" else None
         rows.append([
             servers[row.server], titles[row.model], row.size_label, str(row.concurrency), _num(row.throughput),
             _num(row.p50_ms), _num(row.p95_ms), _num(row.p99_ms), _errors(row),
@@ -389,6 +708,34 @@ def render(results: BenchResults) -> str:
                                  naive_row.throughput if naive_row else None), 2)])
     out += _table(["Model", "Image", "Ceiling", "Ours", "Naive", "Ours/ceiling", "Naive/ceiling", "Ours/naive"], rows)
 
+    # -------------------------------------------------------------------------------------- protocols
+    if results.protocol_load:
+        out += ["## Protocols", "",
+                "Our server at its defaults, the same 500x375 JPEGs sent five ways, closed loop as above: /v1 "
+                "multipart; the Open Inference Protocol over HTTP (`POST /v2/models/NAME/infer`, binary tensor "
+                "extension) with the encoded image as BYTES [1] or the image preprocessed once up front "
+                "(`service.preprocess.preprocess_image`) as FP32 [1, C, H, W]; and the same two over gRPC "
+                "(`ModelInfer`, data in `raw_input_contents`). V2 and gRPC requests ask for the classification "
+                "extension's top 5, what /v1 answers. /v1 at same conc.: throughput over the /v1 multipart run at "
+                "the same concurrency.", ""]
+        rows = []
+        models = list(dict.fromkeys(row.model for row in results.protocol_load))
+        for model in models:
+            for protocol, label in PROTOCOLS.items():
+                for row in ([r for r in results.load_rows("ours", model, SMALL)] if protocol == V1 else
+                            [r for r in results.protocol_load if r.model == model and r.protocol == protocol]):
+                    v1 = results.protocol_at(model, V1, row.concurrency)
+                    rows.append([titles[model], label, str(row.concurrency), _num(row.throughput), _num(row.p50_ms),
+                                 _num(row.p99_ms), _errors(row), _num(row.server_cpu_cores, 2),
+                                 _num(row.client_cpu_cores, 2),
+                                 _num(_ratio(row.throughput, v1.throughput if v1 else None), 2)])
+        out += _table(["Model", "Protocol", "Conc.", "Throughput (img/s)", "p50 (ms)", "p99 (ms)", "Errors",
+                       "Server CPU", "Client CPU", "/v1 at same conc."], rows)
+
+    # -------------------------------------------------------------------------------------- batch sizes
+    if results.batching:
+        out += _batch_sizes(results)
+
     # -------------------------------------------------------------------------------------- open loop
     out += ["## Open-loop load (Poisson arrivals)", "",
             "Requests arrive as a Poisson process at a fixed rate whatever the server does, as in MLPerf's Server "
@@ -408,11 +755,19 @@ def render(results: BenchResults) -> str:
 
     # -------------------------------------------------------------------------------------- resources
     out += ["## Server resources", "",
-            "Idle CPU: the server process's CPU time (all threads, /proc/PID/stat) over an idle period right after "
-            "its load runs, in percent of one core. RSS from /proc/PID/status at the end of its runs.", ""]
-    out += _table(["Server", "Model", "Ready after (s)", "Idle CPU (% of a core)", "RSS (MiB)", "Peak RSS (MiB)"],
-                  [[servers[row.server], titles[row.model], _num(row.ready_after_s), _num(row.idle_cpu_percent, 2),
-                    _num(row.rss_mb, 0), _num(row.peak_rss_mb, 0)] for row in results.resources])
+            "Every server the run started. Ready after: from starting the process to the first 200 from its "
+            "readiness endpoint (/readyz for ours, /healthz for the naive server). Settled after: until its "
+            "processes then stayed the same and idle (with --workers auto ours answers ready from a first worker, "
+            "then may start one worker per core and retire the first); no load ran before. Processes and RSS once "
+            "settled: the model loaded, no request served yet. Idle CPU: CPU time of all its processes and threads "
+            "(/proc/PID/stat) over an idle period after its load runs, in percent of one core. RSS (summed over its "
+            "processes, /proc/PID/status) at the end of its runs.", ""]
+    out += _table(["Server", "Model", "Ready after (s)", "Settled after (s)", "Processes", "RSS settled (MiB)",
+                   "Idle CPU (% of a core)", "RSS at end (MiB)", "Peak RSS (MiB)"],
+                  [[servers[row.server], titles[row.model], _num(row.ready_after_s, 2), _num(row.settled_after_s, 2),
+                    str(row.processes) if row.processes is not None else "—", _num(row.rss_settled_mb, 0),
+                    _num(row.idle_cpu_percent, 2), _num(row.rss_mb, 0), _num(row.peak_rss_mb, 0)]
+                   for row in results.resources])
 
     # -------------------------------------------------------------------------------------- INT8
     if results.accuracy:
@@ -445,7 +800,23 @@ def render(results: BenchResults) -> str:
             f"- Images: scikit-image photos ({results.settings.get('photos', '')}) fitted and encoded as a 500x375 "
             "JPEG, a 1920x1080 JPEG, a 4000x3000 JPEG (upscaled), quality 90, and a 1000x1000 PNG; a load run cycles "
             "through the photos.",
-            f"- Ours: `{results.settings.get('ours', '')}`, every other setting at its default.",
+            f"- Ours at its defaults: `{results.settings.get('ours', '')}` (plus host, ports and model folder: every "
+            "command is listed below), every other setting at its default, as `make serve` runs it. Every target is "
+            "judged on it except the two at concurrency 64.",
+            f"- Ours with admission flags: `{results.settings.get('admission', '')}`, started separately for the "
+            "concurrency-64 runs and their two targets, so that a queue bound and a wait bound turn the excess "
+            "into fast 503s.",
+            "- Ours with a fixed batch size: the defaults plus `--max-batch-size N`, N in "
+            f"{', '.join(str(n) for n in results.fixed_batch_sizes) or '—'}, on "
+            f"{', '.join(_fixed_batch_models(results)) or 'no model'}, each right after that model's default run; "
+            "against auto (the default), which times the model at start-up and keeps the largest batch that still "
+            "buys 5% throughput.",
+            f"- Before its first load, each server must be ready, then keep the same processes and stay idle for "
+            f"{results.settings.get('settle', '1 s')}.",
+            "- V2 and gRPC: requests built once (bench/loadgen.py `v2_binary_request`, `grpc_infer_request`); the "
+            "gRPC closed loop runs on grpc.aio with the server's generated stubs, one channel (its own connection) "
+            "per client as the HTTP loop has one connection per client, and reports its own CPU (gRPC's threads "
+            "included).",
             f"- Naive: `{results.settings.get('naive', '')}` (bench/naive_server.py): a FastAPI `def` endpoint, one image "
             "per request at batch 1, PIL decoding at full size, a default `InferenceSession`, no queue limit.",
             f"- Load: {results.settings.get('load', '')}. The load generator (bench/loadgen.py) is a raw-asyncio "
@@ -455,9 +826,55 @@ def render(results: BenchResults) -> str:
             "can still measure slightly above it because timings drift by a few percent on this shared machine.",
             ]
     raw = results.raw_for(primary)
-    if results.c1_reference_ms and raw and raw.batch(1):
+    reference = results.c1_reference_ms.get(primary)
+    if reference and raw and raw.batch(1):
         out.append(f"- Drift within this run: {titles[primary]} batch-1 inference took {raw.batch(1).ms_per_batch:.1f} ms "
-                   f"in the raw measurement and {results.c1_reference_ms[1]:.1f} ms when timed again minutes later.")
+                   f"in the raw measurement and {reference[1]:.1f} ms when timed again minutes later.")
     out += [f"- Note: {note}" for note in results.notes]
     out.append("")
+    if results.servers:
+        out += ["Servers started, in order (python: the interpreter running the benchmark; CACHE: its cache folder):",
+                ""]
+        out += _table(["Server", "Model", "Command"],
+                      [[servers[row.server], titles[row.model], f"`{row.command}`"] for row in results.servers])
     return "\n".join(out)
+
+
+def _fixed_batch_models(results: BenchResults) -> list[str]:
+    servers = {fixed_batch_key(size) for size in results.fixed_batch_sizes}
+    models = dict.fromkeys(row.model for row in results.batching if row.server in servers)
+    return [results.model_titles.get(model, model) for model in models]
+
+
+def _batch_sizes(results: BenchResults) -> list[str]:
+    """What auto chose per model, and auto against each fixed --max-batch-size (same model, same run)."""
+    titles, servers = results.model_titles, results.server_titles
+    out = ["## Batch sizes: auto against fixed", "",
+           "Auto (the default --max-batch-size): what each of our servers reported at GET /v1/models/NAME, and the "
+           "throughput it measured per batch size at warm-up (with several worker processes, each measures its own; "
+           "this is the one that answered).", ""]
+    out += _table(["Server", "Model", "Max batch size", "Source", "Measured at warm-up (batch: img/s)"],
+                  [[servers[row.server], titles[row.model], str(row.max_batch_size), row.source,
+                    ", ".join(f"{size}: {ips:,.0f}" for size, ips in row.curve) or "—"]
+                   for row in results.batching if row.server == "ours"])
+    keys = ["ours", *(fixed_batch_key(size) for size in results.fixed_batch_sizes)]
+    servers_run = set(keys[1:])
+    models = list(dict.fromkeys(row.model for row in results.batching if row.server in servers_run))
+    if models:
+        out += ["The same model, 500x375 JPEG, with each setting: p50 at concurrency 1 and 8, throughput at "
+                f"concurrency {SATURATION_CONCURRENCY}.", ""]
+        rows = []
+        for model in models:
+            for key in keys:
+                cells = [titles[model], servers[key]]
+                batching = results.batching_for(key, model)
+                cells.append(str(batching.max_batch_size) if batching else "—")
+                for concurrency in (1, 8):
+                    row = results.load_at(key, model, SMALL, concurrency)
+                    cells.append(_num(row.p50_ms, 2) if row else "—")
+                row = results.load_at(key, model, SMALL, SATURATION_CONCURRENCY)
+                cells += [_num(row.throughput) if row else "—", _num(row.p50_ms) if row else "—"]
+                rows.append(cells)
+        out += _table(["Model", "Server", "Batch", "p50 c1 (ms)", "p50 c8 (ms)",
+                       f"Throughput c{SATURATION_CONCURRENCY} (img/s)", f"p50 c{SATURATION_CONCURRENCY} (ms)"], rows)
+    return out

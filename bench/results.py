@@ -7,6 +7,25 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+V1 = "v1-multipart"
+V2_BYTES = "v2-http-bytes"
+V2_FP32 = "v2-http-fp32"
+GRPC_BYTES = "grpc-bytes"
+GRPC_FP32 = "grpc-fp32"
+PROTOCOLS = {
+    V1: "/v1 multipart, JPEG",
+    V2_BYTES: "V2 HTTP binary, BYTES (JPEG)",
+    V2_FP32: "V2 HTTP binary, FP32 tensor",
+    GRPC_BYTES: "gRPC ModelInfer, BYTES (JPEG)",
+    GRPC_FP32: "gRPC ModelInfer, FP32 tensor",
+}
+"""Each way a client can send the same image to our server, and how the report names it."""
+
+
+def fixed_batch_key(size: int) -> str:
+    """The results key of our server run with a fixed ``--max-batch-size``."""
+    return f"ours-batch-{size}"
+
 
 @dataclass
 class Environment:
@@ -39,6 +58,8 @@ class RawInference:
     batches: list[BatchRow]
     default_session_batch1: BatchRow | None = None
     """The same model with a default `InferenceSession` (what the naive server uses), batch 1."""
+    session_load_s: float | None = None
+    """Seconds to create the server's `OnnxModelRuntime` (the ONNX Runtime session) in-process, no warm-up."""
 
     @property
     def best(self) -> BatchRow:
@@ -98,6 +119,8 @@ class LoadRow:
     rejected_p99_ms: float | None = None
     """Latency of 503 answers (p99), when there were any."""
     rejected_max_ms: float | None = None
+    protocol: str = V1
+    """How the requests were sent (a key of `PROTOCOLS`)."""
 
 
 @dataclass
@@ -134,11 +157,41 @@ class ServerResources:
     server: str
     model: str
     ready_after_s: float
+    """From starting the process to its readiness endpoint's first 200."""
     rss_mb: float
+    """At the end of the server's load runs (all its processes)."""
     peak_rss_mb: float
     idle_cpu_percent: float | None = None
     """Percent of one core the server used while idle (no request), as `top` shows it."""
     idle_seconds: float | None = None
+    settled_after_s: float | None = None
+    """From starting the process until its processes stayed the same and idle (workers started, warmed up)."""
+    rss_settled_mb: float | None = None
+    """Once settled, before the first request: the model loaded, nothing served yet."""
+    processes: int | None = None
+    """How many processes the server was once settled (supervisor and workers each count)."""
+
+
+@dataclass
+class ServerCommand:
+    """One server the run started, and exactly how."""
+
+    server: str
+    model: str
+    command: str
+
+
+@dataclass
+class BatchingRow:
+    """What one of our servers runs a model with, from its GET /v1/models: the batch size and where it came from
+    (auto: measured at warm-up, the curve being what was measured)."""
+
+    server: str
+    model: str
+    max_batch_size: int
+    source: str
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    """(batch size, images per second) as the server measured them, with auto."""
 
 
 @dataclass
@@ -186,12 +239,23 @@ class BenchResults:
     resources: list[ServerResources] = field(default_factory=list)
     accuracy: list[AccuracyRow] = field(default_factory=list)
     profiles: list[ProfileResult] = field(default_factory=list)
-    c1_reference_ms: tuple[float, float] | None = None
-    """(preprocessing, batch-1 inference) of the primary model on the small JPEG, measured in-process right
-    before our server's concurrency-1 run, so the comparison is not skewed by drift since the raw measurements."""
-    ours_max_queue_size: int = 0
-    ours_max_queue_wait_ms: float | None = None
-    ours_max_batch_size: int = 0
+    protocol_load: list[LoadRow] = field(default_factory=list)
+    """Our server at its defaults, the same model and image sent over /v2 (HTTP) and gRPC (`LoadRow.protocol`);
+    its /v1 multipart runs are in `load`."""
+    servers: list[ServerCommand] = field(default_factory=list)
+    batching: list[BatchingRow] = field(default_factory=list)
+    c1_reference_ms: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Model -> (preprocessing, batch-1 inference) on the small JPEG, measured in-process right before our server's
+    concurrency-1 run on it, so the comparison is not skewed by drift since the raw measurements."""
+    stand_ins: dict[str, str] = field(default_factory=dict)
+    """Bench model -> the model measured in its place when the run has not got it (the quick run's bundled model
+    standing in for the ResNets)."""
+    fixed_batch_sizes: list[int] = field(default_factory=list)
+    """The --max-batch-size settings our server was also run with, against its default (auto)."""
+    admission_max_queue_size: int = 0
+    admission_max_queue_wait_ms: float | None = None
+    admission_max_batch_size: int | None = None
+    """Of the server the concurrency-64 targets are judged on (its batch size as it reported it)."""
     settings: dict[str, str] = field(default_factory=dict)
     """How each server and the load were configured, for the method section."""
     wall_seconds: float = 0.0
@@ -223,6 +287,30 @@ class BenchResults:
 
     def resources_for(self, server: str, model: str) -> ServerResources | None:
         return next((row for row in self.resources if row.server == server and row.model == model), None)
+
+    def protocol_at(self, model: str, protocol: str, concurrency: int) -> LoadRow | None:
+        """Our server at its defaults, `model` and the small JPEG sent over `protocol` at `concurrency`."""
+        if protocol == V1:
+            return self.load_at("ours", model, "small-jpeg", concurrency)
+        return next((row for row in self.protocol_load
+                     if row.model == model and row.protocol == protocol and row.concurrency == concurrency), None)
+
+    def protocol_saturation(self, model: str, protocol: str) -> LoadRow | None:
+        """The best throughput over the concurrencies `protocol` was run at, on the small JPEG."""
+        if protocol == V1:
+            return self.saturation("ours", model, "small-jpeg")
+        rows = [row for row in self.protocol_load if row.model == model and row.protocol == protocol]
+        return max(rows, key=lambda row: row.throughput) if rows else None
+
+    def batching_for(self, server: str, model: str) -> BatchingRow | None:
+        return next((row for row in self.batching if row.server == server and row.model == model), None)
+
+    def bench_model(self, key: str) -> str | None:
+        """The model measured for bench model `key`: itself when the run has it, else its stand-in, else None."""
+        if key in self.model_titles:
+            return key
+        stand_in = self.stand_ins.get(key)
+        return stand_in if stand_in in self.model_titles else None
 
     def accuracy_for(self, model: str) -> AccuracyRow | None:
         return next((row for row in self.accuracy if row.model == model), None)

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import gc
 import importlib.metadata
 import logging
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import loadgen, measure, profiling, workload
 from bench.results import (
+    GRPC_BYTES,
+    GRPC_FP32,
+    V1,
+    V2_BYTES,
+    V2_FP32,
     AccuracyRow,
+    BatchingRow,
     BatchRow,
     BenchResults,
     CeilingRow,
@@ -30,12 +38,15 @@ from bench.results import (
     RateSearch,
     RateTrialRow,
     RawInference,
+    ServerCommand,
     ServerResources,
+    fixed_batch_key,
 )
-from bench.servers import NAIVE, OURS, OURS_ARGS, OURS_MAX_QUEUE_WAIT_MS, RunningServer, ServerKind
+from bench.servers import NAIVE, OURS, OURS_ADMISSION_ARGS, OURS_MAX_QUEUE_WAIT_MS, RunningServer, ServerKind
 from bench.workload import IMAGE_SIZES, SIZES_BY_KEY, EncodedImage, ModelCase
 from service.__main__ import load_settings
 from service.modelspec import ModelSpec
+from service.preprocess import DecodeOptions, preprocess_image
 from service.runtime import OnnxModelRuntime, available_cpus
 
 logger = logging.getLogger("bench")
@@ -44,6 +55,18 @@ P99_LIMIT_S = 0.100
 """The open-loop search's latency bound (MLPerf's Server scenario bounds a percentile; the issue says p99 100 ms)."""
 SMALL = "small-jpeg"
 LARGE = "12mp-jpeg"
+TOP_K = 5
+"""V2 and gRPC requests ask for the classification extension's top 5, what /v1/classify answers by default."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of a server under test: the key the results name it by, its title, its flags."""
+
+    key: str
+    title: str
+    kind: ServerKind
+    args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,13 +85,32 @@ class Plan:
     preprocess_min_s: float
     preprocess_min_runs: int
     profile_s: float
-    concurrencies: tuple[int, ...] = (1, 8, 32, 64)
+    concurrencies: tuple[int, ...] = (1, 8, 32)
+    """Of our server at its defaults on the small JPEG, on every model (and of the naive server on the primary)."""
+    admission_concurrency: int = 64
+    """Of the separately started server with admission flags (and of the naive server on the primary)."""
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    """Raw ONNX Runtime batch sizes."""
     size_concurrency: int = 32
-    """Concurrency of the runs at image sizes other than the small JPEG, and of the lighter models."""
+    """Concurrency of the saturation runs: other image sizes, the lighter models, the fixed batch sizes."""
+    protocol_concurrencies: tuple[int, ...] = (1, 8, 32)
+    """Of the V2 HTTP and gRPC runs (the /v1 multipart ones are `concurrencies`)."""
+    fixed_batch_sizes: tuple[int, ...] = (1, 8, 32)
+    """Our server is also run with each --max-batch-size here, at `size_concurrency`; the largest also at the
+    latency concurrencies, to compare with the default (auto)."""
+    fixed_batch_latency_concurrencies: tuple[int, ...] = (1, 8)
+    batch_models: tuple[str, ...] = workload.BENCH_MODELS
+    """Bench models (or their stand-ins) that get the fixed batch size runs."""
+    stand_ins: tuple[tuple[str, str], ...] = ()
+    """(bench model, model measured in its place) when the run has not got it (`BenchResults.stand_ins`)."""
+    settle_window_s: float = 1.0
+    """After readiness, a server must keep the same processes and stay idle this long before a load starts."""
     photos: tuple[str, ...] = workload.PHOTOS
-    ours_args: tuple[str, ...] = OURS_ARGS
-    """Flags of `python -m service` besides host, port, model folder and logging (later flags win)."""
+    ours_args: tuple[str, ...] = ()
+    """Flags given to every server of ours besides host, ports, model folder and logging (later flags win); none:
+    the defaults, what `make serve` runs."""
+    admission_args: tuple[str, ...] = OURS_ADMISSION_ARGS
+    """The admission flags of the server the concurrency-64 targets are judged on."""
     notes: tuple[str, ...] = ()
     """Printed under the report's method, for settings a reader must know to read the numbers."""
 
@@ -78,9 +120,11 @@ FULL = Plan(mode="full", models=("resnet50", "resnet18", "bundled"), warmup_s=2.
             profile_s=10.0)
 
 QUICK_HOLD_MS = 25
-QUICK_OURS_ARGS = ("--max-queue-size", "1", "--max-files-per-request", "1", "--max-batch-size", "2",
-                   "--max-batch-delay-ms", str(QUICK_HOLD_MS), "--max-queue-wait-ms", str(OURS_MAX_QUEUE_WAIT_MS))
-"""Our server in the quick run: a one-image queue whose image is held 25 ms, so that concurrency 64 must overflow.
+QUICK_ADMISSION_ARGS = ("--workers", "1", "--max-queue-size", "1", "--max-files-per-request", "1",
+                        "--max-batch-size", "2", "--max-batch-delay-ms", str(QUICK_HOLD_MS), "--max-queue-wait-ms",
+                        str(OURS_MAX_QUEUE_WAIT_MS))
+"""The admission server in the quick run: one process whose one-image queue holds its image 25 ms, so that
+concurrency 64 must overflow.
 
 The smoke test wants every target judged, and the refusal target needs 503s among the requests sent in the
 concurrency-64 window. With the full run's settings that depends on speed: admission counts only images already
@@ -88,6 +132,7 @@ decoded and queued (`BatchPolicy.has_room`), not requests being read or decoded,
 inference is the bottleneck, and the bundled model's inference is about as fast as decoding its images. Here no
 speed decides it:
 
+- one worker process (--workers 1), hence one queue;
 - a batch of 2 never fills from a queue of 1, so each admitted image waits the whole --max-batch-delay-ms in the
   queue (`BatchPolicy.ready_at`), and meanwhile every admission check refuses (1 queued + 1 > 1), the one before
   the upload is read as well as the one after decoding: admissions are at least 25 ms apart on the monotonic clock;
@@ -99,16 +144,19 @@ speed decides it:
 Assumed is only that the server decides the 64 first requests (most refused before their body is read) within
 the 0.3 s warm-up, milliseconds on any machine that runs the test. The other targets need only that each step ran:
 the load runs, ceilings (from the raw and preprocessing measurements), idle CPU and INT8 runs are recorded whatever
-they measure, and the accuracy needs the Fashion-MNIST test set, which `make test` installs. The price: here our
-server does at most 40 images per second, each at least 25 ms, and its quick-run numbers say nothing about it."""
+they measure, and the accuracy needs the Fashion-MNIST test set, which `make test` installs. Only this server is
+held so; every other target is judged on servers at their defaults, as in the full run."""
 
 QUICK = Plan(mode="quick", models=("bundled",), warmup_s=0.3, load_s=1.0, rate_trial_s=0.8, rate_steps=3,
              idle_s=1.0, raw_min_s=0.05, raw_min_runs=2, preprocess_min_s=0.05, preprocess_min_runs=2, profile_s=0.0,
-             batch_sizes=(1, 4, 32), photos=workload.PHOTOS[:1], ours_args=QUICK_OURS_ARGS,
-             notes=(f"Quick run: our server queues one image and holds it {QUICK_HOLD_MS} ms (--max-queue-size 1 "
-                    f"--max-batch-size 2 --max-batch-delay-ms {QUICK_HOLD_MS}), so that concurrency 64 is refused "
-                    f"whatever the machine's speed; its throughput (at most {1000 // QUICK_HOLD_MS} img/s) and "
-                    "latency are those of that setting, not of the defaults.",))
+             batch_sizes=(1, 4, 32), protocol_concurrencies=(32,), fixed_batch_sizes=(1, 32),
+             stand_ins=(("resnet50", "bundled"), ("resnet18", "bundled"), ("resnet50-int8", "bundled-int8")),
+             settle_window_s=0.3, photos=workload.PHOTOS[:1], admission_args=QUICK_ADMISSION_ARGS,
+             notes=("Quick run: the bundled model stands in for ResNet-50 fp32 and ResNet-18, its INT8 for ResNet-50 "
+                    "INT8; the V2 and gRPC runs are at concurrency 32 only and the fixed batch sizes are 1 and 32. "
+                    f"The concurrency-64 server queues one image and holds it {QUICK_HOLD_MS} ms (--workers 1 "
+                    f"--max-queue-size 1 --max-batch-size 2 --max-batch-delay-ms {QUICK_HOLD_MS}), so that "
+                    "concurrency 64 is refused whatever the machine's speed; its numbers are those of that setting.",))
 
 
 def preprocessing_recipe(spec: ModelSpec) -> str:
@@ -160,6 +208,27 @@ def environment(plan: Plan, command: str) -> Environment:
     )
 
 
+def variants(plan: Plan) -> dict[str, Variant]:
+    """Every server configuration the plan runs, by results key."""
+    found = {
+        "ours": Variant("ours", "ours (service)", OURS, plan.ours_args),
+        "ours-admission": Variant("ours-admission", "ours, admission flags", OURS,
+                                  (*plan.ours_args, *plan.admission_args)),
+        "naive": Variant("naive", "naive FastAPI", NAIVE),
+    }
+    for size in plan.fixed_batch_sizes:
+        key = fixed_batch_key(size)
+        found[key] = Variant(key, f"ours, --max-batch-size {size}", OURS,
+                             (*plan.ours_args, "--max-batch-size", str(size)))
+    return found
+
+
+def command_text(command: Sequence[str], cache_dir: Path) -> str:
+    """A server's command line as a reader can rerun it: `python` for the interpreter, CACHE for the cache folder."""
+    words = ["python" if index == 0 else word.replace(str(cache_dir), "CACHE") for index, word in enumerate(command)]
+    return shlex.join(words)
+
+
 class BenchmarkRun:
     def __init__(self, plan: Plan, cache_dir: Path, results: BenchResults) -> None:
         self.plan = plan
@@ -170,6 +239,8 @@ class BenchmarkRun:
         self.models: dict[str, ModelCase] = {}
         self.specs: dict[str, ModelSpec] = {}
         self.images: dict[str, list[EncodedImage]] = {}
+        self.variants = variants(plan)
+        self._tensors: dict[str, list[bytes]] = {}
 
     # ------------------------------------------------------------------------------------------------ prepare
 
@@ -184,24 +255,38 @@ class BenchmarkRun:
         self.images = workload.ensure_images(self.cache_dir, IMAGE_SIZES, self.plan.photos)
         for key, case in self.models.items():
             self.results.model_titles[key] = case.title
+        self.results.stand_ins = {key: stand_in for key, stand_in in self.plan.stand_ins
+                                  if key not in self.models and stand_in in self.models}
 
     @property
     def primary(self) -> str:
         return self.plan.models[0]
+
+    def resolved(self, keys: Sequence[str]) -> list[str]:
+        """The run's models for bench models `keys` (each itself or its stand-in), once each, in order."""
+        found: list[str] = []
+        for key in keys:
+            model = self.results.bench_model(key)
+            if model is not None and model not in found:
+                found.append(model)
+        return found
 
     # --------------------------------------------------------------------------------------- in-process work
 
     def measure_inference(self) -> None:
         for key, case in self.models.items():
             logger.info("raw ONNX Runtime throughput: %s", case.title)
+            gc.collect()
+            started = time.perf_counter()
             runtime = OnnxModelRuntime(case.path)
+            session_load_s = time.perf_counter() - started
             spec = measure.model_spec(runtime)
             self.specs[key] = spec
             self.results.model_inputs[key] = preprocessing_recipe(spec)
             timings = measure.raw_inference(runtime, spec, self.plan.batch_sizes, min_seconds=self.plan.raw_min_s,
                                             min_runs=self.plan.raw_min_runs)
             rows = [BatchRow(t.batch_size, t.seconds_per_batch * 1e3, t.images_per_second) for t in timings]
-            raw = RawInference(key, case.title, rows)
+            raw = RawInference(key, case.title, rows, session_load_s=session_load_s)
             if key == self.primary:
                 default = measure.default_session_batch1(case.path, spec, min_seconds=self.plan.raw_min_s,
                                                          min_runs=self.plan.raw_min_runs)
@@ -261,28 +346,70 @@ class BenchmarkRun:
 
     # ------------------------------------------------------------------------------------------------- load
 
-    def _requests(self, server: RunningServer, size: str) -> list[bytes]:
-        return [loadgen.multipart_request("127.0.0.1", server.port, server.classify_path, image.data, image.name,
-                                          image.size.content_type) for image in self.images[size]]
+    def _fp32_tensors(self, key: str) -> list[bytes]:
+        """The small JPEGs preprocessed once by the server's own code, as [1, C, H, W] little-endian floats."""
+        if key not in self._tensors:
+            spec = self.specs[key]
+            self._tensors[key] = [
+                preprocess_image(image.data, spec, DecodeOptions(), image.size.content_type).tensor[None]
+                .astype("<f4").tobytes()
+                for image in self.images[SMALL]]
+        return self._tensors[key]
 
-    def closed(self, server: RunningServer, size: str, concurrency: int, *, record: bool = True
-               ) -> loadgen.LoadRun:
-        logger.info("closed loop: %s %s %s concurrency %d", server.kind.key, server.model.key, size, concurrency)
-        run = asyncio.run(loadgen.closed_loop(
-            "127.0.0.1", server.port, self._requests(server, size), concurrency=concurrency,
-            warmup_s=self.plan.warmup_s, duration_s=self.plan.load_s, server_cpu=server.cpu_seconds))
+    def _requests(self, server: RunningServer, size: str, protocol: str = V1) -> list:
+        host, port, model = "127.0.0.1", server.port, server.model
+        if protocol == V1:
+            return [loadgen.multipart_request(host, port, server.classify_path, image.data, image.name,
+                                              image.size.content_type) for image in self.images[size]]
+        spec = self.specs[model.key]
+        k = min(TOP_K, spec.num_classes)
+        if protocol in (V2_BYTES, GRPC_BYTES):
+            inputs = [("BYTES", [1], loadgen.v2_bytes_tensor([image.data])) for image in self.images[size]]
+        else:
+            assert size == SMALL
+            shape = [1, spec.channels, spec.crop_size, spec.crop_size]
+            inputs = [("FP32", shape, data) for data in self._fp32_tensors(model.key)]
+        if protocol in (V2_BYTES, V2_FP32):
+            return [loadgen.v2_binary_request(host, port, model.name, input_name=spec.input_name, datatype=datatype,
+                                              shape=shape, data=data, output_name=spec.output_name, classification=k)
+                    for datatype, shape, data in inputs]
+        return [loadgen.grpc_infer_request(model.name, input_name=spec.input_name, datatype=datatype, shape=shape,
+                                           data=data, output_name=spec.output_name, classification=k)
+                for datatype, shape, data in inputs]
+
+    def closed(self, server: RunningServer, size: str, concurrency: int, *, protocol: str = V1,
+               record: bool = True) -> loadgen.LoadRun:
+        logger.info("closed loop: %s %s %s %s concurrency %d", server.key, server.model.key, size, protocol,
+                    concurrency)
+        requests = self._requests(server, size, protocol)
+        if protocol in (GRPC_BYTES, GRPC_FP32):
+            run = asyncio.run(loadgen.grpc_closed_loop(
+                server.grpc_target, requests, concurrency=concurrency, warmup_s=self.plan.warmup_s,
+                duration_s=self.plan.load_s, server_cpu=server.cpu_seconds))
+        else:
+            run = asyncio.run(loadgen.closed_loop(
+                "127.0.0.1", server.port, requests, concurrency=concurrency, warmup_s=self.plan.warmup_s,
+                duration_s=self.plan.load_s, server_cpu=server.cpu_seconds))
         if record:
-            self.results.load.append(load_row(server.kind.key, server.model.key, size, run))
+            row = load_row(server.key, server.model.key, size, run, protocol)
+            (self.results.load if protocol == V1 else self.results.protocol_load).append(row)
         return run
 
+    def protocols(self, server: RunningServer) -> None:
+        """The small JPEG over V2 HTTP and gRPC, as BYTES and as FP32 tensors (/v1 multipart runs separately)."""
+        asyncio.run(loadgen.grpc_wait_ready(server.grpc_target))
+        for protocol in (V2_BYTES, V2_FP32, GRPC_BYTES, GRPC_FP32):
+            for concurrency in self.plan.protocol_concurrencies:
+                self.closed(server, SMALL, concurrency, protocol=protocol)
+
     def rate_search(self, server: RunningServer, size: str) -> None:
-        saturation = self.results.saturation(server.kind.key, server.model.key, size)
+        saturation = self.results.saturation(server.key, server.model.key, size)
         if saturation is None or saturation.throughput <= 0:
             return
         requests = self._requests(server, size)
 
         async def run_at(rate: float) -> loadgen.LoadRun:
-            logger.info("open loop: %s %s %.1f/s", server.kind.key, server.model.key, rate)
+            logger.info("open loop: %s %s %.1f/s", server.key, server.model.key, rate)
             return await loadgen.open_loop("127.0.0.1", server.port, requests, rate=rate, warmup_s=self.plan.warmup_s,
                                            duration_s=self.plan.rate_trial_s, server_cpu=server.cpu_seconds)
 
@@ -301,28 +428,29 @@ class BenchmarkRun:
                 p99_ms=_ms(trial.p99_s), failures=sum(1 for s in window if s.status != 200), requests=len(window),
                 passed=trial.passed, client_cpu_cores=trial.run.client_cpu_fraction,
                 statuses=status_names(trial.run)))
-        self.results.rate_searches.append(RateSearch(server.kind.key, server.model.key, size, P99_LIMIT_S * 1e3, rows))
+        self.results.rate_searches.append(RateSearch(server.key, server.model.key, size, P99_LIMIT_S * 1e3, rows))
 
-    def idle_and_memory(self, server: RunningServer, *, idle: bool) -> None:
+    def resources(self, server: RunningServer, settled_rss_mb: float, processes: int, *, idle: bool) -> None:
         idle_percent = None
         if idle:
             time.sleep(1.0)  # let the last answers and connection closes settle
-            logger.info("idle CPU of %s for %g s", server.kind.key, self.plan.idle_s)
+            logger.info("idle CPU of %s for %g s", server.key, self.plan.idle_s)
             before = server.cpu_seconds()
             started = time.monotonic()
             time.sleep(self.plan.idle_s)
             idle_percent = 100 * (server.cpu_seconds() - before) / (time.monotonic() - started)
         memory = server.memory()
         self.results.resources.append(ServerResources(
-            server.kind.key, server.model.key, server.ready_after_s or 0.0, memory.rss_bytes / 2**20,
-            memory.peak_rss_bytes / 2**20, idle_percent, self.plan.idle_s if idle else None))
+            server.key, server.model.key, server.ready_after_s or 0.0, memory.rss_bytes / 2**20,
+            memory.peak_rss_bytes / 2**20, idle_percent, self.plan.idle_s if idle else None,
+            settled_after_s=server.settled_after_s, rss_settled_mb=settled_rss_mb, processes=processes))
 
     def profile(self, server: RunningServer, size: str, concurrency: int) -> None:
         if self.plan.profile_s <= 0 or profiling.py_spy() is None:
             if self.plan.profile_s > 0:
                 self.results.notes.append("py-spy is not installed, so the run has no profile (pip install py-spy).")
             return
-        output = self.log_dir / f"profile-{server.kind.key}-{server.model.key}-{size}-c{concurrency}.txt"
+        output = self.log_dir / f"profile-{server.key}-{server.model.key}-{size}-c{concurrency}.txt"
         seconds = self.plan.profile_s
         # The profiled run is separate and not reported as a load row: sampling costs the server some CPU.
         plan_load = self.plan.load_s
@@ -353,18 +481,39 @@ class BenchmarkRun:
             frames = summary.self_frames[group]
             groups.append(ProfileGroup(group, summary.cores(count), count / summary.samples,
                                        [(frame, n / count) for frame, n in frames.most_common(6)]))
-        self.results.profiles.append(ProfileResult(server.kind.key, server.model.key, size, concurrency, seconds,
+        self.results.profiles.append(ProfileResult(server.key, server.model.key, size, concurrency, seconds,
                                                    summary.samples, run.throughput, groups))
 
-    def start(self, kind: ServerKind, key: str) -> RunningServer:
-        extra = self.plan.ours_args if kind is OURS else ()
-        log = self.log_dir / f"{kind.key}-{key}.log"
-        logger.info("starting %s with %s", kind.title, self.models[key].title)
-        return RunningServer(kind, self.models[key], log, extra).wait_ready()
+    @contextlib.contextmanager
+    def serving(self, variant_key: str, key: str, *, idle: bool = False) -> Iterator[RunningServer]:
+        """Start one server configuration on one model, wait until it is ready and settled, record how it was
+        started and what it runs with; on leaving, record its resources (and idle CPU with `idle`) and stop it."""
+        variant = self.variants[variant_key]
+        log = self.log_dir / f"{variant.key}-{key}.log"
+        logger.info("starting %s with %s", variant.title, self.models[key].title)
+        server = RunningServer(variant.kind, self.models[key], log, variant.args, grpc=variant.kind is OURS,
+                               key=variant.key)
+        with server:
+            server.wait_ready()
+            server.wait_settled(self.plan.settle_window_s)
+            settled_rss_mb, processes = server.memory().rss_bytes / 2**20, server.processes()
+            self.results.servers.append(ServerCommand(variant.key, key, command_text(server.command, self.cache_dir)))
+            if variant.kind is OURS:
+                self._record_batching(server)
+            yield server
+            self.resources(server, settled_rss_mb, processes, idle=idle)
 
-    def c1_reference(self) -> tuple[float, float]:
-        """Preprocessing and batch-1 inference of the primary model, timed now (the server idles meanwhile)."""
-        key = self.primary
+    def _record_batching(self, server: RunningServer) -> None:
+        described = server.get_json(f"/v1/models/{server.model.name}")
+        assert isinstance(described, dict)
+        batching = described.get("batching") or {}
+        curve = [(int(point["batch_size"]), float(point["images_per_second"]))
+                 for point in batching.get("batch_curve") or []]
+        self.results.batching.append(BatchingRow(server.key, server.model.key, int(batching["max_batch_size"]),
+                                                 str(batching.get("max_batch_size_source", "")), curve))
+
+    def c1_reference(self, key: str) -> tuple[float, float]:
+        """Preprocessing and batch-1 inference of `key` on the small JPEG, timed now (the server idles meanwhile)."""
         spec = self.specs[key]
         runtime = OnnxModelRuntime(self.models[key].path)
         (batch1,) = measure.raw_inference(runtime, spec, [1], min_seconds=self.plan.raw_min_s,
@@ -375,29 +524,55 @@ class BenchmarkRun:
                                     min_runs=self.plan.preprocess_min_runs)
         return pre.seconds_per_image * 1e3, batch1.seconds_per_batch * 1e3
 
-    def load_primary(self, kind: ServerKind) -> None:
-        key = self.primary
-        with self.start(kind, key) as server:
-            for concurrency in self.plan.concurrencies:
-                if kind is OURS and concurrency == 1:
-                    self.results.c1_reference_ms = self.c1_reference()
-                self.closed(server, SMALL, concurrency)
-            sizes = [LARGE] if kind is NAIVE else [size.key for size in IMAGE_SIZES if size.key != SMALL]
-            for size in sizes:
-                self.closed(server, size, self.plan.size_concurrency)
-            self.rate_search(server, SMALL)
-            self.idle_and_memory(server, idle=True)
-            if kind is OURS:
-                self.profile(server, SMALL, self.plan.size_concurrency)
+    def _small_concurrencies(self, server: RunningServer, key: str) -> None:
+        for concurrency in self.plan.concurrencies:
+            if concurrency == 1 and key in (self.primary, "bundled"):
+                self.results.c1_reference_ms[key] = self.c1_reference(key)
+            self.closed(server, SMALL, concurrency)
 
-    def load_secondary(self, kind: ServerKind, key: str, concurrencies: Sequence[int]) -> None:
-        with self.start(kind, key) as server:
+    def load_ours(self, key: str) -> None:
+        """Our server at its defaults on `key`: the small JPEG at each concurrency, and for the primary model the
+        other image sizes, the open-loop search, idle CPU and a profile; V2 and gRPC on the primary and the
+        bundled model; then the fixed batch sizes, when `key` is one of the plan's batch models."""
+        primary = key == self.primary
+        with self.serving("ours", key, idle=primary) as server:
+            self._small_concurrencies(server, key)
+            if primary:
+                for size in IMAGE_SIZES:
+                    if size.key != SMALL:
+                        self.closed(server, size.key, self.plan.size_concurrency)
+            if key in (self.primary, "bundled"):
+                self.protocols(server)
+            if primary:
+                self.rate_search(server, SMALL)
+            if key in (self.primary, "bundled"):
+                # On the light model per-request overhead, not inference, sets the pace.
+                self.profile(server, SMALL, self.plan.size_concurrency)
+        if key in self.resolved(self.plan.batch_models):
+            self.load_fixed_batches(key)
+
+    def load_fixed_batches(self, key: str) -> None:
+        largest = max(self.plan.fixed_batch_sizes)
+        for size in self.plan.fixed_batch_sizes:
+            with self.serving(fixed_batch_key(size), key) as server:
+                concurrencies = [*self.plan.fixed_batch_latency_concurrencies] if size == largest else []
+                for concurrency in (*concurrencies, self.plan.size_concurrency):
+                    self.closed(server, SMALL, concurrency)
+
+    def load_admission(self) -> None:
+        with self.serving("ours-admission", self.primary) as server:
+            self.closed(server, SMALL, self.plan.admission_concurrency)
+        batching = self.results.batching_for("ours-admission", self.primary)
+        self.results.admission_max_batch_size = batching.max_batch_size if batching else None
+
+    def load_naive(self, key: str, concurrencies: Sequence[int]) -> None:
+        primary = key == self.primary
+        with self.serving("naive", key, idle=primary) as server:
             for concurrency in concurrencies:
                 self.closed(server, SMALL, concurrency)
-            self.idle_and_memory(server, idle=False)
-            if kind is OURS and key == "bundled":
-                # The light model is where per-request overhead, not inference, sets the pace.
-                self.profile(server, SMALL, self.plan.size_concurrency)
+            if primary:
+                self.closed(server, LARGE, self.plan.size_concurrency)
+                self.rate_search(server, SMALL)
 
 
 def _ms(seconds: float) -> float:
@@ -410,7 +585,7 @@ def status_names(run: loadgen.LoadRun) -> dict[str, int]:
             for status, count in sorted(run.status_counts().items()) if status != 200}
 
 
-def load_row(server: str, model: str, size: str, run: loadgen.LoadRun) -> LoadRow:
+def load_row(server: str, model: str, size: str, run: loadgen.LoadRun, protocol: str = V1) -> LoadRow:
     ok = run.latencies(200)
     rejected = run.latencies(503)
     statuses = status_names(run)
@@ -423,38 +598,52 @@ def load_row(server: str, model: str, size: str, run: loadgen.LoadRun) -> LoadRo
         rejected_p50_ms=_ms(loadgen.percentile(rejected, 0.50)) if rejected else None,
         rejected_p99_ms=_ms(loadgen.percentile(rejected, 0.99)) if rejected else None,
         rejected_max_ms=_ms(max(rejected)) if rejected else None,
+        protocol=protocol,
     )
 
 
 def run_benchmark(plan: Plan, cache_dir: Path, command: str) -> BenchResults:
     started = time.monotonic()
+    kinds = variants(plan)
     results = BenchResults(environment=environment(plan, command), primary_model=plan.models[0], model_titles={},
-                           server_titles={OURS.key: OURS.title, NAIVE.key: NAIVE.title})
-    ours_settings = load_settings(list(plan.ours_args))  # the server's own parser: defaults plus our flags
-    results.ours_max_queue_size = ours_settings.max_queue_size
-    results.ours_max_queue_wait_ms = ours_settings.max_queue_wait_ms
-    results.ours_max_batch_size = ours_settings.max_batch_size
+                           server_titles={key: variant.title for key, variant in kinds.items()})
+    # The server's own parser: defaults plus the admission server's flags.
+    admission = load_settings(list(kinds["ours-admission"].args))
+    results.admission_max_queue_size = admission.max_queue_size
+    results.admission_max_queue_wait_ms = admission.max_queue_wait_ms
+    results.fixed_batch_sizes = list(plan.fixed_batch_sizes)
+    logging_flags = "--no-access-log --log-level warning"
     results.settings = {
-        "ours": "python -m service " + " ".join(plan.ours_args) + " --no-access-log --log-level warning",
+        "ours": " ".join(("python -m service", *plan.ours_args, logging_flags)),
+        "admission": " ".join(("python -m service", *kinds["ours-admission"].args, logging_flags)),
         "naive": "python -m bench.naive_server",
         "load": (f"closed loop: {plan.warmup_s:g} s warm-up then {plan.load_s:g} s measured per run; open loop: "
                  f"{plan.rate_trial_s:g} s measured per rate tried; idle CPU over {plan.idle_s:g} s"),
+        "settle": f"{plan.settle_window_s:g} s",
         "photos": ", ".join(plan.photos),
         "python": sys.executable,
     }
     results.notes.extend(plan.notes)
     run = BenchmarkRun(plan, cache_dir, results)
     run.prepare()
+    naive_c1 = run.resolved(workload.BENCH_MODELS)
+    skipped = [key for key in workload.BENCH_MODELS if key not in plan.batch_models]
+    if skipped:
+        results.notes.append(f"The fixed --max-batch-size runs were left out for {', '.join(skipped)} (--batch-models), "
+                             "to keep the run short: their auto batch size targets are not measured.")
     run.measure_inference()
     run.measure_preprocessing()
     run.compute_ceilings()
-    run.load_primary(OURS)
-    run.load_primary(NAIVE)
+    run.load_ours(run.primary)
+    run.load_admission()
+    run.load_naive(run.primary, (*plan.concurrencies, plan.admission_concurrency))
     int8 = workload.int8_key(run.primary)
     if int8 in run.models:
-        run.load_secondary(OURS, int8, [plan.size_concurrency])
+        run.load_ours(int8)
+        if int8 in naive_c1:
+            run.load_naive(int8, [1])
     for key in plan.models[1:]:
-        run.load_secondary(OURS, key, [1, plan.size_concurrency])
-        run.load_secondary(NAIVE, key, [plan.size_concurrency])
+        run.load_ours(key)
+        run.load_naive(key, [1, plan.size_concurrency])
     results.wall_seconds = time.monotonic() - started
     return results

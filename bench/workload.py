@@ -99,6 +99,10 @@ MODEL_NAMES = {
 }
 
 
+BENCH_MODELS = ("bundled", "resnet18", "resnet50", "resnet50-int8")
+"""The models the per-model targets are judged on (concurrency 1 against the naive server, auto batch sizes)."""
+
+
 def model_case(key: str, cache_dir: Path) -> ModelCase:
     name = MODEL_NAMES[key]
     return ModelCase(key, name, MODEL_TITLES[key], "int8" if key.endswith("int8") else "fp32",

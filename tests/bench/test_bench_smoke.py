@@ -17,7 +17,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_LIMIT_S = 1800
-"""Only a guard against a hung run; the quick run takes about a minute."""
+"""Only a guard against a hung run; the quick run takes about a minute and a half."""
 
 SECTIONS = [
     "# Benchmarks",
@@ -29,11 +29,15 @@ SECTIONS = [
     "## Ceiling",
     "## Closed-loop load",
     "## Ours against the ceiling and the naive server",
+    "## Protocols",
+    "## Batch sizes: auto against fixed",
     "## Open-loop load (Poisson arrivals)",
     "## Server resources",
     "## INT8 accuracy",
     "## Method",
 ]
+MODELS = ("Fashion-MNIST ResNet-20 fp32 (bundled)", "ResNet-18 fp32", "ResNet-50 fp32", "ResNet-50 INT8")
+"""The per-model targets' models; in the quick run the bundled model (or its INT8) stands in for the ResNets."""
 TARGET_NAMES = [
     "Saturation throughput, 500x375 JPEG",
     "Saturation throughput, 4000x3000 JPEG",
@@ -43,7 +47,22 @@ TARGET_NAMES = [
     "Idle server CPU",
     "INT8 throughput",
     "INT8 accuracy, bundled Fashion-MNIST model",
+    "Protocols, V2 BYTES vs /v1 multipart",
+    "Protocols, V2 FP32 vs raw ONNX Runtime",
+    "Protocols, gRPC vs V2 HTTP (BYTES)",
+    "Protocols, gRPC vs V2 HTTP (BYTES and FP32)",
+    "Saturation vs ceiling, Fashion-MNIST ResNet-20 fp32 (bundled)",
+    "Concurrency 1 latency, Fashion-MNIST ResNet-20 fp32 (bundled)",
+    *(f"Concurrency 1 vs naive, {model}" for model in MODELS),
+    "Saturation vs ceiling, Fashion-MNIST ResNet-20 INT8",  # standing in for ResNet-50 INT8
+    *(f"Image kind vs ceiling, {kind}" for kind in ("500x375 JPEG", "1920x1080 JPEG", "4000x3000 JPEG",
+                                                    "1000x1000 PNG")),
+    "Ready time",
+    "RSS after load",
+    *(f"Auto batch size, throughput, {model}" for model in MODELS),
+    *(f"Auto batch size, latency, {model}" for model in MODELS),
 ]
+PROTOCOLS = {"v2-http-bytes", "v2-http-fp32", "grpc-bytes", "grpc-fp32"}
 
 
 @pytest.fixture(scope="module")
@@ -118,16 +137,57 @@ def test_each_target_has_a_verdict(quick_run: dict) -> None:
     assert "not measured" not in {row[3] for row in rows}, rows
 
 
-def test_both_servers_answered_at_every_concurrency(quick_run: dict) -> None:
+def test_every_server_answered_at_its_concurrencies(quick_run: dict) -> None:
     load = quick_run["results"]["load"]
-    for server in ("ours", "naive"):
-        concurrencies = {row["concurrency"] for row in load if row["server"] == server and row["size"] == "small-jpeg"}
-        assert concurrencies == {1, 8, 32, 64}, (server, concurrencies)
-    for row in load:
+
+    def concurrencies(server: str, model: str = "bundled") -> set[int]:
+        return {row["concurrency"] for row in load
+                if row["server"] == server and row["model"] == model and row["size"] == "small-jpeg"}
+
+    assert concurrencies("ours") == {1, 8, 32}  # at its defaults
+    assert concurrencies("ours-admission") == {64}
+    assert concurrencies("naive") == {1, 8, 32, 64}
+    assert concurrencies("ours", "bundled-int8") == {1, 8, 32}
+    assert concurrencies("naive", "bundled-int8") == {1}
+    for model in ("bundled", "bundled-int8"):
+        assert concurrencies("ours-batch-1", model) == {32}
+        assert concurrencies("ours-batch-32", model) == {1, 8, 32}
+    for row in load + quick_run["results"]["protocol_load"]:
         unexpected = {status for status in row["statuses"] if status != "503"}
         assert not unexpected, f"{row['server']} {row['size']} c={row['concurrency']}: {row['statuses']}"
     ours_c1 = next(r for r in load if r["server"] == "ours" and r["size"] == "small-jpeg" and r["concurrency"] == 1)
     assert ours_c1["ok"] > 0 and ours_c1["client_cpu_cores"] >= 0 and ours_c1["server_cpu_cores"] > 0
+
+
+def test_every_protocol_was_run_on_the_default_server(quick_run: dict) -> None:
+    rows = quick_run["results"]["protocol_load"]
+    assert {(row["protocol"], row["server"], row["model"], row["concurrency"]) for row in rows} == {
+        (protocol, "ours", "bundled", 32) for protocol in PROTOCOLS}
+    assert all(row["client_cpu_cores"] >= 0 and row["server_cpu_cores"] > 0 for row in rows)
+    (table,) = tables(section(quick_run["markdown"], "## Protocols"))
+    assert {row[1] for row in table[1:]} == {"/v1 multipart, JPEG", "V2 HTTP binary, BYTES (JPEG)",
+                                             "V2 HTTP binary, FP32 tensor", "gRPC ModelInfer, BYTES (JPEG)",
+                                             "gRPC ModelInfer, FP32 tensor"}
+
+
+def test_what_auto_chose_and_how_every_server_was_started_are_reported(quick_run: dict) -> None:
+    results = quick_run["results"]
+    auto = {row["model"]: row for row in results["batching"] if row["server"] == "ours"}
+    assert set(auto) == {"bundled", "bundled-int8"}
+    for row in auto.values():
+        assert row["source"] == "auto" and row["curve"] and row["max_batch_size"] in {size for size, _ in row["curve"]}
+    fixed = {(row["server"], row["model"]): row["max_batch_size"] for row in results["batching"]
+             if row["server"].startswith("ours-batch-")}
+    assert fixed == {("ours-batch-1", "bundled"): 1, ("ours-batch-32", "bundled"): 32,
+                     ("ours-batch-1", "bundled-int8"): 1, ("ours-batch-32", "bundled-int8"): 32}
+    commands = {(row["server"], row["model"]): row["command"] for row in results["servers"]}
+    assert len(commands) == len(results["servers"]) == len(results["resources"])
+    default = commands[("ours", "bundled")]
+    assert default.startswith("python -m service ") and "--max-queue" not in default and "--max-batch" not in default
+    assert "--max-queue-size 1" in commands[("ours-admission", "bundled")]
+    assert commands[("ours-batch-32", "bundled-int8")].endswith("--max-batch-size 32")
+    method = section(quick_run["markdown"], "## Method")
+    assert all(f"`{command}`" in method for command in commands.values())
 
 
 def test_ceilings_come_from_measured_parts(quick_run: dict) -> None:
@@ -144,6 +204,11 @@ def test_idle_cpu_memory_and_accuracy_are_reported(quick_run: dict) -> None:
     results = quick_run["results"]
     ours = next(r for r in results["resources"] if r["server"] == "ours" and r["model"] == "bundled")
     assert ours["idle_cpu_percent"] is not None and ours["rss_mb"] > 0
+    for row in results["resources"]:
+        assert row["ready_after_s"] > 0 and row["settled_after_s"] >= row["ready_after_s"], row
+        assert row["rss_settled_mb"] > 0 and row["processes"] >= 1, row
+    assert all(raw["session_load_s"] > 0 for raw in results["raw"])
+    assert set(results["c1_reference_ms"]) == {"bundled"}
     accuracy = {row["model"]: row["test_accuracy"] for row in results["accuracy"]}
     assert set(accuracy) == {"bundled", "bundled-int8"}
     assert all(0.5 < value <= 1.0 for value in accuracy.values())  # a trained model, not chance (0.1)

@@ -2,21 +2,43 @@
 
 from __future__ import annotations
 
-from bench.report import NOT_MEASURED, TARGETS, evaluate_targets
-from bench.results import BenchResults, Environment, LoadRow
+from bench.report import NOT_MEASURED, TARGETS, TargetOutcome, evaluate_targets, render
+from bench.results import (
+    GRPC_BYTES,
+    GRPC_FP32,
+    V2_BYTES,
+    V2_FP32,
+    BatchingRow,
+    BatchRow,
+    BenchResults,
+    Environment,
+    LoadRow,
+    RawInference,
+    ServerResources,
+    fixed_batch_key,
+)
 
 REFUSAL_TARGET = "Concurrency 64, requests beyond the queue"
 
 
-def _results(*load: LoadRow) -> BenchResults:
+def _results(*load: LoadRow, primary: str = "bundled", titles: dict[str, str] | None = None) -> BenchResults:
     environment = Environment(cpu_model="test", simd="", cores=2, online_cpus=2, date="", versions={}, git_commit="",
                               mode="test", command="", load_average="")
-    return BenchResults(environment=environment, primary_model="bundled", model_titles={}, server_titles={},
-                        load=list(load))
+    return BenchResults(environment=environment, primary_model=primary, model_titles=dict(titles or {}),
+                        server_titles={}, load=list(load))
+
+
+def _outcome(results: BenchResults, prefix: str) -> TargetOutcome:
+    (outcome,) = [o for o in evaluate_targets(results) if o.name.startswith(prefix)]
+    return outcome
 
 
 def _c64(**changes: object) -> LoadRow:
-    fields: dict = dict(server="ours", model="bundled", size="small-jpeg", size_label="500x375 JPEG", concurrency=64,
+    return _row(server="ours-admission", concurrency=64, **changes)
+
+
+def _row(**changes: object) -> LoadRow:
+    fields: dict = dict(server="ours", model="bundled", size="small-jpeg", size_label="500x375 JPEG", concurrency=32,
                         throughput=100.0, p50_ms=100.0, p95_ms=150.0, p99_ms=200.0, ok=100, statuses={},
                         server_cpu_cores=1.0, client_cpu_cores=0.1)
     return LoadRow(**(fields | changes))
@@ -37,3 +59,106 @@ def test_refusals_are_judged_when_there_were_some_and_reported_absent_otherwise(
 
     (outcome,) = [o for o in evaluate_targets(_results(_c64())) if o.name == REFUSAL_TARGET]
     assert (outcome.measured, outcome.met, outcome.margin) == ("no request was refused in the run", None, "—")
+
+
+FULL_TITLES = {"resnet50": "ResNet-50 fp32", "resnet50-int8": "ResNet-50 INT8", "resnet18": "ResNet-18 fp32",
+               "bundled": "Fashion-MNIST ResNet-20 fp32 (bundled)"}
+
+
+def test_protocol_targets_compare_rows_of_the_same_model_and_concurrency_and_say_which() -> None:
+    results = _results(_row(model="resnet50", throughput=25.0), _row(model="resnet50", concurrency=8,
+                                                                      throughput=26.0),
+                       primary="resnet50", titles=FULL_TITLES)
+    results.protocol_load += [
+        _row(model="resnet50", protocol=V2_BYTES, throughput=24.5),
+        _row(model="resnet50", protocol=V2_BYTES, concurrency=8, throughput=99.0),  # not the one compared
+        _row(model="resnet50", protocol=V2_FP32, throughput=26.0, concurrency=8),
+        _row(model="resnet50", protocol=V2_FP32, throughput=25.0),
+        _row(model="resnet50", protocol=GRPC_BYTES, throughput=24.0),
+        _row(model="resnet50", protocol=GRPC_FP32, throughput=27.0),
+        _row(model="bundled", protocol=V2_BYTES, throughput=800.0),
+        _row(model="bundled", protocol=GRPC_BYTES, throughput=780.0),
+    ]
+    results.raw.append(RawInference("resnet50", "ResNet-50 fp32", [BatchRow(1, 40.0, 25.0), BatchRow(32, 1185.0,
+                                                                                                      27.0)]))
+
+    v2 = _outcome(results, "Protocols, V2 BYTES vs /v1 multipart")
+    assert v2.name.endswith("ResNet-50 fp32")
+    assert "24.5 img/s vs /v1 multipart 25.0 img/s" in v2.measured and "concurrency 32" in v2.measured
+    assert (v2.met, v2.margin.split()[0]) == (True, "+0.010")
+
+    fp32 = _outcome(results, "Protocols, V2 FP32 vs raw ONNX Runtime")
+    assert "26.0 img/s (concurrency 8" in fp32.measured and "27.0 img/s (batch 32)" in fp32.measured
+    assert fp32.met is True  # 26 / 27 = 0.963
+
+    bundled = _outcome(results, "Protocols, gRPC vs V2 HTTP (BYTES),")
+    assert "780.0 img/s vs V2 HTTP binary BYTES 800.0" in bundled.measured
+    assert (bundled.met, bundled.margin.split()[0]) == (False, "-0.025")
+
+    primary = _outcome(results, "Protocols, gRPC vs V2 HTTP (BYTES and FP32)")
+    assert "BYTES: gRPC 24.0 vs V2 HTTP 24.5" in primary.measured
+    assert "FP32: gRPC 27.0 vs V2 HTTP 25.0" in primary.measured
+    assert primary.met is False  # FP32: 27 / 25 = 1.08, outside ±5%
+    assert primary.margin.endswith("(FP32)")
+
+
+def test_auto_batch_targets_take_the_best_fixed_setting_and_name_a_stand_in() -> None:
+    results = _results(_row(throughput=500.0), _row(concurrency=1, p50_ms=2.0), _row(concurrency=8, p50_ms=9.0),
+                       _row(server=fixed_batch_key(1), throughput=510.0),
+                       _row(server=fixed_batch_key(8), throughput=480.0),
+                       _row(server=fixed_batch_key(32), throughput=450.0),
+                       _row(server=fixed_batch_key(32), concurrency=1, p50_ms=2.5),
+                       _row(server=fixed_batch_key(32), concurrency=8, p50_ms=8.0),
+                       titles={"bundled": "Bundled"})
+    results.fixed_batch_sizes = [1, 8, 32]
+    results.stand_ins = {"resnet50": "bundled"}
+    results.batching.append(BatchingRow("ours", "bundled", 2, "auto", [(1, 1000.0), (2, 1100.0)]))
+
+    throughput = _outcome(results, "Auto batch size, throughput, ResNet-50 fp32")
+    assert throughput.name == "Auto batch size, throughput, ResNet-50 fp32 (Bundled stands in)"
+    assert "auto (batch 2) 500.0 img/s vs the best fixed, --max-batch-size 1, 510.0 img/s" in throughput.measured
+    assert throughput.met is True  # 500 / 510 = 0.980
+
+    latency = _outcome(results, "Auto batch size, latency, Bundled")
+    assert "concurrency 1: 2.00 vs 2.50 ms; concurrency 8: 9.00 vs 8.00 ms" in latency.measured
+    assert (latency.met, latency.margin.split()[0]) == (False, "-1.00")
+
+    assert _outcome(results, "Auto batch size, throughput, ResNet-18").measured == "not measured"  # no stand-in
+
+
+def test_start_up_targets_compare_ready_time_and_memory_with_the_naive_server() -> None:
+    results = _results(primary="resnet50", titles={"bundled": "Bundled"})
+    results.resources += [
+        ServerResources("ours", "bundled", ready_after_s=1.2, rss_mb=300.0, peak_rss_mb=320.0, settled_after_s=3.0,
+                        rss_settled_mb=250.0, processes=3),
+        ServerResources("naive", "bundled", ready_after_s=0.6, rss_mb=180.0, peak_rss_mb=900.0, settled_after_s=0.9,
+                        rss_settled_mb=95.0, processes=1),
+    ]
+    results.raw.append(RawInference("bundled", "Bundled", [BatchRow(1, 1.0, 1000.0)], session_load_s=0.02))
+    ready = _outcome(results, "Ready time, Bundled")
+    assert "ours 1.20 s" in ready.measured and "naive 0.60 s" in ready.measured
+    assert "0.02 s in-process" in ready.measured
+    assert (ready.met, ready.margin) == (False, "-0.10 s of slack")
+    memory = _outcome(results, "RSS after load, Bundled")
+    assert "ours 250 MiB in 3 processes vs naive 95 MiB" in memory.measured
+    assert (memory.met, memory.margin) == (False, "-155 MiB")
+
+
+def test_concurrency_1_against_the_naive_server_per_model() -> None:
+    results = _results(_row(concurrency=1, throughput=400.0), _row(server="naive", concurrency=1, throughput=300.0),
+                       titles={"bundled": "Bundled"})
+    outcome = _outcome(results, "Concurrency 1 vs naive, Bundled")
+    assert outcome.met is True and "ours 400.0 img/s" in outcome.measured and "naive 300.0 img/s" in outcome.measured
+
+
+def test_a_report_renders_from_hand_made_results_with_a_protocols_and_a_batch_size_section() -> None:
+    results = _results(_row(), _row(server=fixed_batch_key(32)), titles={"bundled": "Bundled"})
+    results.server_titles = {"ours": "ours", "naive": "naive", fixed_batch_key(32): "ours, --max-batch-size 32"}
+    results.fixed_batch_sizes = [32]
+    results.protocol_load.append(_row(protocol=GRPC_BYTES))
+    results.batching += [BatchingRow("ours", "bundled", 4, "auto", [(1, 1.0), (2, 2.0), (4, 3.0)]),
+                         BatchingRow(fixed_batch_key(32), "bundled", 32, "flag")]
+    markdown = render(results)
+    assert "## Protocols" in markdown and "| Bundled | gRPC ModelInfer, BYTES (JPEG) | 32 |" in markdown
+    assert "## Batch sizes: auto against fixed" in markdown
+    assert "| ours | Bundled | 4 | auto | 1: 1, 2: 2, 4: 3 |" in markdown
