@@ -20,6 +20,8 @@ worker's /metrics sums them (prometheus-client's multiprocess mode).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import math
 import multiprocessing
@@ -93,10 +95,27 @@ def _free_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(supervisor: int) -> None:
+    """Have the kernel stop this worker if the supervisor dies without forwarding a signal (SIGKILL, the OOM
+    killer): a worker must not outlive it, holding the port. Linux only; elsewhere the supervisor's own exit
+    path is all there is."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError, TypeError):
+        return
+    if os.getppid() != supervisor:  # it died before the request took effect
+        os._exit(1)
+
+
 def worker_main(settings_values: dict[str, Any], sock: socket.socket, index: int, report: Connection | None,
                 warm_before_serving: bool) -> None:
     """A worker process: the app on the shared socket; reports its models' costs once ready (worker 0, auto)."""
     os.setpgrp()  # terminal signals go to the supervisor, which forwards them once
+    _die_with(supervisor=os.getppid())
     # Until uvicorn installs its drain, a signal finds nothing in flight: leave at once (os._exit, not sys.exit, which
     # raised inside an import in progress would turn into an ImportError and a failed worker).
     for early in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):

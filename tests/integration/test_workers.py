@@ -135,3 +135,12 @@ def test_the_auto_rule_and_each_workers_share():
     assert share.max_inflight_bytes == 64 * 2**20 and share.max_decode_bytes == 192 * 2**20
     assert share.max_queue_size == settings.max_queue_size  # queues and wait bounds are per worker
     assert split_settings(settings, 1, cpus=4) is settings
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(start_server, gray_dir, wait_until):
+    server = start_server("--model-dir", str(gray_dir), "--workers", "2", "--grpc-port", "0").wait_ready()
+    wait_until(lambda: len(children(server.process.pid)) == 2, "two workers")
+    workers = children(server.process.pid)
+    server.process.kill()  # SIGKILL: no chance to forward anything
+    server.process.wait(timeout=60)
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), "the workers to be gone")
