@@ -16,8 +16,10 @@ import logging.handlers
 import queue
 import re
 import sys
+import itertools
+import os
+import secrets
 import time
-import uuid
 from typing import Any
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -26,9 +28,30 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
+class _RequestIds:
+    """New request IDs: a random per-process prefix and a counter, unique across workers and restarts.
+
+    Cheaper than a uuid4 per request (a getrandom call and a UUID object), which showed in the event loop's profile.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)  # a forked worker must not repeat its parent's IDs
+
+    def reset(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count(1)
+
+    def new(self) -> str:
+        return f"{self._prefix}-{next(self._counter):x}"
+
+
+_request_ids = _RequestIds()
+
+
 def request_id_from(given: str | None) -> str:
     """A client's request ID when it is valid (1 to 128 characters of letters, digits and ``._:-``), else a new one."""
-    return given if given is not None and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    return given if given is not None and _REQUEST_ID.fullmatch(given) else _request_ids.new()
 
 
 ACCESS_LOGGER = "service.access"

@@ -38,7 +38,7 @@ def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"k must be between 1 and {values.shape[1]}, got {k}")
     # A stable sort of the negated scores keeps equal scores in index order.
     indices = np.argsort(-values, axis=1, kind="stable")[:, :k]
-    scores = np.take_along_axis(values, indices, axis=1)
+    scores = values[np.arange(values.shape[0])[:, None], indices]
     return indices, scores
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import httpx
 import pytest
@@ -123,8 +124,9 @@ def test_a_request_is_traced_from_its_header_to_its_json_log_line(keyed_server, 
 
 
 def test_request_ids_are_made_when_missing_or_invalid_and_appear_in_errors(keyed_server):
-    made = httpx.get(keyed_server.url + "/v1/models", headers={"X-API-Key": GOOD}, timeout=30)
-    assert len(made.headers["x-request-id"]) == 32
+    made = [httpx.get(keyed_server.url + "/v1/models", headers={"X-API-Key": GOOD}, timeout=30).headers["x-request-id"]
+            for _ in range(3)]
+    assert len(set(made)) == 3 and all(re.fullmatch(r"[0-9a-f]{16}-[0-9a-f]+", rid) for rid in made)
     for bad in ("has spaces", "x" * 129, "semi;colon"):
         response = httpx.get(keyed_server.url + "/v1/models/nope", headers={"X-API-Key": GOOD, "X-Request-ID": bad},
                              timeout=30)

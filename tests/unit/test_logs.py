@@ -1,0 +1,23 @@
+import os
+
+from service import logs
+
+
+def test_valid_client_ids_are_kept_and_others_replaced():
+    assert logs.request_id_from("trace-1.a:b_C") == "trace-1.a:b_C"
+    for bad in (None, "", "has spaces", "x" * 129, "semi;colon"):
+        assert logs.request_id_from(bad) != bad
+
+
+def test_made_ids_never_repeat_in_a_process_or_across_a_fork():
+    made = {logs.request_id_from(None) for _ in range(1000)}
+    assert len(made) == 1000
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child's IDs must not retrace the parent's sequence
+        os.write(write, logs.request_id_from(None).encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    from_child = os.read(read, 200).decode()
+    os.close(read), os.close(write)
+    assert from_child not in made and from_child.split("-")[0] != next(iter(made)).split("-")[0]
