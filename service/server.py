@@ -82,10 +82,12 @@ class DrainingServer(uvicorn.Server):
     batchers."""
 
     def __init__(self, config: uvicorn.Config, *, lifecycle: Lifecycle, grace_s: float,
-                 grpc: GrpcFrontEnd | None = None) -> None:
+                 grpc: GrpcFrontEnd | None = None, retire_patience_s: float | None = None) -> None:
         super().__init__(config)
         self._lifecycle = lifecycle
         self._grace_s = grace_s
+        self._retire_patience_s = (retire_patience_s if retire_patience_s is not None
+                                   else config.timeout_keep_alive + grace_s)
         self._grpc = grpc
         self.startup_failed = False
         """True when HTTP started but the gRPC listener could not (the server then stops at once)."""
@@ -119,7 +121,7 @@ class DrainingServer(uvicorn.Server):
         self._drain_task = loop.create_task(self._retired())
 
     async def _retired(self) -> None:
-        give_up = time.monotonic() + self.config.timeout_keep_alive + self._grace_s
+        give_up = time.monotonic() + self._retire_patience_s
         while self.server_state.connections and time.monotonic() < give_up:
             await asyncio.sleep(0.05)
         if self._retiring is not None:
@@ -226,6 +228,11 @@ def serve(app: FastAPI, settings: Settings, sockets: list[socket.socket] | None 
     )
     # Worker processes (given the supervisor's sockets) share the gRPC port too, each with its own listener.
     grpc = GrpcFrontEnd.for_app(app, settings, share_port=sockets is not None) if settings.grpc_port else None
-    server = DrainingServer(config, lifecycle=app.state.lifecycle, grace_s=settings.shutdown_grace_s, grpc=grpc)
+    # A retiring worker waits as long as any connection it holds may legitimately take (a head, a slow upload
+    # and its answer, within their deadlines, then the keep-alive): cut sooner, an honest client got a 500.
+    retire_patience_s = (settings.header_timeout_s + settings.body_timeout_s + settings.request_timeout_s
+                         + settings.keep_alive_timeout_s)
+    server = DrainingServer(config, lifecycle=app.state.lifecycle, grace_s=settings.shutdown_grace_s, grpc=grpc,
+                            retire_patience_s=retire_patience_s)
     server.run(sockets=sockets)
     return server.started and not server.startup_failed

@@ -4,7 +4,9 @@ the workers, the drain, and a worker that dies. Real servers, real sockets, real
 from __future__ import annotations
 
 import signal
+import socket
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -144,3 +146,40 @@ def test_workers_do_not_outlive_a_killed_supervisor(start_server, gray_dir, wait
     server.process.kill()  # SIGKILL: no chance to forward anything
     server.process.wait(timeout=60)
     wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), "the workers to be gone")
+
+
+def _server_side_owner(server_port: int, client_port: int, pids: list[int]) -> int | None:
+    """The process holding the server's end of the loopback connection from `client_port`."""
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == server_port and int(fields[2].split(":")[1], 16) == client_port:
+            inode = fields[9]
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if fd.readlink().name == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def test_a_retiring_worker_lets_a_slow_upload_run_to_its_deadline(start_server, gray_dir, wait_until):
+    """An upload still arriving when auto retires the first worker is answered by that worker as if nothing
+    happened: here 408 at the body deadline (it never completes), not cut with a 500 once the keep-alive and
+    the grace (1 s + 0 s here) are over."""
+    server = start_server("--model-dir", str(gray_dir), "--workers", "auto", "--grpc-port", "0", "--body-timeout-s",
+                          "12", "--keep-alive-timeout-s", "1", "--shutdown-grace-s", "0").wait_ready()
+    first_worker = children(server.process.pid)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as slow:
+        slow.sendall(b"POST /v1/models/gray/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: 100000\r\n\r\n\x89PNG\r\n\x1a\n")
+        opened = time.monotonic()
+        wait_until(lambda: _server_side_owner(server.port, slow.getsockname()[1], first_worker) is not None,
+                   "the first worker to hold the connection")
+        wait_until(lambda: "per-core workers serve; retiring worker 0" in server.log(), "the switch-over")
+        answer = slow.recv(4096)
+        waited = time.monotonic() - opened
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert 11 <= waited < 30, waited
