@@ -7,7 +7,7 @@ loop that drives it is `service.batching.DynamicBatcher`.
   (one image, then one more as each further image is counted), and its reservation turns into queued items when
   its images are decoded, or is released. Room is refused when queued plus reserved images would pass the
   bounded queue or, with ``max_wait_s`` set, when the last of them would not be done within that time, estimated
-  from the running batch and the whole batches ahead of and including it at the measured seconds per image;
+  from the running batch and the images ahead of it at the measured seconds per image;
 - with ``max_delay_s == 0`` a batch is ready as soon as an image is queued; with ``max_delay_s > 0`` when it is
   full or when its first image has waited that long, one fixed deadline from that image's arrival;
 - images whose client has gone (their waiter is done) are skipped; images past their deadline are set aside.
@@ -88,14 +88,16 @@ class BatchPolicy(Generic[P]):
         self.seconds_per_image = per_image if previous is None else previous + self.SMOOTHING * (per_image - previous)
 
     def expected_wait_s(self, count: int, in_flight: int = 0) -> float | None:
-        """Estimated seconds until the last of `count` new items finishes, with `in_flight` items running now.
+        """Estimated seconds until the last of `count` new items finishes, with `in_flight` items running now:
+        every image ahead of it and its own, at the measured seconds per image.
 
-        Items finish a whole batch at a time, and later arrivals may fill the batch the last one runs in, so the
-        queue ahead plus the new items count as whole batches."""
+        Later arrivals may still join the batch the last one runs in and make it finish later, by at most one
+        batch: that is the documented bound (wait bound + one batch). Counting the batch as already full instead
+        refused everything behind a running batch whenever a full batch alone takes longer than the bound
+        (ResNet-50 with batches of 32 on 2 cores: 1.6 s against 1.5 s), which halved goodput under a burst."""
         if self.seconds_per_image is None:
             return None
-        batches = -(-(len(self._queue) + self.reserved + count) // self.max_batch_size)
-        return (in_flight + batches * self.max_batch_size) * self.seconds_per_image
+        return (in_flight + len(self._queue) + self.reserved + count) * self.seconds_per_image
 
     def has_room(self, count: int, in_flight: int = 0) -> bool:
         """Whether `count` more items fit beside those queued and reserved (abandoned items do not count): the

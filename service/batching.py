@@ -5,7 +5,7 @@ synchronously); `DynamicBatcher` is the thin async loop around it:
 
 - admission first: a request whose images do not all fit in the bounded queue is refused at once (`Overloaded`);
   with ``max_wait_s`` set, so is one whose last image would not be done within that time, estimated from the
-  running batch and the whole batches ahead of and including it, at the measured seconds per image;
+  running batch and the images ahead of it, at the measured seconds per image;
 - when the model is idle the first image runs at once (``max_delay_s == 0``); while a batch runs, arrivals queue
   up and the next batch takes up to ``max_batch_size`` of them as soon as the model is free;
 - with ``max_delay_s > 0`` a batch is formed when it is full or when its first image has waited that long,

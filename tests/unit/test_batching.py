@@ -98,12 +98,20 @@ def test_policy_take_all_empties_the_queue():
 def test_policy_wait_bound_refuses_what_would_finish_too_late():
     policy = BatchPolicy(max_batch_size=4, max_queue_size=100, max_wait_s=1.0)
     policy.record_batch(4, 0.4)  # 0.1 s per image
-    assert policy.admit([item(n) for n in range(4)], in_flight=4)  # 4 running + one batch of 4: 0.8 s
-    # One more image would run in a third batch, which later arrivals may fill: 4 + 4 + 4 images.
-    assert policy.expected_wait_s(1, in_flight=4) == pytest.approx(1.2)
-    assert not policy.admit([item(4), item(5)], in_flight=4)  # refused, all or nothing
+    assert policy.admit([item(n) for n in range(4)], in_flight=4)  # 4 running + 4 queued: 0.8 s
+    assert policy.expected_wait_s(1, in_flight=4) == pytest.approx(0.9)  # every image ahead, and its own
+    assert not policy.admit([item(4), item(5), item(6)], in_flight=4)  # 1.1 s: refused, all or nothing
     assert len(policy) == 4
-    assert policy.admit([item(4)], in_flight=0)  # once the running batch is done: 0.8 s
+    assert policy.admit([item(4)], in_flight=4)  # 0.9 s
+
+
+def test_policy_wait_bound_admits_behind_a_running_batch_that_alone_takes_most_of_it():
+    # ResNet-50 on 2 cores with batches of 32: a full batch (1.6 s) is longer than the bound (1.5 s), yet a request
+    # behind one running image is done in 0.1 s and must be admitted.
+    policy = BatchPolicy(max_batch_size=32, max_queue_size=256, max_wait_s=1.5)
+    policy.record_batch(1, 0.05)
+    assert policy.admit([item("next")], in_flight=1)
+    assert policy.expected_wait_s(1, in_flight=1) == pytest.approx(0.15)
 
 
 def test_policy_wait_bound_needs_a_measurement_and_never_refuses_an_idle_model():
@@ -364,10 +372,10 @@ def test_wait_bound_uses_measured_inference_time_and_says_why_it_refuses():
             runtime.gate.clear()
             running = batcher.submit(["c"], deadline=FAR)
             await runtime.wait_until_running()
-            queued = batcher.submit(["d", "e"], deadline=FAR)  # (1 running + one batch of 2) x 0.5 s = 1.5 s
+            queued = batcher.submit(["d", "e"], deadline=FAR)  # (1 running + 2 queued) x 0.5 s = 1.5 s
             assert not batcher.has_room(1)
-            with pytest.raises(Overloaded, match=r"about 2\.5 s of work \(limit 1\.5 s\)"):
-                batcher.submit(["f"], deadline=FAR)  # (1 + two batches of 2) x 0.5 s = 2.5 s
+            with pytest.raises(Overloaded, match=r"about 2\.0 s of work \(limit 1\.5 s\)"):
+                batcher.submit(["f"], deadline=FAR)  # (1 + 2 + 1) x 0.5 s = 2.0 s
             runtime.gate.set()
             await asyncio.gather(*running, *queued)
         finally:
