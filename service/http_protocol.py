@@ -15,6 +15,12 @@ wraps uvicorn's protocol class (h11 or httptools, the same way) so that each con
 
 Every refusal writes one JSON error (the shape of `service.errors.error_body`) with ``Connection: close`` and
 closes the connection; what it refused is counted by the `observer`.
+
+Closing a connection whose client may still be sending (a refusal, or an answer sent before the whole body
+arrived) is a lingering close, as nginx and Apache do it: the server sends its answer and a FIN, then reads and
+discards what still arrives, until the client closes, `LINGER_S` pass or an upload limit's worth of bytes came.
+A plain close with unread bytes makes the kernel send a reset, which destroys the answer on its way: the client
+sees "connection reset" where it should have read a 503 and its Retry-After.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from service.http_framing import BodyComplete, FramingViolation, RequestFramingS
 
 REFUSAL_EXTENSION = "resnet_serve.refused"
 """Scope extension set on a request the guard refused while the app was reading it: {"status", "reason"}."""
+LINGER_S = 2.0
+"""Longest a closed connection keeps reading and discarding what its client still sends (see above)."""
 _CODES = {400: "malformed_request", 408: "request_timeout", 413: "upload_too_large", 431: "headers_too_large",
           503: "too_many_connections"}
 
@@ -67,6 +75,25 @@ def refusal_bytes(status: int, message: str) -> bytes:
     return head.encode("latin-1") + b"\r\n" + body
 
 
+class _LingeringCloseTransport:
+    """The transport as uvicorn sees it: everything passes through, but `close()` asks the protocol first."""
+
+    def __init__(self, transport: asyncio.Transport, close: Any) -> None:
+        self._transport = transport
+        self._close = close
+        self.close_requested = False
+
+    def close(self) -> None:
+        self.close_requested = True
+        self._close()
+
+    def is_closing(self) -> bool:
+        return self.close_requested or self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 def guarded_protocol(base: type[asyncio.Protocol], limits: ReceiptLimits, observer: ConnectionObserver
                      ) -> type[asyncio.Protocol]:
     """A subclass of uvicorn's `base` protocol class that enforces `limits` on every connection."""
@@ -77,9 +104,12 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: ReceiptLimits, observ
         _deadline: float | None = None
         _request_started_at: float | None = None
         _refused = False
+        _lingering: asyncio.TimerHandle | None = None
+        _discarded = 0
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)
+            self._socket_transport: Any = transport
+            super().connection_made(_LingeringCloseTransport(transport, self._close))  # type: ignore[arg-type]
             observer.connection_opened()
             self._scanner = RequestFramingScanner(
                 max_head_bytes=limits.max_head_bytes, max_body_bytes=limits.max_body_bytes
@@ -92,6 +122,11 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: ReceiptLimits, observ
             self._arm(time.monotonic() + limits.header_timeout_s, "header_timeout")
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering is not None:
+                self._discarded += len(data)
+                if self._discarded > limits.max_body_bytes:
+                    self._socket_transport.close()
+                return
             if self._refused:
                 return
             scanner = self._scanner
@@ -107,10 +142,33 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: ReceiptLimits, observ
             self._follow(now)
             super().data_received(data)
 
+        def eof_received(self) -> bool | None:
+            if self._lingering is not None:
+                return False  # the client is done sending: the transport closes
+            return super().eof_received()
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._lingering is not None:
+                self._lingering.cancel()
             observer.connection_closed()
             super().connection_lost(exc)
+
+        def _close(self) -> None:
+            """Close now, or linger when the client may still be sending the request it was answered for."""
+            transport = self._socket_transport
+            if (self._lingering is not None or transport.is_closing()
+                    or (self._scanner.between_requests and not self._refused)):
+                transport.close()
+                return
+            self._disarm()
+            try:
+                transport.write_eof()  # the answer, then FIN: the client reads it, then sees the end
+                transport.resume_reading()
+            except (AttributeError, NotImplementedError, RuntimeError, OSError):
+                transport.close()
+                return
+            self._lingering = self.loop.call_later(LINGER_S, transport.close)
 
         def _follow(self, now: float) -> None:
             scanner = self._scanner

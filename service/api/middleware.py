@@ -6,7 +6,8 @@
   demo page and the docs stay open, /metrics too unless `metrics_require_key`.
 - Draining: new requests are refused with 503 while the server drains; requests in flight are counted.
 - An answer sent before the whole body arrived (401, 413, 415, 503, ...) carries ``Connection: close``: the
-  server then stops reading instead of receiving and discarding the rest of an upload it already refused.
+  server does not receive the rest of an upload it already refused (beyond the short lingering close of
+  `service.http_protocol`, which lets a client still writing read the answer).
 - Metrics and the access log line, once the response is sent.
 
 A pure ASGI middleware (no BaseHTTPMiddleware), so request bodies still stream through untouched.

@@ -73,3 +73,4 @@ def test_connections_beyond_the_cap_get_503_and_are_closed_until_the_idle_ones_g
     after = metrics(server.port)
     assert delta(before, after, "resnet_serve_connections_refused_total", reason="max_connections") == (
         1 + len(refused_meanwhile))
+

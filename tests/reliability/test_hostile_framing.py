@@ -1,8 +1,9 @@
 """Hostile request framing: smuggling with Content-Length and Transfer-Encoding, chunks that declare more than the
 upload limit, and uploads refused while the client is still sending.
 
-What the server must do each time: answer once, with ``Connection: close``, and stop reading: nothing hidden in a
-body ever runs, and no upload it has refused costs it the bytes the client keeps sending.
+What the server must do each time: answer once, with ``Connection: close``, and stop reading (after at most an
+upload limit's worth, its lingering close): nothing hidden in a body ever runs, and no upload it has refused
+costs it the bytes the client keeps sending.
 """
 
 from __future__ import annotations
