@@ -126,7 +126,7 @@ def measure_burst(model_key: str, images_per_request: int, cache_dir: Path, *, s
     case = ensure_model(model_case(model_key, cache_dir))
     photos = ensure_images(cache_dir)["small-jpeg"]
     log = cache_dir / "logs" / f"reliability-burst-{model_key}.log"
-    with RunningServer(OURS, case, log, MANIFEST_ARGS).wait_ready() as server:
+    with RunningServer(OURS, case, log, MANIFEST_ARGS).wait_ready().wait_settled() as server:
         files = [(p.name, p.data, p.size.content_type) for p in photos]
         requests = [loadgen.multipart_request_files(
             "127.0.0.1", server.port, server.classify_path,
@@ -179,7 +179,7 @@ def measure_uploads(cache_dir: Path, *, allocator_env: dict[str, str], label: st
     data = data_path.read_bytes()
     case = ensure_model(model_case("bundled", cache_dir))
     log = cache_dir / "logs" / f"reliability-uploads-{label}.log"
-    with RunningServer(OURS, case, log, MANIFEST_ARGS, env=allocator_env).wait_ready() as server:
+    with RunningServer(OURS, case, log, MANIFEST_ARGS, env=allocator_env).wait_ready().wait_settled() as server:
         request = attacks.raw_request("127.0.0.1", server.port, server.classify_path, data, "image/png")
         time.sleep(1.0)
         idle = process_memory(server.pid).rss_bytes
@@ -223,7 +223,7 @@ def measure_slow_sockets(cache_dir: Path, *, sockets: int, seconds: float) -> Sl
     photo = ensure_images(cache_dir)["small-jpeg"][0]
     log = cache_dir / "logs" / "reliability-slow-sockets.log"
     # The manifest caps connections at 256; this measures the server's default cap of 1000, above the sockets.
-    with RunningServer(OURS, case, log, (*MANIFEST_ARGS, "--max-connections", "1000")).wait_ready() as server:
+    with RunningServer(OURS, case, log, (*MANIFEST_ARGS, "--max-connections", "1000")).wait_ready().wait_settled() as server:
         request = loadgen.multipart_request("127.0.0.1", server.port, server.classify_path, photo.data, photo.name,
                                             photo.size.content_type)
 
@@ -262,7 +262,7 @@ def measure_deadlines(cache_dir: Path, results: Reliability) -> None:
                                  "slow-body": defaults.body_timeout_s, "short-body": defaults.body_timeout_s}
     case = ensure_model(model_case("bundled", cache_dir))
     log = cache_dir / "logs" / "reliability-deadlines.log"
-    with RunningServer(OURS, case, log, MANIFEST_ARGS).wait_ready() as server:
+    with RunningServer(OURS, case, log, MANIFEST_ARGS).wait_ready().wait_settled() as server:
         async def all_kinds() -> list[attacks.Closed]:
             limit = max(results.deadline_limits_s.values()) + 30
             return list(await asyncio.gather(*(attacks.slow_request("127.0.0.1", server.port, kind, limit_s=limit)
@@ -276,7 +276,7 @@ def measure_sixteen_bit(cache_dir: Path, results: Reliability) -> None:
     data = attacks.sixteen_bit_png()
     case = ensure_model(model_case("bundled", cache_dir))
     log = cache_dir / "logs" / "reliability-16bit.log"
-    with RunningServer(OURS, case, log, MANIFEST_ARGS).wait_ready() as server:
+    with RunningServer(OURS, case, log, MANIFEST_ARGS).wait_ready().wait_settled() as server:
         before = process_memory(server.pid)
         started = time.monotonic()
         response = httpx.post(f"http://127.0.0.1:{server.port}{server.classify_path}", content=data,
