@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _LINE = re.compile(r"^thread \((?P<tid>\d+)\): (?P<stack>.*) (?P<count>\d+)$")
+_PROCESS_PREFIX = re.compile(r'^(?:process \d+:"(?:[^"\\]|\\.)*";)+')
+"""With --subprocesses py-spy puts each process's chain (supervisor, then worker) before the thread."""
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
@@ -71,7 +73,7 @@ def summarise(raw: str, duration_s: float, rate_hz: int = 100) -> ProfileSummary
     """Parse py-spy's raw (collapsed-stack) output: samples per thread group, and the innermost frames of each."""
     summary = ProfileSummary(duration_s=duration_s, rate_hz=rate_hz)
     for line in raw.splitlines():
-        match = _LINE.match(line.strip())
+        match = _LINE.match(_PROCESS_PREFIX.sub("", line.strip()))
         if not match:
             continue
         frames = match["stack"].split(";")

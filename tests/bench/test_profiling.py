@@ -25,3 +25,17 @@ def test_summary_counts_samples_per_group_and_innermost_frame() -> None:
     assert summary.cores(summary.by_group["decode"]) == 0.9
     assert summary.self_frames["decode"] == {"preprocess_image (service/preprocess.py)": 90}
     assert summary.self_frames["MainThread"] == {"feed (h11/_receivebuffer.py)": 30}
+
+
+def test_worker_processes_recorded_with_subprocesses_are_counted() -> None:
+    """py-spy --subprocesses prefixes each line with the process chain; a summary that skipped those lines left the
+    bench's profiles of the multi-worker server empty."""
+    raw = (
+        'process 10:"python -m service --port 1";process 11:"python -m service --port 1";'
+        "thread (201): MainThread;run (asyncio/runners.py) 25\n"
+        'process 10:"python -m service --port 1";process 12:"python -m service --port 1";'
+        "thread (301): decode_0;preprocess_image (service/preprocess.py) 75\n"
+    )
+    summary = summarise(raw, duration_s=1.0, rate_hz=100)
+    assert summary.samples == 100
+    assert summary.by_group == {"MainThread": 25, "decode": 75}
