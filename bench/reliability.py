@@ -83,6 +83,10 @@ class Burst:
     decode_pool: int
     batch_ms: float
     """One full batch at the measured seconds per image: what the wait bound allows beyond itself."""
+    saturation_cpu: tuple[float, float | None] = (math.nan, None)
+    """(load generator, server) CPU in cores while saturated: both share this machine's cores."""
+    burst_cpu: tuple[float, float | None] = (math.nan, None)
+    """The same during the burst, where the load generator sends five times the requests."""
 
 
 @dataclass
@@ -93,6 +97,8 @@ class Uploads:
     idle_mb: float
     peak_mb: float
     after_mb: float
+    idle_pss_mb: float = math.nan
+    """The idle tree's PSS: what DEPLOY.md's memory arithmetic starts from (shared pages counted once)."""
 
 
 @dataclass
@@ -134,7 +140,8 @@ def measure_burst(model_key: str, images_per_request: int, cache_dir: Path, *, s
         concurrency = max(4, 32 // images_per_request * 2)
         logger.info("burst %s: saturation, closed loop at concurrency %d", model_key, concurrency)
         saturated = asyncio.run(loadgen.closed_loop("127.0.0.1", server.port, requests, concurrency=concurrency,
-                                                    warmup_s=1.0, duration_s=saturation_s))
+                                                    warmup_s=1.0, duration_s=saturation_s,
+                                                    server_cpu=server.cpu_seconds))
         saturation = saturated.throughput * images_per_request
         time.sleep(1.0)
         url = f"http://127.0.0.1:{server.port}"
@@ -144,7 +151,8 @@ def measure_burst(model_key: str, images_per_request: int, cache_dir: Path, *, s
         logger.info("burst %s: %.1f img/s saturation, offering %.1f req/s for %g s", model_key, saturation, rate,
                     seconds)
         run = asyncio.run(loadgen.open_loop("127.0.0.1", server.port, requests, rate=rate, warmup_s=0.0,
-                                            duration_s=seconds, max_connections=2048, timeout_s=60.0))
+                                            duration_s=seconds, max_connections=2048, timeout_s=60.0,
+                                            server_cpu=server.cpu_seconds))
         time.sleep(1.0)
         decoded = _metric(url, "resnet_serve_images_decoded_total", case.name) - decoded0
         inferred = _metric(url, "resnet_serve_images_inferred_total", case.name) - inferred0
@@ -161,7 +169,14 @@ def measure_burst(model_key: str, images_per_request: int, cache_dir: Path, *, s
         refused_max_ms=_ms(max(refused, default=math.nan)),
         goodput_img_s=run.throughput * images_per_request, decoded=int(decoded), inferred=int(inferred),
         decode_pool=decode_pool, batch_ms=batch_ms,
+        saturation_cpu=(saturated.client_cpu_fraction, saturated.server_cpu_fraction),
+        burst_cpu=(run.client_cpu_fraction, run.server_cpu_fraction),
     )
+
+
+def _cpu_pair(cpu: tuple[float, float | None]) -> str:
+    client, server = cpu
+    return f"{client:.2f} / {'?' if server is None else f'{server:.2f}'}"
 
 
 def server_decode_threads(server: RunningServer) -> int:
@@ -182,7 +197,8 @@ def measure_uploads(cache_dir: Path, *, allocator_env: dict[str, str], label: st
     with RunningServer(OURS, case, log, MANIFEST_ARGS, env=allocator_env).wait_ready().wait_settled() as server:
         request = attacks.raw_request("127.0.0.1", server.port, server.classify_path, data, "image/png")
         time.sleep(1.0)
-        idle = process_memory(server.pid).rss_bytes
+        idle_memory = process_memory(server.pid)
+        idle = idle_memory.rss_bytes
 
         async def all_at_once() -> list[loadgen.Response]:
             async def one() -> loadgen.Response:
@@ -201,8 +217,8 @@ def measure_uploads(cache_dir: Path, *, allocator_env: dict[str, str], label: st
     statuses: dict[str, int] = {}
     for response in responses:
         statuses[str(response.status)] = statuses.get(str(response.status), 0) + 1
-    return Uploads(label, len(data) / 2**20, dict(sorted(statuses.items())), idle / 2**20, peak / 2**20,
-                   after / 2**20)
+    return Uploads(label, len(data) / 2**20, dict(sorted(statuses.items())), idle / 1e6, peak / 1e6,
+                   after / 1e6, idle_memory.pss_bytes / 1e6)
 
 
 def _settled_rss(pid: int, idle: int, limit_s: float = 10.0) -> int:
@@ -356,23 +372,29 @@ def render(results: Reliability, command: str, wall_s: float) -> str:
             f"Saturation: the best closed-loop throughput, measured first on the same server. Then requests arrive as a "
             f"Poisson process at {BURST_FACTOR:g}x that rate (in requests) for the window, whatever the server does; "
             "latency counts from each request's scheduled arrival. Goodput: images answered 200 per second within the "
-            "window. Decoded and inferred: the server's own counters over the burst.", ""]
+            "window. Decoded and inferred: the server's own counters over the burst. CPU: cores used by the load generator "
+            "and by the server (all its processes) while saturated and during the burst; both run on this machine, so "
+            "what the load generator takes during the burst is taken from the model.", ""]
     out += _table(["Model", "Images / request", "Saturation (img/s)", "Offered (req/s)", "Sent", "Answers",
-                   "Accepted p50 / p99 (ms)", "Refused p50 / p99 / max (ms)", "Goodput (img/s)", "Decoded", "Inferred"],
+                   "Accepted p50 / p99 (ms)", "Refused p50 / p99 / max (ms)", "Goodput (img/s)", "Decoded", "Inferred",
+                   "CPU saturated: client / server", "CPU burst: client / server"],
                   [[b.model, str(b.images_per_request), f"{b.saturation_img_s:.1f}", f"{b.offered_req_s:.1f}",
                     str(b.sent), ", ".join(f"{k}: {v}" for k, v in b.statuses.items()),
                     f"{b.accepted_p50_ms:.0f} / {b.accepted_p99_ms:.0f}",
                     f"{b.refused_p50_ms:.1f} / {b.refused_p99_ms:.1f} / {b.refused_max_ms:.1f}",
-                    f"{b.goodput_img_s:.1f}", str(b.decoded), str(b.inferred)] for b in results.bursts])
+                    f"{b.goodput_img_s:.1f}", str(b.decoded), str(b.inferred),
+                    _cpu_pair(b.saturation_cpu), _cpu_pair(b.burst_cpu)] for b in results.bursts])
     out += ["## Concurrent uploads at the limit", "",
             "32 clients each send a real PNG of random pixels just under the 32 MiB upload limit at once, to the "
             "bundled model. RSS from /proc/PID/status: before, its high-water mark, and once it stops falling. "
             "`server default` is the server as shipped (it fixes glibc's mmap threshold at 128 KiB); `glibc 32 MiB "
             "threshold` starts it with `MALLOC_MMAP_THRESHOLD_=33554432`, which glibc's own dynamic threshold rises "
-            "to after large frees.", ""]
-    out += _table(["Allocator", "Upload (MiB)", "Answers", "Idle (MB)", "Peak (MB)", "After (MB)"],
+            "to after large frees. RSS is summed over the supervisor and its workers, so pages the forked workers "
+            "share with it count once per process; idle PSS counts each page once, as the pod's memory limit does.",
+            ""]
+    out += _table(["Allocator", "Upload (MiB)", "Answers", "Idle PSS (MB)", "Idle (MB)", "Peak (MB)", "After (MB)"],
                   [[u.allocator, f"{u.upload_mb:.1f}", ", ".join(f"{k}: {v}" for k, v in u.statuses.items()),
-                    f"{u.idle_mb:.0f}", f"{u.peak_mb:.0f} (+{u.peak_mb - u.idle_mb:.0f})",
+                    f"{u.idle_pss_mb:.0f}", f"{u.idle_mb:.0f}", f"{u.peak_mb:.0f} (+{u.peak_mb - u.idle_mb:.0f})",
                     f"{u.after_mb:.0f} (+{u.after_mb - u.idle_mb:.0f})"] for u in results.uploads])
     if results.slow is not None:
         s = results.slow

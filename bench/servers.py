@@ -61,12 +61,21 @@ def process_cpu_seconds(pid: int) -> float:
 class Memory:
     rss_bytes: int
     peak_rss_bytes: int
+    pss_bytes: int = 0
+    """Proportional set size: a page the forked workers share with the supervisor counts once across the tree, as
+    the pod's memory cgroup charges it, where the RSS sum counts it in every process."""
 
 
 def process_memory(pid: int) -> Memory:
-    """RSS and peak RSS summed over `pid` and its worker processes alive now."""
-    rss = peak = 0
+    """RSS, peak RSS and PSS summed over `pid` and its worker processes alive now."""
+    rss = peak = pss = 0
     for member in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
+        except OSError:
+            pass
         try:
             lines = Path(f"/proc/{member}/status").read_text().splitlines()
         except OSError:
@@ -77,7 +86,7 @@ def process_memory(pid: int) -> Memory:
                 rss += int(rest.split()[0]) * 1024
             elif key == "VmHWM":
                 peak += int(rest.split()[0]) * 1024
-    return Memory(rss, peak)
+    return Memory(rss, peak, pss)
 
 
 def free_port() -> int:
