@@ -134,6 +134,7 @@ def grpc_infer_request(model: str, *, input_name: str, datatype: str, shape: Seq
 class Response:
     status: int
     retry_after_s: float | None = None
+    body: bytes = b""
 
 
 class HttpConnection:
@@ -197,14 +198,17 @@ class HttpConnection:
             if ":" in line:
                 name, value = line.split(":", 1)
                 headers[name.strip().lower()] = value.strip()
+        body = b""
         if "content-length" in headers:
-            await reader.readexactly(int(headers["content-length"]))
+            body = await reader.readexactly(int(headers["content-length"]))
         elif headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
             while True:
                 size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                await reader.readexactly(size + 2)
+                parts.append((await reader.readexactly(size + 2))[:size])
                 if size == 0:
                     break
+            body = b"".join(parts)
         keep_alive = headers.get("connection", "").lower() != "close" and version == "HTTP/1.1"
         retry_after = None
         if "retry-after" in headers:
@@ -212,7 +216,7 @@ class HttpConnection:
                 retry_after = float(headers["retry-after"])
             except ValueError:
                 retry_after = None
-        return Response(int(status_text), retry_after), keep_alive
+        return Response(int(status_text), retry_after, body), keep_alive
 
 
 @dataclass(frozen=True)

@@ -79,13 +79,18 @@ def test_a_connection_the_server_closed_while_idle_is_reopened_and_the_request_r
         port = server.sockets[0].getsockname()[1]
         connection = HttpConnection("127.0.0.1", port)
         request = multipart_request("127.0.0.1", port, "/x", b"\xff\xd8image", "a.jpg", "image/jpeg")
-        statuses = [(await connection.send(request)).status]
+        first = await connection.send(request)
+        statuses = [first.status]
         await asyncio.sleep(0.05)  # the server's close reaches the client
-        statuses.append((await connection.send(request)).status)
+        second = await connection.send(request)
+        statuses.append(second.status)
+        bodies.extend([first.body, second.body])
         connection.close()
         server.close()
         await server.wait_closed()
         return statuses
 
+    bodies: list[bytes] = []
     assert asyncio.run(scenario()) == [200, 200]
     assert answers == 2
+    assert bodies == [b"ok", b"ok"]  # the soak checks every answer's body
