@@ -239,11 +239,7 @@ async def _infer(request: Request, dataplane: DataPlaneDep, name: str) -> Respon
         else:
             codec.check_json_size(body[:header_length], model.spec, dataplane.max_files_per_request)
         inference_request = parse_request(body, header_length)
-        wanted = codec.requested_outputs(inference_request, model.spec.output_name)
-        for output in wanted:
-            if output.classification is not None and output.classification > model.spec.num_classes:
-                raise InvalidParameter(f"classification must be between 1 and {model.spec.num_classes} (the number "
-                                       f"of classes of model {model.name}), got {output.classification}")
+        wanted = codec.requested_outputs(inference_request, model.spec, model.name)
         given = codec.model_input(inference_request, model.spec, max_images=dataplane.max_files_per_request)
         request.state.images = given.count
         ticket.count_images(given.count)

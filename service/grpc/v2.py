@@ -28,7 +28,6 @@ from service.errors import (
     ClientDisconnected,
     DeadlineExceeded,
     InternalError,
-    InvalidParameter,
     ModelNotFound,
     ServiceError,
 )
@@ -186,11 +185,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             client_deadline = self._apply_client_deadline(ticket, context)
             model = ticket.model
             inference_request = messages.infer_request(request)
-            wanted = codec.requested_outputs(inference_request, model.spec.output_name)
-            for output in wanted:
-                if output.classification is not None and output.classification > model.spec.num_classes:
-                    raise InvalidParameter(f"classification must be between 1 and {model.spec.num_classes} (the "
-                                           f"number of classes of model {model.name}), got {output.classification}")
+            wanted = codec.requested_outputs(inference_request, model.spec, model.name)
             given = codec.model_input(inference_request, model.spec, max_images=dataplane.max_files_per_request)
             ticket.count_images(given.count)
             try:

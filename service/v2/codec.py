@@ -222,13 +222,15 @@ def classification_output(name: str, ranked: list[list[ScoredLabel]]) -> OutputT
     return OutputTensor(name, BYTES, (len(ranked), k), strings=strings)
 
 
-def requested_outputs(request: InferRequest, output_name: str) -> list[RequestedOutput]:
-    """The outputs to send: those requested (each must be the model's output), or the model's one output."""
+def requested_outputs(request: InferRequest, spec: ModelSpec, model_name: str) -> list[RequestedOutput]:
+    """The outputs to send: those requested (each must be the model's output, asking for at most as many classes as
+    it has), or the model's one output."""
     if request.outputs is None:
-        return [RequestedOutput(output_name)]
+        return [RequestedOutput(spec.output_name)]
     for output in request.outputs:
-        if output.name != output_name:
-            raise InvalidTensor(f"unknown output {output.name!r}; the model's output is {output_name!r}")
-        if output.classification is not None and output.classification < 1:
-            raise InvalidParameter(f"classification must be at least 1, got {output.classification}")
+        if output.name != spec.output_name:
+            raise InvalidTensor(f"unknown output {output.name!r}; the model's output is {spec.output_name!r}")
+        if output.classification is not None and not 1 <= output.classification <= spec.num_classes:
+            raise InvalidParameter(f"classification must be between 1 and {spec.num_classes} (the number of classes "
+                                   f"of model {model_name}), got {output.classification}")
     return list(request.outputs)

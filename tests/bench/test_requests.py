@@ -57,7 +57,7 @@ def test_v2_binary_request_with_encoded_images_is_what_the_server_parses(spec) -
     assert (tensor.name, tensor.datatype, tensor.shape) == (spec.input_name, "BYTES", (2,))
     assert codec.split_bytes_elements(tensor.raw, 2, tensor.name) == [JPEG_A, JPEG_B]
     assert codec.model_input(parsed, spec, max_images=16).images == [JPEG_A, JPEG_B]
-    assert codec.requested_outputs(parsed, spec.output_name) == [
+    assert codec.requested_outputs(parsed, spec, "m") == [
         codec.RequestedOutput(spec.output_name, binary=True, classification=5)]
 
 
@@ -98,7 +98,7 @@ def test_grpc_infer_request_is_what_the_server_parses(spec) -> None:
     assert message.model_name == "fashion-mnist-resnet20"
     parsed = messages.infer_request(message)
     assert codec.model_input(parsed, spec, max_images=16).images == [JPEG_B]
-    assert codec.requested_outputs(parsed, spec.output_name) == [
+    assert codec.requested_outputs(parsed, spec, "m") == [
         codec.RequestedOutput(spec.output_name, binary=True, classification=3)]
 
     batch = np.ones((1, spec.channels, spec.crop_size, spec.crop_size), dtype=np.float32)
