@@ -99,8 +99,8 @@ def _metadata(model: ServedModel) -> dict[str, Any]:
             f"JSON), decoded and preprocessed by the server",
             "preprocessing": f"{spec.color_mode}, resize {spec.resize_size}, centre crop {spec.crop_size}, "
             f"{spec.interpolation}, mean {spec.mean}, std {spec.std}",
-            "classification": f"output parameter 'classification': k returns BYTES [N, k] of "
-            f"'<probability>:<index>:<label>', highest first",
+            "classification": "output parameter 'classification': k returns BYTES [N, k] of "
+            "'<probability>:<index>:<label>', highest first",
             "labels": list(spec.labels),
         },
     }

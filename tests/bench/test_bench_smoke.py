@@ -90,7 +90,7 @@ def tables(markdown: str) -> list[list[list[str]]]:
     parsed = []
     for block in found:
         rows = [[cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]] for line in block]
-        assert len(rows) >= 3, f"a table without data rows:\n" + "\n".join(block)
+        assert len(rows) >= 3, "a table without data rows:\n" + "\n".join(block)
         assert all(set(cell) == {"-"} for cell in rows[1]), f"second line is not a separator:\n{block[1]}"
         widths = {len(row) for row in rows}
         assert widths == {len(rows[0])}, f"rows of different widths {widths}:\n" + "\n".join(block)
