@@ -801,8 +801,9 @@ def render(results: BenchResults) -> str:
             "JPEG, a 1920x1080 JPEG, a 4000x3000 JPEG (upscaled), quality 90, and a 1000x1000 PNG; a load run cycles "
             "through the photos.",
             f"- Ours at its defaults: `{results.settings.get('ours', '')}` (plus host, ports and model folder: every "
-            "command is listed below), every other setting at its default, as `make serve` runs it. Every target is "
-            "judged on it except the two at concurrency 64.",
+            "command is listed below), every other setting at its default. `make serve` differs only in logging: it "
+            "writes an access line per request at level info; the naive server logs nothing either, so both run "
+            "without. Every target is judged on it except the two at concurrency 64.",
             f"- Ours with admission flags: `{results.settings.get('admission', '')}`, started separately for the "
             "concurrency-64 runs and their two targets, so that a queue bound and a wait bound turn the excess "
             "into fast 503s.",
