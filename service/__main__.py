@@ -72,16 +72,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return workers.run(settings, available_cpus())
     logs.configure(settings.log_level, settings.log_format)
-    from service.app import create_app
+    from service.model_server import ModelServer
     from service.registry import StartupError
     from service.server import serve
 
     try:
-        app = create_app(settings)
+        server = ModelServer(settings)
     except StartupError as exc:
         logging.getLogger("service").error("cannot start: %s", exc)
         return EXIT_STARTUP_FAILED
-    if not serve(app, settings):
+    if not serve(server):
         return EXIT_STARTUP_FAILED
     return 0
 

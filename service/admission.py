@@ -1,9 +1,11 @@
 """One admission per request, taken once at the edge before any of its body is read.
 
-A `Ticket` is what a request carries from then on: room in its model's batcher for its images (one at first,
-growing as its upload is counted) and its share of the process-wide budget of upload bytes in flight. Anything
-that does not fit is refused at once with 503 and Retry-After, before it costs a decode; whatever the ticket holds
-is given back on every exit path (it is a context manager).
+The data plane makes an `Admission` for each request it has found a model for; the front end's body reader calls
+it once, with the declared body size, before it reads anything. That returns the request's `Ticket`, what it
+carries from then on: room in its model's batcher for its images (one at first, growing as they are counted) and
+its share of the process-wide budget of upload bytes in flight. Anything that does not fit is refused at once
+with 503 and Retry-After, before it costs a decode; whatever the ticket holds is given back on every exit path
+(`Admission.close`, or the ticket as a context manager).
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from service.batching import ImageReservation
 from service.errors import Overloaded, TooManyFiles
 
 if TYPE_CHECKING:
-    from service.registry import ServedModel
+    import numpy as np
+
+    from service.batching import ImageReservation
+    from service.contract import ServableModel
 
 
 class ByteBudget:
@@ -46,17 +50,22 @@ class Ticket:
     """A request's admission: its model, k and deadline, and what it holds (image room and upload bytes, released
     together by `close()`)."""
 
-    def __init__(self, model: ServedModel, *, top_k: int, received_at: float, deadline: float,
-                 images: ImageReservation, budget: ByteBudget, max_images: int) -> None:
+    def __init__(self, model: ServableModel, *, received_at: float, deadline: float,
+                 images: ImageReservation[np.ndarray, np.ndarray], budget: ByteBudget, max_images: int,
+                 max_input_values: int) -> None:
         self.model = model
-        self.top_k = top_k
         self.received_at = received_at
         self.deadline = deadline
         self.images = images
+        self.max_input_values = max_input_values
+        """Most numbers the request's inputs may hold (its model's largest request): a bound for parsers that
+        would make a Python object of each one."""
         self._budget = budget
         self._max_images = max_images
         self._held_bytes = 0
         self._counted_bytes = 0
+        self.image_count = 0
+        """Images counted so far."""
 
     def expect_bytes(self, declared: int) -> None:
         """Take a declared body size up front, so that a request the budget cannot hold is refused unread."""
@@ -74,8 +83,10 @@ class Ticket:
     def count_images(self, total: int) -> None:
         """The request carries at least `total` images: refuse it (413 or 503) unless they fit."""
         if total > self._max_images:
-            raise TooManyFiles(f"more than {self._max_images} images in one request; send at most {self._max_images}")
+            raise TooManyFiles(f"{total} images in one request; the limit is {self._max_images}, send at most "
+                               f"{self._max_images}")
         self.images.grow_to(total)
+        self.image_count = max(self.image_count, total)
 
     def close(self) -> None:
         self.images.release()
@@ -87,3 +98,42 @@ class Ticket:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class Admission:
+    """A request's admission, not yet taken: calling it with the declared body size takes it (once) and returns the
+    ticket; `close()` releases whatever the ticket holds, whether or not it was taken."""
+
+    def __init__(self, model: ServableModel, *, received_at: float, deadline: float, budget: ByteBudget,
+                 max_images: int, max_input_values: int, on_admitted: Callable[[], None] | None = None) -> None:
+        self._model = model
+        self._received_at = received_at
+        self._deadline = deadline
+        self._budget = budget
+        self._max_images = max_images
+        self._max_input_values = max_input_values
+        self._on_admitted = on_admitted
+        self.ticket: Ticket | None = None
+
+    def __call__(self, declared_bytes: int | None) -> Ticket:
+        """Room for one image in the model's queue and wait bound, and the declared body size in the byte budget;
+        `Overloaded` or `ShuttingDown` (nothing held) when there is none."""
+        if self.ticket is not None:
+            raise RuntimeError("a request is admitted once")
+        ticket = Ticket(self._model, received_at=self._received_at, deadline=self._deadline,
+                        images=self._model.reserve(1), budget=self._budget, max_images=self._max_images,
+                        max_input_values=self._max_input_values)
+        try:
+            if declared_bytes:
+                ticket.expect_bytes(declared_bytes)
+        except BaseException:
+            ticket.close()
+            raise
+        self.ticket = ticket
+        if self._on_admitted is not None:
+            self._on_admitted()
+        return ticket
+
+    def close(self) -> None:
+        if self.ticket is not None:
+            self.ticket.close()

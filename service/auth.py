@@ -26,9 +26,21 @@ from pathlib import Path
 
 logger = logging.getLogger("service")
 
+KEY_REQUIRED = ("this server requires an API key: send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY' (the "
+                "key given, if any, is not accepted)")
+"""What a request without an accepted key is told, by every front end (HTTP 401, gRPC UNAUTHENTICATED)."""
 RELOAD_EVERY_S = 1.0
 """How often, at most, a request makes the server look whether the keys file changed."""
 _DIGEST_PREFIX = "sha256:"
+_BEARER = "bearer "
+
+
+def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key a request presents, from its `Authorization: Bearer KEY` or else its `X-API-Key: KEY` (HTTP headers
+    and gRPC metadata alike); None when it presents none."""
+    if authorization is not None and authorization[: len(_BEARER)].lower() == _BEARER:
+        return authorization[len(_BEARER) :].strip() or None
+    return x_api_key or None
 
 
 class ApiKeysError(ValueError):
@@ -96,6 +108,11 @@ class ApiKeys:
     @property
     def names(self) -> list[str]:
         return [key.name for key in (*self._from_file, *self._inline)]
+
+    def name_for(self, authorization: str | None, x_api_key: str | None) -> str | None:
+        """The name of the key a request presents in these headers (or gRPC metadata), or None."""
+        presented = presented_key(authorization, x_api_key)
+        return self.identify(presented) if presented else None
 
     def identify(self, presented: str) -> str | None:
         """The name of the key `presented` is, or None. Constant in time over the keys and their characters."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from service.batch_policy import BatchPolicy, FormedBatch, QueuedItem
-from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, ShuttingDown
+from service.errors import DeadlineExceeded, DropReason, InferenceFailed, Overloaded, ShuttingDown
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class BatchObserver(Protocol):
 
     def item_dequeued(self, queue_wait_s: float) -> None: ...
 
-    def items_dropped(self, reason: str, count: int) -> None: ...
+    def items_dropped(self, reason: DropReason, count: int) -> None: ...
 
     def queue_changed(self, depth: int) -> None: ...
 
@@ -201,7 +201,7 @@ class DynamicBatcher(Generic[P, R]):
             if not item.waiter.done():
                 item.waiter.set_exception(ShuttingDown(f"model {self.name} shut down before this image ran"))
         if queued and self._observer:
-            self._observer.items_dropped("shutdown", len(queued))
+            self._observer.items_dropped(DropReason.SHUTDOWN, len(queued))
         if self._observer:
             self._observer.queue_changed(0)
         self._wakeup.set()
@@ -239,9 +239,9 @@ class DynamicBatcher(Generic[P, R]):
         if self._observer:
             self._observer.queue_changed(len(self._policy))
             if batch.expired:
-                self._observer.items_dropped("timeout", len(batch.expired))
+                self._observer.items_dropped(DropReason.TIMEOUT, len(batch.expired))
             if batch.abandoned:
-                self._observer.items_dropped("client_disconnected", batch.abandoned)
+                self._observer.items_dropped(DropReason.CLIENT_DISCONNECTED, batch.abandoned)
 
     async def _run(self, items: list[QueuedItem[P]]) -> None:
         assert self._executor is not None

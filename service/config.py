@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, PlainValidator, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.modelspec import BatchDelayMs, BatchSizeSetting, QueueSize, QueueWaitMs, ServingOverrides, ThreadCount
@@ -42,15 +42,10 @@ PROVIDER_ALIASES = {
 }
 
 
-class Settings(BaseSettings):
-    """Configuration of one server process."""
+class ServerSettings(BaseModel):
+    """Where and how the server listens, what it serves, and who may call it."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        use_attribute_docstrings=True,
-        extra="forbid",
-        frozen=True,
-    )
+    model_config = ConfigDict(use_attribute_docstrings=True, frozen=True)
 
     host: str = "127.0.0.1"
     """Interface to listen on; 0.0.0.0 to accept connections from other machines."""
@@ -60,24 +55,38 @@ class Settings(BaseSettings):
     """Folder whose *.onnx files are served, each under its file stem; defaults to the bundled repository."""
     default_model: str | None = None
     """Model answering POST /v1/classify; unset: the only model, or the first by name when there are several."""
-    max_batch_size: BatchSizeSetting = "auto"
-    """Most images one ONNX Runtime call processes; auto: at start-up, time the model at batch sizes 1, 2, 4, ...
-    and keep the largest that still raises throughput by 5% (service/autotune.py). A model's own `serving`
-    section overrides this and the next four settings for that model."""
-    max_batch_delay_ms: BatchDelayMs = 0.0
-    """How long the first queued image may wait for more to fill its batch; 0 runs at once when the model is idle."""
-    max_queue_size: QueueSize = 256
-    """Images waiting per model beyond which new requests are refused at once with 503 and Retry-After."""
-    max_queue_wait_ms: QueueWaitMs | None = None
-    """Refuse a request at once (503) when its images would wait longer than this for inference, estimated from
-    the images ahead of it and the measured seconds per image; unset: only max_queue_size bounds the wait."""
+    workers: WorkerCount = "auto"
+    """Server processes sharing the port, each with its own event loop, sessions and share of the cores; auto:
+    one per core when the models are cheap (under 5 ms an image, where one event loop is the limit), else one
+    (service/workers.py). With more than one, budgets and connection caps are split between them."""
+    http: Literal["auto", "httptools", "h11"] = "auto"
+    """HTTP/1.1 parser: httptools (C, llhttp) or h11 (pure Python); auto: httptools when installed."""
+    loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    """Event loop: uvloop (libuv) or asyncio's own; auto: uvloop when installed."""
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """TCP port of the Open Inference Protocol's gRPC listener (inference.GRPCInferenceService and the grpc.health.v1
+    health service), on the same host and data plane as HTTP; 0 turns it off."""
+    shutdown_grace_s: float = Field(default=30.0, ge=0.0)
+    """After SIGTERM, how long in-flight requests may take to finish before the server stops anyway."""
+    api_keys_file: Path | None = None
+    """Require an API key (Authorization: Bearer KEY or X-API-Key: KEY) on every route but the probes, the demo
+    page and the docs: one key per line, `name:key` or `name:sha256:HEXDIGEST`; re-read when it changes. Unset
+    (and no RESNET_SERVE_API_KEYS): no keys, anyone who reaches the port may classify."""
+    api_keys: SecretStr | None = None
+    """Keys given inline instead (or as well), comma-separated `name:key` entries; prefer the file or the
+    environment variable to a flag, which other users of the machine can see in the process list."""
+    metrics_require_key: bool = False
+    """With API keys on, require one for /metrics too (off: Prometheus scrapes without a key)."""
+
+
+
+class LimitsSettings(BaseModel):
+    """What one request, one connection and all of them together may cost."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, frozen=True)
+
     request_timeout_s: float = Field(default=30.0, gt=0.0)
     """Deadline of a classify request from its arrival; queued images past it are dropped and answered 504."""
-    intra_op_threads: ThreadCount | None = None
-    """ONNX Runtime threads per model; unset: the CPUs this process may use (affinity and cgroup quota)."""
-    providers: Annotated[list[str], NoDecode] = ["cpu"]
-    """ONNX Runtime execution providers in order of preference, comma-separated: cpu, cuda, tensorrt, auto (CUDA
-    when available) or full names such as CUDAExecutionProvider; unavailable ones are skipped, CPU is the fallback."""
     max_files_per_request: int = Field(default=16, ge=1)
     """Most images (multipart parts named 'file') one classify request may carry."""
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
@@ -91,17 +100,6 @@ class Settings(BaseSettings):
     more is refused with 413."""
     max_image_pixels: int = Field(default=50_000_000, ge=1)
     """Largest image (width x height, before any resizing) that is decoded; larger ones get 413."""
-    jpeg_draft: bool = True
-    """Let large JPEGs decode at 1/2, 1/4 or 1/8 scale (never below twice the model's resize size): several times
-    faster, a few levels of difference per pixel (measured in docs/SERVICE.md)."""
-    workers: WorkerCount = "auto"
-    """Server processes sharing the port, each with its own event loop, sessions and share of the cores; auto:
-    one per core when the models are cheap (under 5 ms an image, where one event loop is the limit), else one
-    (service/workers.py). With more than one, budgets and connection caps are split between them."""
-    http: Literal["auto", "httptools", "h11"] = "auto"
-    """HTTP/1.1 parser: httptools (C, llhttp) or h11 (pure Python); auto: httptools when installed."""
-    loop: Literal["auto", "uvloop", "asyncio"] = "auto"
-    """Event loop: uvloop (libuv) or asyncio's own; auto: uvloop when installed."""
     header_timeout_s: float = Field(default=10.0, gt=0.0)
     """A request's head must arrive within this many seconds of its first byte (or of the connection opening),
     else 408 and the connection is closed."""
@@ -112,9 +110,6 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=1000, ge=1)
     """Open HTTP connections beyond which a new one is answered 503 and closed at once (keep it below the
     process's file-descriptor limit)."""
-    grpc_port: int = Field(default=8001, ge=0, le=65535)
-    """TCP port of the Open Inference Protocol's gRPC listener (inference.GRPCInferenceService and the grpc.health.v1
-    health service), on the same host and data plane as HTTP; 0 turns it off."""
     grpc_max_concurrent_streams: int = Field(default=100, ge=1)
     """Calls one gRPC connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); the client holds
     further ones back until one ends."""
@@ -127,29 +122,52 @@ class Settings(BaseSettings):
     grpc_keepalive_timeout_s: float = Field(default=20.0, gt=0.0)
     """A gRPC peer that does not answer a ping within this many seconds is dropped: its connection closed, its
     calls cancelled and their queued images dropped unrun."""
+
+
+class BatchingSettings(BaseModel):
+    """How images are batched and queued per model (defaults a model's own `serving` section overrides)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, frozen=True)
+
+    max_batch_size: BatchSizeSetting = "auto"
+    """Most images one ONNX Runtime call processes; auto: at start-up, time the model at batch sizes 1, 2, 4, ...
+    and keep the largest that still raises throughput by 5% (service/autotune.py). A model's own `serving`
+    section overrides this and the next four settings for that model."""
+    max_batch_delay_ms: BatchDelayMs = 0.0
+    """How long the first queued image may wait for more to fill its batch; 0 runs at once when the model is idle."""
+    max_queue_size: QueueSize = 256
+    """Images waiting per model beyond which new requests are refused at once with 503 and Retry-After."""
+    max_queue_wait_ms: QueueWaitMs | None = None
+    """Refuse a request at once (503) when its images would wait longer than this for inference, estimated from
+    the images ahead of it and the measured seconds per image; unset: only max_queue_size bounds the wait."""
+
+    @property
+    def max_batch_delay_s(self) -> float:
+        return self.max_batch_delay_ms / 1000.0
+
+    @property
+    def max_queue_wait_s(self) -> float | None:
+        return None if self.max_queue_wait_ms is None else self.max_queue_wait_ms / 1000.0
+
+
+class RuntimeSettings(BaseModel):
+    """How decoding and ONNX Runtime use the machine."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, frozen=True)
+
+    intra_op_threads: ThreadCount | None = None
+    """ONNX Runtime threads per model; unset: the CPUs this process may use (affinity and cgroup quota)."""
+    providers: Annotated[list[str], NoDecode] = ["cpu"]
+    """ONNX Runtime execution providers in order of preference, comma-separated: cpu, cuda, tensorrt, auto (CUDA
+    when available) or full names such as CUDAExecutionProvider; unavailable ones are skipped, CPU is the fallback."""
     decode_threads: int | None = Field(default=None, ge=1)
     """Threads decoding and preprocessing uploads; unset: the CPUs this process may use."""
     worker_nice: int = Field(default=10, ge=0, le=19)
     """How much lower than the event loop's the priority (nice value) of the decode and inference threads is, so
     that admitting and refusing requests never waits for CPU behind them; 0 runs them all alike."""
-    shutdown_grace_s: float = Field(default=30.0, ge=0.0)
-    """After SIGTERM, how long in-flight requests may take to finish before the server stops anyway."""
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    """Log level of the server and of uvicorn."""
-    access_log: bool = True
-    """Log one line per request (method, path, status, model, images, bytes, latency, stage timings, client,
-    request ID), written off the event loop."""
-    log_format: Literal["text", "json"] = "text"
-    """Log lines as text for people, or one JSON object per line for a log stack."""
-    api_keys_file: Path | None = None
-    """Require an API key (Authorization: Bearer KEY or X-API-Key: KEY) on every route but the probes, the demo
-    page and the docs: one key per line, `name:key` or `name:sha256:HEXDIGEST`; re-read when it changes. Unset
-    (and no RESNET_SERVE_API_KEYS): no keys, anyone who reaches the port may classify."""
-    api_keys: SecretStr | None = None
-    """Keys given inline instead (or as well), comma-separated `name:key` entries; prefer the file or the
-    environment variable to a flag, which other users of the machine can see in the process list."""
-    metrics_require_key: bool = False
-    """With API keys on, require one for /metrics too (off: Prometheus scrapes without a key)."""
+    jpeg_draft: bool = True
+    """Let large JPEGs decode at 1/2, 1/4 or 1/8 scale (never below twice the model's resize size): several times
+    faster, a few levels of difference per pixel (measured in docs/SERVICE.md)."""
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -170,6 +188,32 @@ class Settings(BaseSettings):
                     f"provider name ending in 'ExecutionProvider'"
                 )
         return value
+
+
+class ObservabilitySettings(BaseModel):
+    """Logs."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, frozen=True)
+
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    """Log level of the server and of uvicorn."""
+    access_log: bool = True
+    """Log one line per request (method, path, status, model, images, bytes, latency, stage timings, client,
+    request ID), written off the event loop."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as text for people, or one JSON object per line for a log stack."""
+
+
+class Settings(ObservabilitySettings, RuntimeSettings, BatchingSettings, LimitsSettings, ServerSettings, BaseSettings):
+    """Configuration of one server process: every group's fields, flat, so that each keeps its flag and its
+    RESNET_SERVE_* variable. A part of the server is given the group it needs (`LimitsSettings`, ...)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        use_attribute_docstrings=True,
+        extra="forbid",
+        frozen=True,
+    )
 
     @model_validator(mode="after")
     def _budget_holds_an_upload(self) -> Settings:
@@ -194,14 +238,6 @@ class Settings(BaseSettings):
                 f"({self.max_files_per_request}), or a full request could never be admitted"
             )
         return self
-
-    @property
-    def max_batch_delay_s(self) -> float:
-        return self.max_batch_delay_ms / 1000.0
-
-    @property
-    def max_queue_wait_s(self) -> float | None:
-        return None if self.max_queue_wait_ms is None else self.max_queue_wait_ms / 1000.0
 
     def serving_for(self, overrides: ServingOverrides, *, source: str = "model") -> ServingSettings:
         """The effective serving settings of one model: these flags, overridden by the model's own section.

@@ -1,224 +1,268 @@
-"""The protocol-agnostic request path, shared by every front end: admit -> decode -> batch and infer -> rank.
+"""The one protocol-neutral data plane: every front end translates its wire format to an `InferenceRequest`, calls
+`DataPlane.infer`, and translates the `InferenceResult` back. Nothing about inference happens anywhere else.
 
-`admit` is the one admission decision, taken before any of the body is read; it returns the request's `Ticket`,
-which holds room for its images and its upload bytes until the request ends. Each later stage is separately
-callable, so a front end that receives tensors already preprocessed skips decoding and goes straight to
-`infer`. The stages themselves belong to the model (`registry.ModelContract`); this class only orders them, runs
-decoding in its bounded thread pool, keeps the request's deadline and records the timings.
+`infer` finds the model version (404, not ready), checks what is asked back when it is known before the body,
+takes the request's one admission through the front end's body reader (`inference.RequestBody`), which counts
+the bytes and images into the admission's `Ticket` as they arrive, then checks the inputs and outputs against
+the model, decodes encoded images in its bounded thread pool (the model's `preprocess`), queues the tensors in the
+model's batcher (which calls `run_batch`), ranks (`postprocess`) and builds the outputs, keeping the request's
+deadline and the stage timings. Model descriptions and readiness come from here too, so that no front end
+touches the registry. The data plane knows models only through `contract.ServableModel` and `ModelSource`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
-from service.admission import ByteBudget, Ticket
+from service.admission import Admission, ByteBudget, Ticket
 from service.batching import ItemResult
-from service.errors import DeadlineExceeded, InvalidParameter, NotReady
+from service.config import LimitsSettings
+from service.contract import ModelDescription, ModelSource, ServableModel
+from service.errors import (
+    ClientDisconnected,
+    DeadlineExceeded,
+    InvalidParameter,
+    InvalidTensor,
+    NotReady,
+)
+from service.inference import (
+    DEFAULT_TOP_K,
+    LOGITS,
+    EncodedImages,
+    ImageInfo,
+    InferenceRequest,
+    InferenceResult,
+    ModelInputs,
+    OutputResult,
+    RequestedOutput,
+    RequestParameters,
+    StageTimings,
+    TensorBatch,
+)
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
-from service.postprocess import ScoredLabel
 from service.preprocess import ImageUpload, PreprocessedImage
-from service.registry import ModelRegistry, ModelState, ServedModel
 
-DEFAULT_TOP_K = 5
-
-
-@dataclass(frozen=True)
-class ImageClassification:
-    filename: str | None
-    width: int
-    height: int
-    top_k: list[ScoredLabel]
+_T = TypeVar("_T")
+_JSON_SLACK_VALUES = 4096
+"""Numbers a request may hold beyond its images' values: shapes, sizes and parameters."""
 
 
 @dataclass(frozen=True)
-class StageTimings:
-    """Seconds per stage; for a request of several images, the slowest image's time in each stage."""
-
-    preprocess_s: float
-    queue_wait_s: float
-    inference_s: float
-    total_s: float
+class _Deadline:
+    at: float
+    """Monotonic time."""
+    message: str
+    """What a request that misses it is told."""
 
 
 @dataclass(frozen=True)
-class ImagesInferred:
-    logits: np.ndarray
-    images: list[PreprocessedImage]
-    timings: StageTimings
-
-
-@dataclass(frozen=True)
-class ClassifyOutcome:
-    model: str
-    results: list[ImageClassification]
-    timings: StageTimings
-
-
-@dataclass(frozen=True)
-class Inference:
-    """Logits for a list of tensors, in order, and the slowest tensor's time in the queue and in the model."""
-
+class _Inferred:
     logits: np.ndarray
     queue_wait_s: float
     inference_s: float
 
 
 class DataPlane:
-    """Classifies images with the registry's models; the one path every protocol front end calls."""
+    """Serves inference for every protocol from the models of a `ModelSource`."""
 
-    def __init__(
-        self,
-        registry: ModelRegistry,
-        *,
-        lifecycle: Lifecycle,
-        metrics: ServiceMetrics,
-        decode_threads: int,
-        decode_thread_initializer: Callable[[], None] | None = None,
-        request_timeout_s: float,
-        max_files_per_request: int,
-        max_upload_bytes: int,
-        max_inflight_bytes: int,
-    ) -> None:
-        self.registry = registry
+    def __init__(self, models: ModelSource, *, lifecycle: Lifecycle, metrics: ServiceMetrics, limits: LimitsSettings,
+                 decode_threads: int, decode_thread_initializer: Callable[[], None] | None = None) -> None:
+        self._models = models
         self._lifecycle = lifecycle
         self._metrics = metrics
+        self._limits = limits
         # Threads start on first use, not here: nothing runs until the server serves.
         self._decode_pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode",
                                                initializer=decode_thread_initializer)
-        self.request_timeout_s = request_timeout_s
-        self.max_files_per_request = max_files_per_request
-        self.max_upload_bytes = max_upload_bytes
-        self.upload_bytes = ByteBudget(max_inflight_bytes, metrics.inflight_upload_bytes.set)
+        self.upload_bytes = ByteBudget(limits.max_inflight_bytes, metrics.inflight_upload_bytes.set)
+        """Upload bytes all requests in flight hold together, over every front end."""
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self._limits.max_upload_bytes
+
+    @property
+    def max_images_per_request(self) -> int:
+        return self._limits.max_files_per_request
+
+    def close(self) -> None:
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---------------------------------------------------------------------------------------------- what is served
 
     @property
     def ready(self) -> bool:
-        """Every model warmed up with its batcher running, and the server neither starting nor draining."""
-        return self._lifecycle.ready and self.registry.ready
+        """Every model has a ready version with its batcher running, and the server is neither starting nor
+        draining."""
+        return self._lifecycle.ready and self._models.ready
 
     @property
     def phase(self) -> str:
         return str(self._lifecycle.phase)
 
-    def close(self) -> None:
-        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+    @property
+    def default_model(self) -> str | None:
+        return self._models.default_model
 
-    def admit(self, model_name: str | None, top_k: int | None = None, *, declared_bytes: int | None = None,
-              received_at: float | None = None, protocol: str = "v1") -> Ticket:
-        """The one admission decision, before any of the body is read: model, readiness, k, room for one image
-        in the model's queue and wait bound, and the declared body size in the upload byte budget.
+    def models(self) -> list[ModelDescription]:
+        """Every model version, sorted by name and version."""
+        return [model.describe() for model in self._models.all()]
 
-        The returned ticket is the request's from now on; close it (or use it as a context manager) when the
-        request ends, whatever the outcome. Raises ModelNotFound, NotReady, InvalidParameter or Overloaded."""
-        model = self.registry.get(model_name)
+    def model(self, name: str | None, version: str | None = None) -> ModelDescription:
+        """One model version (None: the default model; no version: the one that answers); `ModelNotFound`."""
+        return self._models.get(name, version).describe()
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Whether the model version takes requests now; `ModelNotFound` when there is no such model or version."""
+        return self._models.get(name, version).ready and self._lifecycle.ready
+
+    # ---------------------------------------------------------------------------------------------- inference
+
+    async def infer(self, request: InferenceRequest) -> InferenceResult:
+        """Admit, receive, check, decode, batch, infer, rank: the request's result, or a `ServiceError` that says
+        why not. Any image that fails fails the whole request (naming its file) and affects no other request."""
+        received_at = time.monotonic() if request.received_at is None else request.received_at
+        model = self._admissible(request.model, request.version)
+        outputs = None if request.outputs is None else self._checked_outputs(model, request.outputs)
+        deadline = self._deadline(received_at, request.client_timeout_s, client_says="client's deadline")
+        admission = Admission(
+            model, received_at=received_at, deadline=deadline.at, budget=self.upload_bytes,
+            max_images=self._limits.max_files_per_request,
+            max_input_values=self._limits.max_files_per_request * model.spec.input_values + _JSON_SLACK_VALUES,
+            on_admitted=self._metrics.requests.labels(model.name, request.protocol).inc,
+        )
+        try:
+            body = await request.body.receive(admission)
+            ticket = admission.ticket
+            if ticket is None:
+                raise RuntimeError("the request body was received without admission")
+            if outputs is None:
+                outputs = self._checked_outputs(model, body.outputs or (LOGITS,))
+            deadline = self._shortened(deadline, received_at, body.parameters)
+            ticket.deadline = deadline.at
+            inputs = self._checked_inputs(model, body.inputs)
+            work = self._run(ticket, inputs, outputs, deadline)
+            if body.client_gone is not None:
+                result = await _unless_client_leaves(work, body.client_gone)
+            else:
+                result = await work
+        finally:
+            admission.close()
+        return InferenceResult(model=model.name, version=model.version, outputs=result[0], timings=result[1],
+                               images=result[2], request_id=body.request_id)
+
+    def _admissible(self, name: str | None, version: str | None) -> ServableModel:
+        model = self._models.get(name, version)
         if not self._lifecycle.ready and self._lifecycle.accepting:
             raise NotReady("the server is still loading and warming up its models; retry shortly")
-        if model.state is not ModelState.READY:
+        if not model.ready:
             detail = f": {model.error}" if model.error else ""
             raise NotReady(f"model {model.name} is not ready ({model.state}{detail})")
-        num_classes = model.spec.num_classes
-        k = min(DEFAULT_TOP_K, num_classes) if top_k is None else top_k
-        if not 1 <= k <= num_classes:
-            raise InvalidParameter(
-                f"top_k must be between 1 and {num_classes} (the number of classes of model {model.name}), got {k}"
-            )
-        started = time.monotonic() if received_at is None else received_at
-        ticket = Ticket(model, top_k=k, received_at=started, deadline=started + self.request_timeout_s,
-                        images=model.batcher.reserve(1), budget=self.upload_bytes,
-                        max_images=self.max_files_per_request)
-        try:
-            if declared_bytes:
-                ticket.expect_bytes(declared_bytes)
-        except BaseException:
-            ticket.close()
-            raise
-        self._metrics.requests.labels(model.name, protocol).inc()
-        return ticket
+        return model
 
-    def _deadline_exceeded(self) -> DeadlineExceeded:
-        return DeadlineExceeded(
-            f"no answer within the request timeout of {self.request_timeout_s:g} s; the server is busy, "
-            f"retry later or send fewer images"
-        )
+    @staticmethod
+    def _checked_outputs(model: ServableModel, outputs: Sequence[RequestedOutput]) -> list[RequestedOutput]:
+        """Each output named as the model's, each k within its classes; k filled in where the request left it."""
+        spec = model.spec
+        checked = []
+        for output in outputs:
+            if output.name is not None and output.name != spec.output_name:
+                raise InvalidTensor(f"unknown output {output.name!r}; the model's output is {spec.output_name!r}")
+            if output.ranked:
+                k = min(DEFAULT_TOP_K, spec.num_classes) if output.k is None else output.k
+                if not 1 <= k <= spec.num_classes:
+                    raise InvalidParameter(f"{output.asked_as} must be between 1 and {spec.num_classes} (the number "
+                                           f"of classes of model {model.name}), got {k}")
+                output = RequestedOutput(spec.output_name, ranked=True, k=k, asked_as=output.asked_as)
+            else:
+                output = RequestedOutput(spec.output_name)
+            checked.append(output)
+        return checked
 
-    async def classify(self, ticket: Ticket, uploads: Sequence[ImageUpload]) -> ClassifyOutcome:
-        """Decode, batch, infer and rank the admitted request's `uploads`; results are in upload order.
+    @staticmethod
+    def _checked_inputs(model: ServableModel, inputs: ModelInputs) -> ModelInputs:
+        spec = model.spec
+        if inputs.input_name is not None and inputs.input_name != spec.input_name:
+            raise InvalidTensor(f"unknown input {inputs.input_name!r}; the model's input is {spec.input_name!r}")
+        if len(inputs) == 0:
+            raise InvalidParameter("the request carries no image: send multipart/form-data parts named 'file', a raw "
+                                   "image body, or a batch dimension of at least 1")
+        if isinstance(inputs, TensorBatch):
+            expected = spec.input_shape
+            if inputs.array.ndim != 4 or inputs.array.shape[1:] != expected:
+                raise InvalidTensor(f"input {spec.input_name!r}: FP32 data must have shape "
+                                    f"[N, {', '.join(map(str, expected))}] (preprocessed NCHW), got "
+                                    f"{list(inputs.array.shape)}")
+        return inputs
 
-        Any image that fails fails the whole request (with that file named) and affects no other request."""
-        inferred = await self.infer_images(ticket, uploads)
-        ranked = ticket.model.postprocess(inferred.logits, ticket.top_k)
-        return ClassifyOutcome(
-            model=ticket.model.name,
-            results=[
-                ImageClassification(upload.filename, image.width, image.height, labels)
-                for upload, image, labels in zip(uploads, inferred.images, ranked)
-            ],
-            timings=inferred.timings,
-        )
+    def _deadline(self, received_at: float, client_timeout_s: float | None, *, client_says: str) -> _Deadline:
+        timeout_s = self._limits.request_timeout_s
+        if client_timeout_s is not None and client_timeout_s < timeout_s:
+            return _Deadline(received_at + client_timeout_s, f"no answer within the {client_says} of "
+                             f"{client_timeout_s:.3g} s; its queued images were dropped")
+        return _Deadline(received_at + timeout_s, f"no answer within the request timeout of {timeout_s:g} s; the "
+                         f"server is busy, retry later or send fewer images")
 
-    async def infer_images(self, ticket: Ticket, uploads: Sequence[ImageUpload]) -> ImagesInferred:
-        """Decode and infer the admitted request's encoded images: their logits, in upload order."""
-        if not uploads:
-            raise InvalidParameter(
-                "the request carries no image: send multipart/form-data parts named 'file' or a raw image body"
-            )
-        ticket.count_images(len(uploads))
+    def _shortened(self, deadline: _Deadline, received_at: float, parameters: RequestParameters) -> _Deadline:
+        if parameters.timeout_s is None or received_at + parameters.timeout_s >= deadline.at:
+            return deadline
+        return self._deadline(received_at, parameters.timeout_s, client_says="request's timeout parameter")
+
+    async def _run(self, ticket: Ticket, inputs: ModelInputs, outputs: Sequence[RequestedOutput],
+                   deadline: _Deadline) -> tuple[list[OutputResult], StageTimings, list[ImageInfo] | None]:
         model = ticket.model
-        async with self._deadline(ticket):
-            prepared = await self.decode(model, uploads)
-            inference = await self.infer(ticket, [image.tensor for image in prepared])
-        self._metrics.images_classified.labels(model.name).inc(len(uploads))
-        return ImagesInferred(
-            logits=inference.logits,
-            images=prepared,
-            timings=StageTimings(
-                preprocess_s=max(image.seconds for image in prepared),
-                queue_wait_s=inference.queue_wait_s,
-                inference_s=inference.inference_s,
-                total_s=time.monotonic() - ticket.received_at,
-            ),
-        )
-
-    async def infer_tensors(self, ticket: Ticket, batch: np.ndarray) -> Inference:
-        """Infer an admitted batch already preprocessed (N, C, H, W float32): no decoding."""
-        ticket.count_images(len(batch))
-        async with self._deadline(ticket):
-            inference = await self.infer(ticket, list(batch))
-        self._metrics.images_classified.labels(ticket.model.name).inc(len(batch))
-        return inference
-
-    @asynccontextmanager
-    async def _deadline(self, ticket: Ticket) -> AsyncIterator[None]:
+        images: list[ImageInfo] | None = None
+        preprocess_s = 0.0
         try:
             async with asyncio.timeout(ticket.deadline - time.monotonic()):
-                yield
-        except TimeoutError:
-            raise self._deadline_exceeded() from None
+                if isinstance(inputs, EncodedImages):
+                    prepared = await self._decode(model, inputs.uploads)
+                    images = [ImageInfo(upload.filename, image.width, image.height)
+                              for upload, image in zip(inputs.uploads, prepared, strict=True)]
+                    preprocess_s = max(image.seconds for image in prepared)
+                    tensors: Sequence[np.ndarray] = [image.tensor for image in prepared]
+                else:
+                    tensors = list(inputs.array)
+                inferred = await self._infer(ticket, tensors)
+        except (TimeoutError, DeadlineExceeded):
+            raise DeadlineExceeded(deadline.message) from None
+        self._metrics.images_classified.labels(model.name).inc(len(tensors))
+        results = [
+            OutputResult(output.name or model.spec.output_name, ranked=model.postprocess(inferred.logits, output.k))
+            if output.ranked and output.k is not None else
+            OutputResult(output.name or model.spec.output_name, logits=inferred.logits)
+            for output in outputs
+        ]
+        timings = StageTimings(preprocess_s=preprocess_s, queue_wait_s=inferred.queue_wait_s,
+                               inference_s=inferred.inference_s, total_s=time.monotonic() - ticket.received_at)
+        return results, timings, images
 
-    async def decode(self, model: ServedModel, uploads: Sequence[ImageUpload]) -> list[PreprocessedImage]:
+    async def _decode(self, model: ServableModel, uploads: Sequence[ImageUpload]) -> list[PreprocessedImage]:
         """The model's preprocess stage for every upload, in parallel in the decode pool; the first error wins."""
         loop = asyncio.get_running_loop()
         self._metrics.images_decoded.labels(model.name).inc(len(uploads))
         jobs = [loop.run_in_executor(self._decode_pool, model.preprocess, upload) for upload in uploads]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+        prepared: list[PreprocessedImage] = []
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        prepared: list[PreprocessedImage] = list(outcomes)  # type: ignore[arg-type]
+            prepared.append(outcome)
         histogram = self._metrics.preprocess_seconds.labels(model.name)
         for image in prepared:
             histogram.observe(image.seconds)
         return prepared
 
-    async def infer(self, ticket: Ticket, tensors: Sequence[np.ndarray]) -> Inference:
-        """Queue the admitted request's `tensors` in its reserved room and wait for their logits."""
+    async def _infer(self, ticket: Ticket, tensors: Sequence[np.ndarray]) -> _Inferred:
+        """Queue the request's tensors in its reserved room and wait for their logits."""
         futures = ticket.images.submit(list(tensors), ticket.deadline)
         try:
             results: list[ItemResult[np.ndarray]] = list(await asyncio.gather(*futures))
@@ -226,8 +270,22 @@ class DataPlane:
             # Leaving early (error, timeout, client gone) cancels the rest, so the batcher drops them unrun.
             for future in futures:
                 future.cancel()
-        return Inference(
+        return _Inferred(
             logits=np.stack([result.value for result in results]),
             queue_wait_s=max(result.queue_wait_s for result in results),
             inference_s=max(result.inference_s for result in results),
         )
+
+
+async def _unless_client_leaves(work: Awaitable[_T], client_gone: Callable[[], Awaitable[None]]) -> _T:
+    """Run `work`, cancelling it if the client leaves first (its queued images are then dropped)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(client_gone())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        raise ClientDisconnected("the client disconnected before its images were classified")
+    finally:
+        watcher.cancel()
+        task.cancel()

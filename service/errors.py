@@ -11,6 +11,7 @@ Codes are part of the API: clients may branch on them, so they never change mean
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import ClassVar
 
 
@@ -147,6 +148,12 @@ class ShuttingDown(ServiceError):
     code = "shutting_down"
     reason = "shutting_down"
 
+    @classmethod
+    def draining(cls) -> ShuttingDown:
+        """What every front end answers a new request with while the server drains."""
+        return cls("the server is shutting down; retry on another instance",
+                   headers={"Connection": "close", "Retry-After": "1"})
+
 
 class DeadlineExceeded(ServiceError):
     """The request was not answered within ``request_timeout_s``; queued work for it is dropped."""
@@ -202,6 +209,26 @@ def _error_classes(base: type[ServiceError] = ServiceError) -> list[type[Service
 def rejection_reasons() -> tuple[str, ...]:
     """Every `reason` an error class can be counted under, derived from the classes themselves (sorted)."""
     return tuple(sorted({cls.reason for cls in _error_classes()}))
+
+
+class DropReason(StrEnum):
+    """Why a queued image left its batcher without being inferred (``resnet_serve_dropped_images_total``)."""
+
+    TIMEOUT = "timeout"
+    """Its request's deadline passed while it waited (the request is answered `DeadlineExceeded`)."""
+    CLIENT_DISCONNECTED = "client_disconnected"
+    """Its client left (`ClientDisconnected`); nobody waits for it."""
+    SHUTDOWN = "shutdown"
+    """The batcher closed with the image still queued (`ShuttingDown`)."""
+
+
+class ConnectionRefusal(StrEnum):
+    """Why the protocol guard answered and closed a connection itself (``resnet_serve_connections_refused_total``)."""
+
+    HEADER_TIMEOUT = "header_timeout"
+    BODY_TIMEOUT = "body_timeout"
+    FRAMING = "framing"
+    MAX_CONNECTIONS = "max_connections"
 
 
 def error_body(status_code: int, code: str, message: str, filename: str | None = None,

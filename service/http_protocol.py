@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol
 
-from service.errors import error_body
+from service.errors import ConnectionRefusal, error_body
 from service.http_framing import BodyComplete, FramingViolation, RequestFramingScanner
 
 REFUSAL_EXTENSION = "resnet_serve.refused"
@@ -60,8 +60,7 @@ class ConnectionObserver(Protocol):
 
     def connection_closed(self) -> None: ...
 
-    def count_connection_refused(self, reason: str) -> None:
-        """`reason`: header_timeout, body_timeout, framing or max_connections."""
+    def count_connection_refused(self, reason: ConnectionRefusal) -> None: ...
 
 
 def refusal_bytes(status: int, message: str) -> bytes:
@@ -116,10 +115,10 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: ReceiptLimits, observ
             )
             if len(self.connections) > limits.max_connections:
                 self._refuse(503, f"the server has {limits.max_connections} connections open, its limit; "
-                                  "retry shortly", "max_connections")
+                                  "retry shortly", ConnectionRefusal.MAX_CONNECTIONS)
                 return
             # A socket that never sends a request is bounded like one that sends its head slowly.
-            self._arm(time.monotonic() + limits.header_timeout_s, "header_timeout")
+            self._arm(time.monotonic() + limits.header_timeout_s, ConnectionRefusal.HEADER_TIMEOUT)
 
         def data_received(self, data: bytes) -> None:
             if self._lingering is not None:
@@ -134,7 +133,7 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: ReceiptLimits, observ
             events = scanner.feed(data)
             for event in events:
                 if isinstance(event, FramingViolation):
-                    self._refuse(event.status, event.message, "framing")
+                    self._refuse(event.status, event.message, ConnectionRefusal.FRAMING)
                     return
             now = time.monotonic()
             if (was_between and data) or any(isinstance(event, BodyComplete) for event in events):
@@ -176,11 +175,11 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: ReceiptLimits, observ
             if scanner.between_requests:
                 self._disarm()  # the app answers; afterwards uvicorn's keep-alive timer bounds the idle socket
             elif scanner.in_head:
-                self._arm(started + limits.header_timeout_s, "header_timeout")
+                self._arm(started + limits.header_timeout_s, ConnectionRefusal.HEADER_TIMEOUT)
             else:
-                self._arm(started + limits.body_timeout_s, "body_timeout")
+                self._arm(started + limits.body_timeout_s, ConnectionRefusal.BODY_TIMEOUT)
 
-        def _arm(self, deadline: float, reason: str) -> None:
+        def _arm(self, deadline: float, reason: ConnectionRefusal) -> None:
             if self._timer is not None and self._deadline == deadline:
                 return
             self._disarm()
@@ -192,17 +191,17 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: ReceiptLimits, observ
                 self._timer.cancel()
             self._timer = self._deadline = None
 
-        def _expired(self, reason: str) -> None:
+        def _expired(self, reason: ConnectionRefusal) -> None:
             self._timer = self._deadline = None
-            what = "request head" if reason == "header_timeout" else "request body"
-            limit = limits.header_timeout_s if reason == "header_timeout" else limits.body_timeout_s
+            what = "request head" if reason is ConnectionRefusal.HEADER_TIMEOUT else "request body"
+            limit = limits.header_timeout_s if reason is ConnectionRefusal.HEADER_TIMEOUT else limits.body_timeout_s
             self._refuse(408, f"the {what} did not arrive within {limit:g} s", reason)
 
         def send_400_response(self, msg: str) -> None:
             """The parser (h11 or httptools) refused the bytes: answer in the service's JSON shape."""
-            self._refuse(400, f"the request cannot be parsed as HTTP/1.1 ({msg.rstrip('.')})", "framing")
+            self._refuse(400, f"the request cannot be parsed as HTTP/1.1 ({msg.rstrip('.')})", ConnectionRefusal.FRAMING)
 
-        def _refuse(self, status: int, message: str, reason: str) -> None:
+        def _refuse(self, status: int, message: str, reason: ConnectionRefusal) -> None:
             self._refused = True
             self._disarm()
             observer.count_connection_refused(reason)

@@ -12,16 +12,14 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from service.errors import ServiceError, rejection_reasons
+from service.errors import ConnectionRefusal, DropReason, ServiceError, rejection_reasons
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-DROP_REASONS = ("timeout", "client_disconnected", "shutdown")
 """Set by the worker supervisor (service.workers) for its workers: metric values then live in files there."""
-CONNECTION_REFUSAL_REASONS = ("header_timeout", "body_timeout", "framing", "max_connections")
 
 
 class ModelBatchObserver:
@@ -44,7 +42,7 @@ class ModelBatchObserver:
     def item_dequeued(self, queue_wait_s: float) -> None:
         self._queue_wait.observe(queue_wait_s)
 
-    def items_dropped(self, reason: str, count: int) -> None:
+    def items_dropped(self, reason: DropReason, count: int) -> None:
         self._dropped.labels(self._model, reason).inc(count)
 
     def queue_changed(self, depth: int) -> None:
@@ -134,13 +132,12 @@ class ServiceMetrics:
         )
         self.dropped_images = Counter(
             "resnet_serve_dropped_images",
-            "Queued images dropped without inference: timeout, client_disconnected or shutdown.",
+            f"Queued images dropped without inference: {', '.join(DropReason)}.",
             ["model", "reason"], registry=r,
         )
         self.connections_refused = Counter(
             "resnet_serve_connections_refused",
-            "Connections answered and closed by the protocol guard: header_timeout, body_timeout, framing or "
-            "max_connections.",
+            f"Connections answered and closed by the protocol guard: {', '.join(ConnectionRefusal)}.",
             ["reason"], registry=r,
         )
         self.open_connections = Gauge(
@@ -155,8 +152,8 @@ class ServiceMetrics:
         """Every reason an error class can be counted under, pre-created at zero so dashboards see every series."""
         for reason in self.rejection_reasons:
             self.rejections.labels(reason)
-        for reason in CONNECTION_REFUSAL_REASONS:
-            self.connections_refused.labels(reason)
+        for refusal in ConnectionRefusal:
+            self.connections_refused.labels(refusal)
 
     def count_rejection(self, error: ServiceError) -> None:
         """Count a refused or failed request under its error's reason (one of `rejection_reasons`)."""
@@ -164,7 +161,7 @@ class ServiceMetrics:
             raise ValueError(f"rejection reason {error.reason!r} is not one of {self.rejection_reasons}")
         self.rejections.labels(error.reason).inc()
 
-    def count_connection_refused(self, reason: str) -> None:
+    def count_connection_refused(self, reason: ConnectionRefusal) -> None:
         self.connections_refused.labels(reason).inc()
 
     def connection_opened(self) -> None:
@@ -176,9 +173,9 @@ class ServiceMetrics:
     def register_model(self, model: str) -> ModelBatchObserver:
         """Create the model's series and return the hooks its batcher reports to."""
         self.images_classified.labels(model)
-        for reason in DROP_REASONS:
+        for drop in DropReason:
             # Series at zero from the start: with worker processes an untouched family would not be exported.
-            self.dropped_images.labels(model, reason)
+            self.dropped_images.labels(model, drop)
         self.images_decoded.labels(model)
         self.images_inferred.labels(model)
         self.model_ready.labels(model).set(0)

@@ -101,6 +101,16 @@ class ModelSpec(BaseModel):
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """One image's input tensor: (channels, crop_size, crop_size)."""
+        return (self.channels, self.crop_size, self.crop_size)
+
+    @property
+    def input_values(self) -> int:
+        """Numbers in one image's input tensor."""
+        return self.channels * self.crop_size * self.crop_size
+
     @model_validator(mode="after")
     def _check_consistency(self) -> ModelSpec:
         for name in ("mean", "std"):

@@ -12,17 +12,16 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from functools import partial
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from service import repository
 from service.autotune import BatchCurve, largest_batch
-from service.batching import DynamicBatcher
+from service.batching import DynamicBatcher, ImageReservation
 from service.config import ServingSettings, Settings
+from service.contract import ModelContract, ModelDescription, ModelState
 from service.errors import ModelNotFound
 from service.metrics import ServiceMetrics
 from service.modelspec import AUTO, ModelSpec, ModelSpecError
@@ -46,46 +45,6 @@ def open_onnx_runtime(path: Path, providers: Sequence[str], intra_op_threads: in
     return OnnxModelRuntime(path, providers=providers, intra_op_threads=intra_op_threads)
 
 
-@runtime_checkable
-class ModelContract(Protocol):
-    """The stages of a served model. The data plane calls `preprocess` (in the decode pool) and `postprocess`;
-    the batcher calls `run_batch` with tensors from any front end (decoded uploads or tensors sent as they are)."""
-
-    def preprocess(self, upload: ImageUpload) -> PreprocessedImage: ...
-
-    def run_batch(self, tensors: Sequence[np.ndarray]) -> np.ndarray: ...
-
-    def postprocess(self, logits: np.ndarray, k: int) -> list[list[ScoredLabel]]: ...
-
-
-class ModelState(StrEnum):
-    LOADED = "loaded"
-    WARMING_UP = "warming_up"
-    READY = "ready"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class ModelDescription:
-    """Everything /v1/models shows about a model, read at one moment."""
-
-    name: str
-    state: ModelState
-    error: str | None
-    spec: ModelSpec
-    serving: ServingSettings
-    """The effective settings: server flags overridden by the model's own `serving` section."""
-    overridden: tuple[str, ...]
-    """Which of `serving` come from the model's own section."""
-    execution_provider: str
-    intra_op_threads: int
-    queue_depth: int
-    seconds_per_image: float | None
-    batch_size_source: str
-    """auto (measured), model (its serving section), flag, or fixed batch axis."""
-    batch_curve: BatchCurve | None
-
-
 @dataclass(eq=False)
 class ServedModel:
     """A model as served. Its stages are bound at construction to its spec and session, so that a request goes
@@ -101,6 +60,9 @@ class ServedModel:
     metrics: ServiceMetrics
     worker_nice: int = 0
     """How much lower than the event loop the threads running this model's batches are (service.priority)."""
+    version: str = "1"
+    is_default: bool = False
+    """Whether requests that name no model go to this one (the registry decides)."""
     state: ModelState = field(default=ModelState.LOADED, init=False)
     error: str | None = field(default=None, init=False)
     preprocess: Callable[[ImageUpload], PreprocessedImage] = field(init=False, repr=False)
@@ -135,9 +97,13 @@ class ServedModel:
     def ready(self) -> bool:
         return self.state is ModelState.READY and self.batcher.running
 
+    def reserve(self, count: int) -> ImageReservation[np.ndarray, np.ndarray]:
+        return self.batcher.reserve(count)
+
     def describe(self) -> ModelDescription:
         return ModelDescription(
-            name=self.name, state=self.state, error=self.error, spec=self.spec,
+            name=self.name, version=self.version, versions=(self.version,), state=self.state, error=self.error,
+            spec=self.spec, is_default=self.is_default,
             serving=ServingSettings(
                 max_batch_size=self.batcher.max_batch_size,
                 max_batch_delay_ms=self.serving.max_batch_delay_ms,
@@ -229,14 +195,22 @@ class ModelRegistry:
         """Every model warmed up with its batcher running."""
         return self.loaded and all(model.ready for model in self._models.values())
 
-    def get(self, name: str | None) -> ServedModel:
-        """The named model, or the default one for None; ModelNotFound if there is no such model."""
+    def get(self, name: str | None, version: str | None = None) -> ServedModel:
+        """The named model (the default one for None) at `version` (None: the one that answers by default);
+        ModelNotFound if there is no such model or version."""
         key = self.default_model if name is None else name
         model = self._models.get(key) if key is not None else None
         if model is None:
             served = ", ".join(sorted(self._models)) or "none yet (the server is starting)"
             raise ModelNotFound(f"no model named {key!r}; served models: {served}")
+        if version is not None and version != model.version:
+            raise ModelNotFound(f"model {model.name!r} has no version {version!r}; its only version is "
+                                f"{model.version!r}")
         return model
+
+    def all(self) -> list[ServedModel]:
+        """Every model version, sorted by name (and version)."""
+        return self.models
 
     def load(self) -> None:
         """Open and check every model of the repository (blocking: run it in a thread); raises StartupError."""
@@ -248,6 +222,8 @@ class ModelRegistry:
         except (repository.RepositoryError, ModelSpecError, ValueError) as exc:
             raise StartupError(str(exc)) from None
         self._models = {model.name: model for model in models}
+        for model in models:
+            model.is_default = model.name == self.default_model
 
     def _open(self, model_file: repository.ModelFile, threads: int | None) -> InferenceRuntime:
         # ONNX Runtime creates the session's thread pool now, and its threads inherit this thread's priority.

@@ -23,15 +23,14 @@ import time
 from types import FrameType
 
 import uvicorn
-from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
-
 
 from service.config import Settings
 from service.grpc.server import GrpcFrontEnd, GrpcStartError
 from service.http_protocol import ReceiptLimits, guarded_protocol
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
+from service.model_server import ModelServer
 
 logger = logging.getLogger("service")
 
@@ -207,9 +206,12 @@ def _check_file_limit(settings: Settings) -> None:
                        "(ulimit -n) or lower --max-connections", soft, settings.max_connections)
 
 
-def serve(app: FastAPI, settings: Settings, sockets: list[socket.socket] | None = None) -> bool:
-    """Serve `app` until stopped (on `sockets` when a worker supervisor bound them); False if start-up failed."""
-    metrics: ServiceMetrics = app.state.metrics
+def serve(server: ModelServer, sockets: list[socket.socket] | None = None, *, warm_before_serving: bool = False
+          ) -> bool:
+    """Serve HTTP, and gRPC when its port is set, until stopped (on `sockets` when a worker supervisor bound them);
+    False if start-up failed."""
+    settings = server.settings
+    app = server.http_app(warm_before_serving=warm_before_serving)
     _check_file_limit(settings)
     if not return_freed_memory_to_the_os():
         logger.info("not glibc: the allocator's thresholds are left as they are")
@@ -217,7 +219,7 @@ def serve(app: FastAPI, settings: Settings, sockets: list[socket.socket] | None 
         app,
         host=settings.host,
         port=settings.port,
-        http=http_protocol_class(settings, metrics),
+        http=http_protocol_class(settings, server.metrics),
         log_config=None,  # service.logs configured every logger, uvicorn's included
         log_level=settings.log_level,
         access_log=False,  # the serving gate writes the access lines (service.logs)
@@ -227,12 +229,12 @@ def serve(app: FastAPI, settings: Settings, sockets: list[socket.socket] | None 
         timeout_graceful_shutdown=_GRACEFUL_CONNECTION_CLOSE_S,
     )
     # Worker processes (given the supervisor's sockets) share the gRPC port too, each with its own listener.
-    grpc = GrpcFrontEnd.for_app(app, settings, share_port=sockets is not None) if settings.grpc_port else None
+    grpc = server.grpc_front_end(share_port=sockets is not None) if settings.grpc_port else None
     # A retiring worker waits as long as any connection it holds may legitimately take (a head, a slow upload
     # and its answer, within their deadlines, then the keep-alive): cut sooner, an honest client got a 500.
     retire_patience_s = (settings.header_timeout_s + settings.body_timeout_s + settings.request_timeout_s
                          + settings.keep_alive_timeout_s)
-    server = DrainingServer(config, lifecycle=app.state.lifecycle, grace_s=settings.shutdown_grace_s, grpc=grpc,
-                            retire_patience_s=retire_patience_s)
-    server.run(sockets=sockets)
-    return server.started and not server.startup_failed
+    listener = DrainingServer(config, lifecycle=server.lifecycle, grace_s=settings.shutdown_grace_s, grpc=grpc,
+                              retire_patience_s=retire_patience_s)
+    listener.run(sockets=sockets)
+    return listener.started and not listener.startup_failed

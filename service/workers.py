@@ -121,7 +121,7 @@ def worker_main(settings_values: dict[str, Any], sock: socket.socket, index: int
     for early in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(early, lambda *_: os._exit(0))
     from service import logs
-    from service.app import create_app
+    from service.model_server import ModelServer
     from service.server import serve
 
     settings = Settings(**settings_values)
@@ -135,13 +135,12 @@ def worker_main(settings_values: dict[str, Any], sock: socket.socket, index: int
     from service.registry import StartupError
 
     try:
-        app = create_app(settings, on_ready=ready if report is not None else None,
-                         warm_before_serving=warm_before_serving)
+        server = ModelServer(settings, on_ready=ready if report is not None else None)
     except StartupError as exc:
         logger.error("cannot start: %s", exc)
         sys.exit(3)
     logger.info("worker %d (pid %d) starting", index, os.getpid())
-    sys.exit(0 if serve(app, settings, sockets=[sock]) else 3)
+    sys.exit(0 if serve(server, sockets=[sock], warm_before_serving=warm_before_serving) else 3)
 
 
 class Supervisor:

@@ -8,10 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 
 from service.api.deps import DataPlaneDep
-from service.api.disconnect import unless_client_leaves
 from service.api.schemas import ClassifyResponse, ErrorResponse
-from service.api.uploads import UploadLimits, check_media_type, declared_length, read_uploads
+from service.api.uploads import UploadedImages, UploadLimits
 from service.dataplane import DataPlane
+from service.inference import InferenceRequest, RequestedOutput
 
 router = APIRouter(tags=["classify"])
 
@@ -51,18 +51,11 @@ TopK = Annotated[
 
 async def _classify(request: Request, dataplane: DataPlane, model_name: str | None, top_k: int | None
                     ) -> ClassifyResponse:
-    received_at = time.monotonic()
-    limits = UploadLimits(dataplane.max_upload_bytes, dataplane.max_files_per_request)
-    check_media_type(request)
-    declared = declared_length(request, limits)
-    # The one admission, before any of the body is read: every request carries at least one image, so a model
-    # without room for one (or a byte budget without room for the declared body) is answered 503 at once.
-    with dataplane.admit(model_name, top_k, declared_bytes=declared, received_at=received_at) as ticket:
-        request.state.model, request.state.protocol = ticket.model.name, "v1"
-        uploads = await read_uploads(request, limits, ticket)
-        request.state.images = len(uploads)
-        outcome = await unless_client_leaves(request, dataplane.classify(ticket, uploads))
-    response = ClassifyResponse.from_outcome(outcome)
+    result = await dataplane.infer(InferenceRequest(
+        model_name, UploadedImages(request, UploadLimits(dataplane.max_upload_bytes)),
+        outputs=[RequestedOutput(ranked=True, k=top_k, asked_as="top_k")], protocol="v1", received_at=time.monotonic(),
+    ))
+    response = ClassifyResponse.from_result(result)
     request.state.timings_ms = response.timings_ms.model_dump()
     return response
 

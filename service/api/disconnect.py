@@ -1,32 +1,18 @@
-"""Watching a request's connection while its work runs, so that a client who leaves costs no inference."""
+"""Noticing that a request's client has left, so that its work stops and its queued images are dropped."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
 
-from fastapi import Request
-
-from service.errors import ClientDisconnected
-
-T = TypeVar("T")
+from starlette.requests import Request
 
 
-async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it if the client disconnects first (its queued images are then dropped)."""
-    task = asyncio.ensure_future(work)
+def client_gone(request: Request) -> Callable[[], Awaitable[None]]:
+    """An awaitable factory that returns once the client disconnects. Only for after the body is read: it consumes
+    the request's ASGI messages."""
 
-    async def client_left() -> None:
+    async def wait() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    watcher = asyncio.ensure_future(client_left())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return task.result()
-        raise ClientDisconnected("the client disconnected before its images were classified")
-    finally:
-        watcher.cancel()
-        task.cancel()
+    return wait

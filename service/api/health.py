@@ -23,5 +23,5 @@ async def healthz() -> LivenessOut:
     summary="Readiness: 200 only when every model is warmed up and its batcher runs",
 )
 async def readyz(dataplane: DataPlaneDep) -> JSONResponse:
-    body = ReadinessOut(status=dataplane.phase, models={m.name: str(m.state) for m in dataplane.registry.models})
+    body = ReadinessOut(status=dataplane.phase, models={m.name: str(m.state) for m in dataplane.models()})
     return JSONResponse(body.model_dump(), status_code=200 if dataplane.ready else 503)

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import logs
 from service.api.errors import error_response
-from service.auth import ApiKeys
+from service.auth import KEY_REQUIRED, ApiKeys
 from service.errors import ServiceError, ShuttingDown, Unauthorized
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
@@ -36,7 +36,6 @@ UNGATED_PATHS = PROBE_PATHS | {"/metrics"}
 OPEN_PREFIXES = ("/static/", "/docs")
 OPEN_PATHS = frozenset({"/", "/favicon.ico", "/favicon.svg", "/openapi.json"})
 """The demo page and the docs load without a key (the page then calls the API with one)."""
-_BEARER = "bearer "
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -69,12 +68,7 @@ class ServingGateMiddleware:
         return path != "/metrics" or self.metrics_require_key
 
     def _key_name(self, scope: Scope) -> str | None:
-        authorization = _header(scope, b"authorization")
-        if authorization is not None and authorization[: len(_BEARER)].lower() == _BEARER:
-            presented: str | None = authorization[len(_BEARER):].strip()
-        else:
-            presented = _header(scope, b"x-api-key")
-        return self.api_keys.identify(presented) if presented else None
+        return self.api_keys.name_for(_header(scope, b"authorization"), _header(scope, b"x-api-key"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -121,14 +115,12 @@ class ServingGateMiddleware:
         gated = path not in UNGATED_PATHS
         try:
             if gated and not self.lifecycle.accepting:
-                await refuse(ShuttingDown("the server is shutting down; retry on another instance",
-                                          headers={"Connection": "close", "Retry-After": "1"}))
+                await refuse(ShuttingDown.draining())
                 return
             if self._needs_key(path):
                 name = self._key_name(scope)
                 if name is None:
-                    await refuse(Unauthorized("this server requires an API key: send it as 'Authorization: Bearer "
-                                              "KEY' or 'X-API-Key: KEY' (the key given, if any, is not accepted)"))
+                    await refuse(Unauthorized(KEY_REQUIRED))
                     return
                 state["api_key"] = name
                 self.metrics.api_key_requests.labels(name).inc()

@@ -14,12 +14,8 @@ router = APIRouter(tags=["models"])
 
 @router.get("/v1/models", response_model=ModelListOut, summary="List the served models")
 async def list_models(dataplane: DataPlaneDep) -> ModelListOut:
-    registry = dataplane.registry
-    return ModelListOut(
-        default_model=registry.default_model or "",
-        models=[ModelOut.from_description(m.describe(), is_default=m.name == registry.default_model)
-                for m in registry.models],
-    )
+    return ModelListOut(default_model=dataplane.default_model or "",
+                        models=[ModelOut.from_description(model) for model in dataplane.models()])
 
 
 @router.get(
@@ -29,6 +25,4 @@ async def list_models(dataplane: DataPlaneDep) -> ModelListOut:
     summary="Describe one model",
 )
 async def get_model(dataplane: DataPlaneDep, name: Annotated[str, Path(description="Model name.")]) -> ModelOut:
-    registry = dataplane.registry
-    model = registry.get(name)
-    return ModelOut.from_description(model.describe(), is_default=model.name == registry.default_model)
+    return ModelOut.from_description(dataplane.model(name))

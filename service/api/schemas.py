@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from service.dataplane import ClassifyOutcome
-from service.registry import ModelDescription
+from service.contract import ModelDescription
+from service.inference import InferenceResult
 
 
 class _Schema(BaseModel):
@@ -50,18 +50,21 @@ class ClassifyResponse(_Schema):
     timings_ms: StageTimingsOut
 
     @classmethod
-    def from_outcome(cls, outcome: ClassifyOutcome) -> ClassifyResponse:
-        t = outcome.timings
+    def from_result(cls, result: InferenceResult) -> ClassifyResponse:
+        """The answer to a classify request: its images, in upload order, with their ranked labels."""
+        t = result.timings
+        (ranked_output,) = result.outputs
+        assert result.images is not None and ranked_output.ranked is not None
         return cls(
-            model=outcome.model,
+            model=result.model,
             results=[
                 ClassificationOut(
-                    filename=r.filename,
-                    width=r.width,
-                    height=r.height,
-                    top_k=[ScoredLabelOut(index=s.index, label=s.label, score=s.score) for s in r.top_k],
+                    filename=image.filename,
+                    width=image.width,
+                    height=image.height,
+                    top_k=[ScoredLabelOut(index=s.index, label=s.label, score=s.score) for s in ranked],
                 )
-                for r in outcome.results
+                for image, ranked in zip(result.images, ranked_output.ranked, strict=True)
             ],
             timings_ms=StageTimingsOut(
                 preprocess=t.preprocess_s * 1000,
@@ -134,7 +137,7 @@ class ModelOut(_Schema):
     """Whether POST /v1/classify uses this model."""
 
     @classmethod
-    def from_description(cls, model: ModelDescription, *, is_default: bool) -> ModelOut:
+    def from_description(cls, model: ModelDescription) -> ModelOut:
         spec = model.spec
         serving = model.serving
         return cls(
@@ -171,7 +174,7 @@ class ModelOut(_Schema):
                 seconds_per_image=model.seconds_per_image,
                 overridden=list(model.overridden),
             ),
-            default=is_default,
+            default=model.is_default,
         )
 
 

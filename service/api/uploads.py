@@ -1,11 +1,13 @@
-"""Reading images out of a request body as it streams in, with the size and count limits enforced on the way.
+"""Receiving a request body as it streams in, with the size and count limits enforced on the way.
 
-Two body forms are accepted: ``multipart/form-data`` with one or more parts named ``file`` (parsed incrementally
-with python-multipart's streaming parser), or a raw body whose Content-Type is an image type. A declared
-Content-Length over the limit is refused before any of the body is read; without one (chunked uploads) bytes are
-counted as they arrive and the request is refused as soon as the limit is passed, never buffering more. Bytes
-and images are also counted against the request's admission (`UploadAccounting`, the data plane's `Ticket`) as
-they arrive, so a request the server has no room for is refused mid-upload, before anything is decoded.
+`UploadedImages` is /v1's body reader for the data plane (`inference.RequestBody`): ``multipart/form-data`` with
+one or more parts named ``file`` (parsed incrementally with python-multipart's streaming parser), or a raw body
+whose Content-Type is an image type. `receive_body` gives the V2 reader the whole body, decompressed when it says
+``Content-Encoding: gzip`` or ``deflate``. Both check the headers before the request is admitted (415 for a body
+form never read, 413 for a declared Content-Length over the limit), then take the admission, then count bytes
+and images into its `Ticket` as they arrive: without a Content-Length (chunked uploads) the request is refused as
+soon as the limit is passed, never buffering more, and a request the server has no room for is refused
+mid-upload, before anything is decoded.
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from service.admission import Ticket
+from service.api.disconnect import client_gone
 from service.http_protocol import REFUSAL_EXTENSION
+from service.inference import Admit, EncodedImages, ReceivedBody
 from service.preprocess import ImageUpload
 from service.errors import (
     ClientDisconnected,
     RequestReceiptTimeout,
     InvalidParameter,
     MalformedRequest,
-    TooManyFiles,
     UnsupportedMediaType,
     UploadTooLarge,
 )
@@ -38,7 +42,6 @@ FILE_FIELD = "file"
 @dataclass(frozen=True)
 class UploadLimits:
     max_upload_bytes: int
-    max_files: int
 
 
 class UploadAccounting(Protocol):
@@ -88,8 +91,7 @@ class _MultipartCollector:
     """Callbacks for python-multipart's MultipartParser, keeping each 'file' part in memory (bounded by the
     upload limit)."""
 
-    def __init__(self, max_files: int, accounting: UploadAccounting) -> None:
-        self.max_files = max_files
+    def __init__(self, accounting: UploadAccounting) -> None:
         self.accounting = accounting
         self.uploads: list[ImageUpload] = []
         self.finished = False
@@ -129,8 +131,6 @@ class _MultipartCollector:
         self._name = options[b"name"].decode("utf-8", errors="replace")
         if self._name != FILE_FIELD:
             raise InvalidParameter(f"unexpected form field {self._name!r}; send each image as a part named 'file'")
-        if len(self.uploads) + 1 > self.max_files:
-            raise TooManyFiles(f"more than {self.max_files} files in one request; send at most {self.max_files}")
         self.accounting.count_images(len(self.uploads) + 1)
         raw_filename = options.get(b"filename")
         self._filename = raw_filename.decode("utf-8", errors="replace") if raw_filename is not None else None
@@ -148,7 +148,7 @@ async def _read_multipart(request: Request, boundary: bytes | None, limits: Uplo
                           accounting: UploadAccounting) -> list[ImageUpload]:
     if not boundary:
         raise MalformedRequest("multipart/form-data without a boundary parameter in Content-Type")
-    collector = _MultipartCollector(limits.max_files, accounting)
+    collector = _MultipartCollector(accounting)
     try:
         parser = MultipartParser(boundary, collector.callbacks())
         async with aclosing(_chunks(request, limits, accounting)) as chunks:
@@ -173,18 +173,44 @@ def check_media_type(request: Request) -> None:
         )
 
 
-async def read_uploads(request: Request, limits: UploadLimits, accounting: UploadAccounting) -> list[ImageUpload]:
-    """The images in the request body, in order; raises a ServiceError for anything not acceptable.
+class UploadedImages:
+    """/v1's request body: the images of a multipart or raw-image upload, in order."""
 
-    Call `check_media_type` and `declared_length` first, before admission."""
-    media_type, options = parse_options_header(request.headers.get("content-type"))
-    if media_type == b"multipart/form-data":
-        return await _read_multipart(request, options.get(b"boundary"), limits, accounting)
-    body = bytearray()
-    async with aclosing(_chunks(request, limits, accounting)) as chunks:
-        async for chunk in chunks:
-            body.extend(chunk)
-    return [ImageUpload(bytes(body), filename=None, content_type=media_type.decode("latin-1"))]
+    def __init__(self, request: Request, limits: UploadLimits) -> None:
+        self._request = request
+        self._limits = limits
+
+    async def receive(self, admit: Admit) -> ReceivedBody:
+        request, limits = self._request, self._limits
+        check_media_type(request)
+        ticket = _admitted(request, admit, declared_length(request, limits), "v1")
+        media_type, options = parse_options_header(request.headers.get("content-type"))
+        if media_type == b"multipart/form-data":
+            uploads = await _read_multipart(request, options.get(b"boundary"), limits, ticket)
+        else:
+            body = bytearray()
+            async with aclosing(_chunks(request, limits, ticket)) as chunks:
+                async for chunk in chunks:
+                    body.extend(chunk)
+            ticket.count_images(1)
+            uploads = [ImageUpload(bytes(body), filename=None, content_type=media_type.decode("latin-1"))]
+        request.state.images = len(uploads)
+        return ReceivedBody(EncodedImages(uploads), client_gone=client_gone(request))
+
+
+def _admitted(request: Request, admit: Admit, declared: int | None, protocol: str) -> Ticket:
+    ticket = admit(declared)
+    request.state.model, request.state.protocol = ticket.model.name, protocol
+    return ticket
+
+
+async def receive_body(request: Request, limits: UploadLimits, admit: Admit, *, protocol: str) -> tuple[Ticket, bytes]:
+    """Admit the request and read its whole body (decompressed, when its Content-Encoding says so)."""
+    encoding = check_content_encoding(request)
+    declared = declared_length(request, limits)
+    # A compressed body's declared size says nothing of what it holds once decompressed: only that is counted.
+    ticket = _admitted(request, admit, declared if encoding is None else None, protocol)
+    return ticket, await read_body(request, limits, ticket, encoding)
 
 
 _DECOMPRESSORS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}

@@ -20,11 +20,11 @@ see CANCELLED for calls sent before the signal. The listener is stopped once the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
-from service.auth import ApiKeys
+from service.auth import KEY_REQUIRED, ApiKeys
 from service.errors import ServiceError, ShuttingDown, Unauthorized
 from service.grpc import errors
 from service.grpc.v2 import SERVICE_NAME
@@ -32,12 +32,6 @@ from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 
 PROBES = frozenset({"ServerLive", "ServerReady"})
-SHUTTING_DOWN = "the server is shutting down; retry on another instance"
-"""The message HTTP's gate sends with its 503 while draining."""
-KEY_REQUIRED = ("this server requires an API key: send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY' (the "
-                "key given, if any, is not accepted)")
-"""The message HTTP's gate sends with its 401 (in gRPC metadata the names are lowercase)."""
-_BEARER = "bearer "
 
 
 class ServingGate(grpc.aio.ServerInterceptor):
@@ -56,7 +50,7 @@ class ServingGate(grpc.aio.ServerInterceptor):
             return await continuation(handler_call_details)
         name = method.removeprefix(self._prefix)
         if not self._lifecycle.accepting:
-            return self._refusal(name, ShuttingDown(SHUTTING_DOWN, headers={"Retry-After": "1"}))
+            return self._refusal(name, ShuttingDown.draining())
         if self._api_keys is not None and self._api_keys.enabled:
             key_name = self._key_name(handler_call_details.invocation_metadata or ())
             if key_name is None:
@@ -68,15 +62,10 @@ class ServingGate(grpc.aio.ServerInterceptor):
             call.add_done_callback(lambda _: self._lifecycle.request_finished())
         return await continuation(handler_call_details)
 
-    def _key_name(self, metadata: tuple[tuple[str, str | bytes], ...]) -> str | None:
+    def _key_name(self, metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
         assert self._api_keys is not None
         values = {key.lower(): value for key, value in metadata if isinstance(value, str)}
-        authorization = values.get("authorization")
-        if authorization is not None and authorization[: len(_BEARER)].lower() == _BEARER:
-            presented: str | None = authorization[len(_BEARER):].strip()
-        else:
-            presented = values.get("x-api-key")
-        return self._api_keys.identify(presented) if presented else None
+        return self._api_keys.name_for(values.get("authorization"), values.get("x-api-key"))
 
     def _refusal(self, method: str, refusal: ServiceError) -> grpc.RpcMethodHandler:
         async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> None:

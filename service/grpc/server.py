@@ -1,7 +1,7 @@
 """The gRPC listener: a grpc.aio server in uvicorn's own event loop, started and drained with the HTTP server.
 
 It serves inference.GRPCInferenceService (`v2.InferenceServicer`, behind the serving gate `gate.ServingGate`) and
-grpc.health.v1 (`health`) from the app's data plane, so both protocols share the models, batchers, admission,
+grpc.health.v1 (`health`) from the data plane the server object (`service.model_server`) gives it, so both protocols share the models, batchers, admission,
 byte budgets, lifecycle and metrics. `service.server` starts it once HTTP listens and the models are loaded, calls
 `begin_drain` on SIGTERM and `stop` once the drain is over.
 
@@ -69,17 +69,6 @@ class GrpcFrontEnd:
         self._health = ReadinessHealthServicer(lambda: dataplane.ready)
         self._servicer = InferenceServicer(dataplane, metrics=metrics, access_log=settings.access_log)
         self._server: grpc.aio.Server | None = None
-
-    @classmethod
-    def for_app(cls, app: object, settings: Settings, *, address: str | None = None, share_port: bool = False
-                ) -> GrpcFrontEnd:
-        """The front end of a `create_app` app: its data plane, lifecycle and metrics, and the API keys of the
-        settings (read as the app reads them, so the same keys open both protocols)."""
-        state = app.state  # type: ignore[attr-defined]
-        api_keys = ApiKeys(settings.api_keys_file,
-                           settings.api_keys.get_secret_value() if settings.api_keys is not None else None)
-        return cls(state.dataplane, lifecycle=state.lifecycle, metrics=state.metrics, settings=settings,
-                   address=address, share_port=share_port, api_keys=api_keys)
 
     async def start(self) -> int:
         """Listen and serve; raises GrpcStartError when the address cannot be bound."""

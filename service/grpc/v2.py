@@ -4,8 +4,9 @@ The gRPC twin of `service.api.v2`: health, server and model metadata, and ModelI
 images (decoded and preprocessed by the server) or a preprocessed FP32 [N, C, H, W] batch, in ``contents`` or
 ``raw_input_contents``; logits, or the classification extension's strings, in ``raw_output_contents``.
 
-Every call is one admission (`DataPlane.admit`, released on every path) and leaves with the status code of
-`errors.STATUS_CODES` and the message HTTP would send. While the server drains, the serving gate
+Each RPC only translates: the request message into the data plane's protocol-neutral request (`messages`), the
+result or the error back. Every call leaves with the status code of `errors.STATUS_CODES` and the message HTTP
+would send. While the server drains, the serving gate
 (`gate.ServingGate`) refuses new calls before they get here; the calls it let in are served. The client's gRPC
 deadline shortens the request's own deadline, so images still queued when it passes are dropped unrun; a client
 that cancels has its handler cancelled, which drops its queued images.
@@ -22,7 +23,6 @@ from typing import TypeVar
 import grpc
 
 from service import __version__, logs
-from service.admission import Ticket
 from service.dataplane import DataPlane
 from service.errors import (
     ClientDisconnected,
@@ -34,17 +34,14 @@ from service.errors import (
 from service.grpc import errors, messages
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceServicer
+from service.inference import InferenceRequest
 from service.metrics import ServiceMetrics
-from service.preprocess import ImageUpload
 from service.v2 import codec
 
 access_logger = logging.getLogger(logs.ACCESS_LOGGER)
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
-SERVER_NAME = "resnet-serve"
-EXTENSIONS = ["binary_tensor_data", "classification"]
-"""As over HTTP: Triton's clients read the same list from either protocol."""
 PROTOCOL = "v2-grpc"
 """The `protocol` label of resnet_serve_requests_total."""
 
@@ -54,12 +51,6 @@ _DEADLINE_SLACK_S = 0.05
 
 Response = TypeVar("Response")
 ServicerContext = grpc.aio.ServicerContext
-
-
-def _check_version(model: str, version: str) -> None:
-    if version and version != messages.MODEL_VERSION:
-        raise ModelNotFound(f"model {model!r} has no version {version!r}; its only version is "
-                            f"{messages.MODEL_VERSION!r}")
 
 
 class InferenceServicer(GRPCInferenceServiceServicer):
@@ -144,28 +135,26 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: ServicerContext) -> pb.ModelReadyResponse:
         async def serve() -> pb.ModelReadyResponse:
-            _check_version(request.name, request.version)
             try:
-                model = self._dataplane.registry.get(request.name)
+                ready = self._dataplane.model_ready(request.name, request.version or None)
             except ModelNotFound:
-                return pb.ModelReadyResponse(ready=False)  # as Triton answers: not ready, not an error
-            return pb.ModelReadyResponse(ready=model.ready and self._dataplane.ready)
+                ready = False  # as Triton answers: not ready, not an error
+            return pb.ModelReadyResponse(ready=ready)
 
         return await self._call("ModelReady", context, serve)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: ServicerContext
                              ) -> pb.ServerMetadataResponse:
         async def serve() -> pb.ServerMetadataResponse:
-            return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS)
+            return pb.ServerMetadataResponse(name=codec.SERVER_NAME, version=__version__,
+                                             extensions=list(codec.EXTENSIONS))
 
         return await self._call("ServerMetadata", context, serve)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: ServicerContext
                             ) -> pb.ModelMetadataResponse:
         async def serve() -> pb.ModelMetadataResponse:
-            _check_version(request.name, request.version)
-            model = self._dataplane.registry.get(request.name)
-            return messages.model_metadata(model.name, model.spec)
+            return messages.model_metadata(self._dataplane.model(request.name, request.version or None))
 
         return await self._call("ModelMetadata", context, serve)
 
@@ -175,48 +164,10 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         return await self._call("ModelInfer", context, lambda: self._infer(request, context))
 
     async def _infer(self, request: pb.ModelInferRequest, context: ServicerContext) -> pb.ModelInferResponse:
-        received_at = time.monotonic()
-        dataplane = self._dataplane
-        _check_version(request.model_name, request.model_version)
-        # The message is whole already (gRPC bounds it by max_upload_bytes); its size still counts in the byte
-        # budget shared with HTTP while the request holds it.
-        with dataplane.admit(request.model_name, None, declared_bytes=request.ByteSize(), received_at=received_at,
-                             protocol=PROTOCOL) as ticket:
-            client_deadline = self._apply_client_deadline(ticket, context)
-            model = ticket.model
-            inference_request = messages.infer_request(request)
-            wanted = codec.requested_outputs(inference_request, model.spec, model.name)
-            given = codec.model_input(inference_request, model.spec, max_images=dataplane.max_files_per_request)
-            ticket.count_images(given.count)
-            try:
-                if given.images is not None:
-                    uploads = [ImageUpload(data) for data in given.images]
-                    logits = (await dataplane.infer_images(ticket, uploads)).logits
-                else:
-                    assert given.batch is not None
-                    logits = (await dataplane.infer_tensors(ticket, given.batch)).logits
-            except DeadlineExceeded:
-                if client_deadline is None:
-                    raise
-                raise DeadlineExceeded(f"no answer within the client's deadline of {client_deadline:.3g} s; its "
-                                       f"queued images were dropped") from None
-        outputs = [
-            codec.classification_output(output.name, model.postprocess(logits, output.classification))
-            if output.classification is not None else codec.logits_output(output.name, logits)
-            for output in wanted
-        ]
-        # The request's ID answers for a request that gave no `id` of its own, as over HTTP.
-        return messages.infer_response(model.name, inference_request.id or logs.request_id.get(), outputs)
-
-    @staticmethod
-    def _apply_client_deadline(ticket: Ticket, context: ServicerContext) -> float | None:
-        """Make the client's gRPC deadline the request's, when it comes before the server's own; returns the
-        client's time budget in seconds when it does."""
-        remaining = context.time_remaining()
-        if remaining is None:
-            return None
-        client_deadline = time.monotonic() + remaining
-        if client_deadline >= ticket.deadline:
-            return None
-        ticket.deadline = client_deadline
-        return remaining
+        # The client's gRPC deadline becomes the request's, when it comes before the server's own: images still
+        # queued when it passes are dropped unrun.
+        result = await self._dataplane.infer(InferenceRequest(
+            request.model_name, messages.GrpcBody(request), version=request.model_version or None,
+            protocol=PROTOCOL, received_at=time.monotonic(), client_timeout_s=context.time_remaining(),
+        ))
+        return messages.infer_response(result, logs.request_id.get())

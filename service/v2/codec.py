@@ -1,6 +1,10 @@
 """The Open Inference Protocol's tensors, without the transport: pure functions shared by the REST and gRPC front
-ends. Requests come in as `InferRequest` (inputs with their raw or JSON data), are checked against the model, and
-turn into encoded images or an FP32 batch; answers go out as `OutputTensor`s (logits or classification strings).
+ends. Each front end's message module turns its wire form into `InputTensor`s; `model_inputs` turns those into
+the data plane's protocol-neutral inputs (encoded images, or an FP32 batch), counting the images into the
+request's admission before anything is allocated for them; `output_tensors` turns the data plane's result back
+into `OutputTensor`s (logits, or the classification extension's strings). Checks against the model itself (its
+input and output names, its input shape, its number of classes) are the data plane's, made once for every
+protocol.
 
 Binary tensors follow Triton's binary tensor data extension: BYTES elements each carry a 4-byte little-endian
 length prefix; FP32 data is little-endian, row-major. Every malformed size, shape or datatype is an
@@ -13,19 +17,33 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from service.errors import InvalidParameter, InvalidTensor, TooManyFiles, UploadTooLarge
-from service.modelspec import ModelSpec
+from service.errors import InvalidParameter, InvalidTensor, UploadTooLarge
+from service.inference import EncodedImages, InferenceResult, ModelInputs, RequestParameters, TensorBatch
 from service.postprocess import ScoredLabel
+from service.preprocess import ImageUpload
 
+SERVER_NAME = "resnet-serve"
+EXTENSIONS = ("binary_tensor_data", "classification")
+"""What server metadata lists, over HTTP and gRPC alike (Triton's clients read the same list from either)."""
+PLATFORM = "onnxruntime_onnx"
 BYTES = "BYTES"
 FP32 = "FP32"
+CLASSIFICATION = "classification"
+"""The output parameter of the classification extension."""
 _LENGTH_PREFIX = struct.Struct("<I")
+_MICROSECONDS = 1_000_000
+
+
+class ImageCounter(Protocol):
+    """Where a request's images are counted (its admission `Ticket`); refuses a request with too many."""
+
+    def count_images(self, total: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -37,36 +55,6 @@ class InputTensor:
     """Binary data (REST binary extension or gRPC raw_input_contents)."""
     values: Any = None
     """Or data given as values (REST JSON `data`, gRPC `contents`)."""
-
-
-@dataclass(frozen=True)
-class RequestedOutput:
-    name: str
-    binary: bool | None = None
-    """None: the request's default (REST `binary_data_output`; gRPC always raw)."""
-    classification: int | None = None
-    """With the classification extension: the top k as strings instead of the tensor."""
-
-
-@dataclass(frozen=True)
-class InferRequest:
-    id: str | None
-    inputs: list[InputTensor]
-    outputs: list[RequestedOutput] | None
-    """None: every output of the model, in the request's default form."""
-    binary_output: bool = False
-
-
-@dataclass(frozen=True)
-class ModelInput:
-    """What a request carries for the model: encoded images (BYTES), or a preprocessed FP32 batch."""
-
-    images: list[bytes] | None = None
-    batch: np.ndarray | None = None
-
-    @property
-    def count(self) -> int:
-        return len(self.images) if self.images is not None else len(self.batch)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -88,13 +76,14 @@ class OutputTensor:
     def values(self) -> list[Any]:
         """The JSON form, flattened row-major as the protocol writes `data`."""
         if self.array is not None:
-            return self.array.reshape(-1).tolist()
+            values: list[Any] = self.array.reshape(-1).tolist()
+            return values
         return [s.decode("utf-8") for s in self.strings]
 
 
-def input_shape(spec: ModelSpec) -> list[int]:
-    """The model's FP32 input as the protocol describes it: [-1, C, H, W]."""
-    return [-1, spec.channels, spec.crop_size, spec.crop_size]
+def input_shape(channels: int, height: int, width: int) -> list[int]:
+    """A model's FP32 input as the protocol describes it: [-1, C, H, W]."""
+    return [-1, channels, height, width]
 
 
 def _shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
@@ -105,39 +94,27 @@ def _shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def model_input(request: InferRequest, spec: ModelSpec, *, max_images: int) -> ModelInput:
-    """The one input the model takes, checked: BYTES [N] (or [N, 1]) encoded images, or FP32 [N, C, H, W]."""
-    if len(request.inputs) != 1:
-        raise InvalidTensor(f"the model takes exactly one input, {spec.input_name!r}; the request has "
-                            f"{len(request.inputs)}")
-    tensor = request.inputs[0]
-    if tensor.name != spec.input_name:
-        raise InvalidTensor(f"unknown input {tensor.name!r}; the model's input is {spec.input_name!r}")
+def model_inputs(tensors: Sequence[InputTensor], counter: ImageCounter) -> ModelInputs:
+    """The request's one input: BYTES [N] (or [N, 1]) encoded images, or FP32 [N, ...] preprocessed data; its N
+    images are counted into `counter` before any of their data is copied."""
+    if len(tensors) != 1:
+        raise InvalidTensor(f"the model takes exactly one input; the request has {len(tensors)}")
+    tensor = tensors[0]
     shape = _shape(tensor.shape, tensor.name)
     if tensor.datatype == BYTES:
         if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
             raise InvalidTensor(f"input {tensor.name!r}: BYTES (encoded images) take shape [N] or [N, 1], got "
                                 f"{list(shape)}")
-        count = shape[0]
-        _check_count(count, max_images)
-        images = _bytes_elements(tensor, count)
-        return ModelInput(images=images)
+        counter.count_images(shape[0])
+        return EncodedImages([ImageUpload(data) for data in _bytes_elements(tensor, shape[0])], tensor.name)
     if tensor.datatype == FP32:
-        expected = (spec.channels, spec.crop_size, spec.crop_size)
-        if len(shape) != 4 or shape[1:] != expected:
-            raise InvalidTensor(f"input {tensor.name!r}: FP32 data must have shape [N, {', '.join(map(str, expected))}] "
-                                f"(preprocessed NCHW), got {list(shape)}")
-        _check_count(shape[0], max_images)
-        return ModelInput(batch=_fp32_batch(tensor, shape))
+        if len(shape) != 4:
+            raise InvalidTensor(f"input {tensor.name!r}: FP32 data must have shape [N, C, H, W] (preprocessed NCHW), "
+                                f"got {list(shape)}")
+        counter.count_images(shape[0])
+        return TensorBatch(_fp32_batch(tensor, shape), tensor.name)
     raise InvalidTensor(f"input {tensor.name!r}: datatype {tensor.datatype!r} is not supported; send BYTES (encoded "
                         f"JPEG/PNG images) or FP32 (preprocessed [N, C, H, W])")
-
-
-def _check_count(count: int, max_images: int) -> None:
-    if count < 1:
-        raise InvalidParameter("the request carries no image (its batch dimension is 0)")
-    if count > max_images:
-        raise TooManyFiles(f"{count} images in one request; the limit is {max_images}")
 
 
 def _bytes_elements(tensor: InputTensor, count: int) -> list[bytes]:
@@ -185,7 +162,7 @@ def split_bytes_elements(raw: memoryview | bytes, count: int, name: str) -> list
 
 
 def _fp32_batch(tensor: InputTensor, shape: tuple[int, ...]) -> np.ndarray:
-    size = int(np.prod(shape))
+    size = int(np.prod(shape, dtype=object))
     if tensor.raw is not None:
         if len(tensor.raw) != size * 4:
             raise InvalidTensor(f"input {tensor.name!r}: FP32 shape {list(shape)} needs {size * 4} bytes, the binary "
@@ -201,36 +178,47 @@ def _fp32_batch(tensor: InputTensor, shape: tuple[int, ...]) -> np.ndarray:
     return array.reshape(shape)
 
 
-def check_json_size(raw: bytes, spec: ModelSpec, max_images: int) -> None:
-    """Refuse JSON whose values could not fit the model's largest request, before parsing makes Python objects of
-    them (a 32 MiB list of numbers would take several hundred MB)."""
-    allowed = max_images * spec.channels * spec.crop_size * spec.crop_size + 4096
-    if raw.count(b",") > allowed:
-        raise UploadTooLarge(f"the JSON holds more values than the model's largest request ({allowed}); send "
+def check_json_size(raw: bytes | memoryview, max_values: int) -> None:
+    """Refuse JSON that holds more values than the model's largest request (`Ticket.max_input_values`), before
+    parsing makes Python objects of them (a 32 MiB list of numbers would take several hundred MB)."""
+    if bytes(raw).count(b",") > max_values:
+        raise UploadTooLarge(f"the JSON holds more values than the model's largest request ({max_values}); send "
                              f"tensors as binary data")
 
 
-def logits_output(name: str, logits: np.ndarray) -> OutputTensor:
-    return OutputTensor(name, FP32, tuple(logits.shape), array=logits.astype(np.float32, copy=False))
+def classification_k(value: object, where: str) -> int:
+    """The classification extension's k, as given: an integer (1 to the classes is the data plane's check)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidParameter(f"{where}.classification must be an integer, got {value!r}")
+    return value
 
 
-def classification_output(name: str, ranked: list[list[ScoredLabel]]) -> OutputTensor:
-    """The classification extension: per image, "<score>:<index>:<label>" for the top k, highest first; the score
-    is the softmax probability (Triton writes the raw logit)."""
+def request_parameters(parameters: Mapping[str, object]) -> RequestParameters:
+    """The request parameters that matter to serving, as Triton names them: ``timeout`` in microseconds (it can
+    only shorten the server's own request timeout) and ``priority`` (1 highest, 0 the default). Others are
+    ignored, as Triton ignores parameters it does not know."""
+    timeout = parameters.get("timeout")
+    priority = parameters.get("priority")
+    for name, value in (("timeout", timeout), ("priority", priority)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise InvalidParameter(f"parameters.{name} must be a non-negative integer, got {value!r}")
+    return RequestParameters(
+        timeout_s=timeout / _MICROSECONDS if isinstance(timeout, int) and timeout > 0 else None,
+        priority=priority if isinstance(priority, int) and priority > 0 else None,
+    )
+
+
+def output_tensors(result: InferenceResult) -> list[OutputTensor]:
+    """The result's outputs as the protocol sends them: FP32 logits, or the classification extension's strings."""
+    return [_classification(output.name, output.ranked) if output.ranked is not None else
+            OutputTensor(output.name, FP32, tuple(output.logits.shape),
+                         array=output.logits.astype(np.float32, copy=False))
+            for output in result.outputs if output.ranked is not None or output.logits is not None]
+
+
+def _classification(name: str, ranked: list[list[ScoredLabel]]) -> OutputTensor:
+    """Per image, "<score>:<index>:<label>" for the top k, highest first; the score is the softmax probability
+    (Triton writes the raw logit)."""
     k = len(ranked[0]) if ranked else 0
     strings = [f"{label.score:f}:{label.index}:{label.label}".encode() for row in ranked for label in row]
     return OutputTensor(name, BYTES, (len(ranked), k), strings=strings)
-
-
-def requested_outputs(request: InferRequest, spec: ModelSpec, model_name: str) -> list[RequestedOutput]:
-    """The outputs to send: those requested (each must be the model's output, asking for at most as many classes as
-    it has), or the model's one output."""
-    if request.outputs is None:
-        return [RequestedOutput(spec.output_name)]
-    for output in request.outputs:
-        if output.name != spec.output_name:
-            raise InvalidTensor(f"unknown output {output.name!r}; the model's output is {spec.output_name!r}")
-        if output.classification is not None and not 1 <= output.classification <= spec.num_classes:
-            raise InvalidParameter(f"classification must be between 1 and {spec.num_classes} (the number of classes "
-                                   f"of model {model_name}), got {output.classification}")
-    return list(request.outputs)

@@ -14,13 +14,14 @@ import tritonclient.http as triton_http
 from bench import loadgen
 from bench.measure import model_spec_of
 from bench.workload import BUNDLED_MODEL
-from service.api.v2 import HEADER_LENGTH, parse_request
+from service.api.v2_messages import HEADER_LENGTH, WantedOutput, parse_request
 from service.grpc import messages
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.grpc.proto.grpc_predict_v2_pb2_grpc import (
     GRPCInferenceServiceServicer,
     add_GRPCInferenceServiceServicer_to_server,
 )
+from service.inference import RequestedOutput
 from service.v2 import codec
 
 JPEG_A = b"\xff\xd8\xff\xe0 first image \xff\xd9"
@@ -30,6 +31,25 @@ JPEG_B = b"\xff\xd8\xff\xe0 the second, a little longer \xff\xd9"
 @pytest.fixture(scope="module")
 def spec():
     return model_spec_of(BUNDLED_MODEL)
+
+
+class _Counted:
+    """Where the codec counts images (the server's admission ticket)."""
+
+    def __init__(self) -> None:
+        self.images = 0
+
+    def count_images(self, total: int) -> None:
+        assert total <= 16
+        self.images = total
+
+
+def _images(parsed) -> list[bytes]:
+    return [upload.data for upload in codec.model_inputs(parsed.inputs, _Counted()).uploads]
+
+
+def _batch(parsed) -> np.ndarray:
+    return codec.model_inputs(parsed.inputs, _Counted()).array
 
 
 def _split_http(request: bytes) -> tuple[str, dict[str, str], bytes]:
@@ -56,9 +76,9 @@ def test_v2_binary_request_with_encoded_images_is_what_the_server_parses(spec) -
     (tensor,) = parsed.inputs
     assert (tensor.name, tensor.datatype, tensor.shape) == (spec.input_name, "BYTES", (2,))
     assert codec.split_bytes_elements(tensor.raw, 2, tensor.name) == [JPEG_A, JPEG_B]
-    assert codec.model_input(parsed, spec, max_images=16).images == [JPEG_A, JPEG_B]
-    assert codec.requested_outputs(parsed, spec, "m") == [
-        codec.RequestedOutput(spec.output_name, binary=True, classification=5)]
+    assert _images(parsed) == [JPEG_A, JPEG_B]
+    assert parsed.outputs == [
+        WantedOutput(RequestedOutput(spec.output_name, ranked=True, k=5, asked_as="classification"), binary=True)]
 
 
 def test_v2_binary_request_with_a_tensor_is_what_the_server_parses(spec) -> None:
@@ -69,7 +89,7 @@ def test_v2_binary_request_with_a_tensor_is_what_the_server_parses(spec) -> None
     _, headers, body = _split_http(request)
     parsed = parse_request(body, int(headers[HEADER_LENGTH.lower()]))
     assert parsed.outputs is None and parsed.binary_output  # the model's output, as binary data
-    np.testing.assert_array_equal(codec.model_input(parsed, spec, max_images=16).batch, batch)
+    np.testing.assert_array_equal(_batch(parsed), batch)
 
 
 def test_v2_binary_request_body_matches_tritonclient_s(spec) -> None:
@@ -97,16 +117,15 @@ def test_grpc_infer_request_is_what_the_server_parses(spec) -> None:
     message = pb.ModelInferRequest.FromString(message.SerializeToString())  # as it crosses the wire
     assert message.model_name == "fashion-mnist-resnet20"
     parsed = messages.infer_request(message)
-    assert codec.model_input(parsed, spec, max_images=16).images == [JPEG_B]
-    assert codec.requested_outputs(parsed, spec, "m") == [
-        codec.RequestedOutput(spec.output_name, binary=True, classification=3)]
+    assert _images(parsed) == [JPEG_B]
+    assert parsed.outputs == [RequestedOutput(spec.output_name, ranked=True, k=3, asked_as="classification")]
 
     batch = np.ones((1, spec.channels, spec.crop_size, spec.crop_size), dtype=np.float32)
     message = loadgen.grpc_infer_request("m", input_name=spec.input_name, datatype="FP32", shape=list(batch.shape),
                                          data=batch.tobytes())
     parsed = messages.infer_request(message)
     assert parsed.outputs is None
-    np.testing.assert_array_equal(codec.model_input(parsed, spec, max_images=16).batch, batch)
+    np.testing.assert_array_equal(_batch(parsed), batch)
 
 
 def test_grpc_outcomes_read_as_the_http_statuses_of_the_same_errors() -> None:

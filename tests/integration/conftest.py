@@ -29,7 +29,7 @@ import uvicorn
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
+from service.model_server import ModelServer
 from service.config import BUNDLED_MODEL_DIR, Settings
 from service.runtime import OnnxModelRuntime
 
@@ -238,7 +238,7 @@ class GatedRuntime:
 
 
 class InThreadServer:
-    """Real uvicorn serving `create_app(settings)` from a thread of the test process, on a loopback socket."""
+    """Real uvicorn serving a `ModelServer`'s HTTP app from a thread of the test process, on a loopback socket."""
 
     def __init__(self, settings: Settings, *, hold_warm_up: bool = False) -> None:
         self.runtimes: dict[str, GatedRuntime] = {}
@@ -250,7 +250,8 @@ class InThreadServer:
             self.runtimes[path.stem] = runtime
             return runtime
 
-        self.app = create_app(settings, open_runtime=open_gated)
+        self.model_server = ModelServer(settings, open_runtime=open_gated)
+        self.app = self.model_server.http_app()
         self.socket = socket.create_server(("127.0.0.1", 0))
         self.port = self.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"

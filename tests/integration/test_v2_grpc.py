@@ -28,7 +28,6 @@ from tritonclient.grpc import service_pb2_grpc as triton_pb_grpc
 from tritonclient.utils import InferenceServerException
 
 from service.config import BUNDLED_MODEL_DIR, Settings
-from service.grpc.server import GrpcFrontEnd
 from service.server import DrainingServer
 
 from tests.images import encode_png, random_png
@@ -347,10 +346,10 @@ class InThreadGrpcServer(InThreadServer):
 
     def __init__(self, settings: Settings, *, hold_warm_up: bool = False) -> None:
         super().__init__(settings, hold_warm_up=hold_warm_up)
-        self.grpc = GrpcFrontEnd.for_app(self.app, settings, address="127.0.0.1:0")
+        self.grpc = self.model_server.grpc_front_end(address="127.0.0.1:0")
         config = uvicorn.Config(self.app, log_level="warning", lifespan="on")
-        self.server = DrainingServer(config, lifecycle=self.app.state.lifecycle, grace_s=settings.shutdown_grace_s,
-                                     grpc=self.grpc)
+        self.server = DrainingServer(config, lifecycle=self.model_server.lifecycle,
+                                     grace_s=settings.shutdown_grace_s, grpc=self.grpc)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
         self.grpc_url = ""
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as triton_pb
 
-from service.api import v2 as http_v2
 from service.config import Settings
 from service.errors import (
     InvalidParameter,
@@ -60,11 +59,6 @@ def test_the_wire_format_is_triton_s():
                                                       "ModelMetadata", "ModelInfer"}
 
 
-def test_protocol_constants_are_the_http_front_end_s():
-    assert messages.MODEL_VERSION == http_v2.MODEL_VERSION
-    assert v2.EXTENSIONS == http_v2.EXTENSIONS
-
-
 # --- messages -----------------------------------------------------------------------------------------------------
 
 
@@ -102,7 +96,7 @@ def test_classification_is_an_integer_output_parameter(field, value):
     request = pb.ModelInferRequest()
     setattr(request.outputs.add(name="logits").parameters["classification"], field, value)
     (output,) = messages.infer_request(request).outputs
-    assert (output.name, output.classification) == ("logits", 3)
+    assert (output.name, output.k) == ("logits", 3)
 
 
 def test_classification_of_another_type_is_refused_as_over_http():
@@ -121,10 +115,11 @@ def test_shared_memory_is_refused():
 
 
 def test_outputs_leave_as_raw_contents():
-    from service.v2 import codec
+    from service.inference import InferenceResult, OutputResult, StageTimings
 
     logits = np.arange(6, dtype=np.float32).reshape(2, 3)
-    response = messages.infer_response("m", "r1", [codec.logits_output("logits", logits)])
+    result = InferenceResult("m", "1", [OutputResult("logits", logits=logits)], StageTimings(0, 0, 0, 0))
+    response = messages.infer_response(result, "r1")
     assert (response.model_name, response.model_version, response.id) == ("m", "1", "r1")
     assert list(response.outputs[0].shape) == [2, 3] and response.outputs[0].datatype == FP32
     assert np.frombuffer(response.raw_output_contents[0], "<f4").tolist() == logits.reshape(-1).tolist()

@@ -1,0 +1,101 @@
+"""The server object: it builds the parts, registry -> data plane -> HTTP app and gRPC front end, and hands each
+front end the data plane. Neither front end reaches into the other, nor into the registry.
+
+`running()` is the models' life: load them (a bad model fails start-up with a message naming the problem), warm
+them up in the background while the front ends already answer probes, and on the way out drain and close them.
+The HTTP app's lifespan runs it, since uvicorn drives both listeners' start and stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.auth import ApiKeys, ApiKeysError
+from service.config import Settings
+from service.dataplane import DataPlane
+from service.grpc.server import GrpcFrontEnd
+from service.lifecycle import Lifecycle
+from service.metrics import ServiceMetrics
+from service.priority import thread_initializer
+from service.registry import ModelRegistry, RuntimeFactory, StartupError
+from service.runtime import available_cpus
+
+logger = logging.getLogger("service")
+
+ReadyHook = Callable[[dict[str, float]], None]
+"""Told each model's inference seconds per image at batch 1 once every model is ready (the worker supervisor)."""
+
+
+class ModelServer:
+    """One server process's parts. Nothing starts until `running()` is entered (by the HTTP app's lifespan)."""
+
+    def __init__(self, settings: Settings | None = None, *, open_runtime: RuntimeFactory | None = None,
+                 on_ready: ReadyHook | None = None) -> None:
+        """`open_runtime` replaces how model files are opened (tests); raises StartupError for unreadable keys."""
+        self.settings = settings = settings if settings is not None else Settings()
+        try:
+            self.api_keys = ApiKeys(settings.api_keys_file,
+                                    settings.api_keys.get_secret_value() if settings.api_keys is not None else None)
+        except ApiKeysError as exc:
+            raise StartupError(str(exc)) from None
+        self.metrics = ServiceMetrics()
+        self.lifecycle = Lifecycle()
+        self.registry = ModelRegistry(settings, self.metrics, open_runtime)
+        self.dataplane = DataPlane(
+            self.registry, lifecycle=self.lifecycle, metrics=self.metrics, limits=settings,
+            decode_threads=settings.decode_threads or available_cpus(),
+            decode_thread_initializer=thread_initializer(settings.worker_nice),
+        )
+        self._on_ready = on_ready
+
+    def http_app(self, *, warm_before_serving: bool = False) -> FastAPI:
+        """The HTTP front end; its lifespan runs the models (`running`). With `warm_before_serving` it takes no
+        connection before they are warm (a worker joining others that already serve)."""
+        from service.app import build_http_app  # the web stack, only for a server that serves HTTP
+
+        @asynccontextmanager
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            async with self.running(warm_before_serving=warm_before_serving):
+                yield
+
+        return build_http_app(self.dataplane, lifecycle=self.lifecycle, metrics=self.metrics,
+                              api_keys=self.api_keys, settings=self.settings, lifespan=lifespan)
+
+    def grpc_front_end(self, *, address: str | None = None, share_port: bool = False) -> GrpcFrontEnd:
+        """The V2 gRPC front end on the same data plane, admitted by the same keys."""
+        return GrpcFrontEnd(self.dataplane, lifecycle=self.lifecycle, metrics=self.metrics, settings=self.settings,
+                            address=address, share_port=share_port, api_keys=self.api_keys)
+
+    @asynccontextmanager
+    async def running(self, *, warm_before_serving: bool = False) -> AsyncIterator[None]:
+        registry = self.registry
+        try:
+            await asyncio.to_thread(registry.load)
+        except StartupError as exc:
+            logger.error("cannot start: %s", exc)
+            raise
+        warm_up = asyncio.create_task(self._warm_up(), name="warm-up")
+        if warm_before_serving:
+            await asyncio.shield(warm_up)
+        try:
+            yield
+        finally:
+            self.lifecycle.begin_drain()
+            warm_up.cancel()
+            await asyncio.gather(warm_up, return_exceptions=True)
+            await registry.close()
+            self.lifecycle.mark_stopped()
+            self.dataplane.close()
+            logger.info("models unloaded")
+
+    async def _warm_up(self) -> None:
+        if await self.registry.warm_up_and_start():
+            self.lifecycle.mark_ready()
+            logger.info("all %d model(s) ready", len(self.registry.models))
+            if self._on_ready is not None:
+                self._on_ready(await self.registry.batch1_seconds_per_image())
