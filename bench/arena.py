@@ -81,15 +81,33 @@ def main(argv: list[str] | None = None) -> int:
     case = ensure_model(model_case(args.model, args.cache_dir))
     large = args.large_batch
     print(f"{case.title}, {RUNS} timed runs per batch, one process per row (RSS in MB, times in ms)\n")
-    print(f"| CPU arena | after session | after batch 1 | after batch {large} | batch 1 again | batch 1 (ms) "
-          f"| batch {large} (ms) |")
+    print(
+        f"| CPU arena | after session | after batch 1 | after batch {large} | batch 1 again | batch 1 (ms) "
+        f"| batch {large} (ms) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for arena in ("on", "off"):
-        out = subprocess.run([sys.executable, "-m", "bench.arena", "--child", arena, "--path", str(case.path),
-                              "--large-batch", str(large)], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.arena",
+                "--child",
+                arena,
+                "--path",
+                str(case.path),
+                "--large-batch",
+                str(large),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         f = json.loads(out.strip().splitlines()[-1])
-        print(f"| {arena} | {f['session_mb']:.0f} | {f['after_batch1_mb']:.0f} | {f['after_large_mb']:.0f} | "
-              f"{f['after_batch1_again_mb']:.0f} | {f['batch1_ms']:.1f} | {f[f'batch{large}_ms']:.1f} |")
+        print(
+            f"| {arena} | {f['session_mb']:.0f} | {f['after_batch1_mb']:.0f} | {f['after_large_mb']:.0f} | "
+            f"{f['after_batch1_again_mb']:.0f} | {f['batch1_ms']:.1f} | {f[f'batch{large}_ms']:.1f} |"
+        )
     return 0
 
 

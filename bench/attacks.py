@@ -36,8 +36,7 @@ async def _read_status_until_closed(reader: asyncio.StreamReader, limit_s: float
     return None
 
 
-async def slow_request(host: str, port: int, kind: str, *, limit_s: float = 120.0, interval_s: float = 1.0
-                       ) -> Closed:
+async def slow_request(host: str, port: int, kind: str, *, limit_s: float = 120.0, interval_s: float = 1.0) -> Closed:
     """One hostile connection of `kind` that sends as little as it can until the server closes it:
 
     - ``idle``: connects and sends nothing;
@@ -50,8 +49,9 @@ async def slow_request(host: str, port: int, kind: str, *, limit_s: float = 120.
         reader, writer = await asyncio.open_connection(host, port)
     except OSError:
         return Closed(kind, None, time.monotonic() - started)
-    head = (f"POST /v1/classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n"
-            f"Content-Length: 100000\r\n\r\n").encode()
+    head = (
+        f"POST /v1/classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+    ).encode()
     status_task = asyncio.ensure_future(_read_status_until_closed(reader, limit_s))
     try:
         if kind in ("slow-body", "short-body"):
@@ -70,8 +70,7 @@ async def slow_request(host: str, port: int, kind: str, *, limit_s: float = 120.
     return Closed(kind, status, time.monotonic() - started)
 
 
-async def hold_slow_sockets(host: str, port: int, count: int, stop: asyncio.Event, interval_s: float = 1.0
-                            ) -> int:
+async def hold_slow_sockets(host: str, port: int, count: int, stop: asyncio.Event, interval_s: float = 1.0) -> int:
     """Keep `count` slow-head connections open until `stop` is set, opening a new one whenever the server closes
     one; returns how many the server closed."""
     closed = 0
@@ -113,5 +112,7 @@ def sixteen_bit_png(side: int = 7000) -> bytes:
 
 
 def raw_request(host: str, port: int, path: str, data: bytes, content_type: str) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    ).encode() + data

@@ -52,8 +52,13 @@ class GpuReport:
 
 def _gpu_name() -> str:
     try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+        return subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "no NVIDIA GPU found (nvidia-smi absent or failing)"
 
@@ -78,8 +83,14 @@ def raw_cuda(case: ModelCase) -> list[dict[str, float]]:
         raise RuntimeError(f"{case.title}: the session runs on {runtime.provider}, not CUDA")
     spec = measure.model_spec(runtime)
     timings = measure.raw_inference(runtime, spec, BATCH_SIZES, min_seconds=2.0, min_runs=5)
-    return [{"batch_size": t.batch_size, "ms_per_batch": t.seconds_per_batch * 1e3,
-             "images_per_second": t.images_per_second} for t in timings]
+    return [
+        {
+            "batch_size": t.batch_size,
+            "ms_per_batch": t.seconds_per_batch * 1e3,
+            "images_per_second": t.images_per_second,
+        }
+        for t in timings
+    ]
 
 
 def served_on_cuda(case: ModelCase, cache_dir: Path, raw: list[dict[str, float]]) -> dict[str, object]:
@@ -87,20 +98,39 @@ def served_on_cuda(case: ModelCase, cache_dir: Path, raw: list[dict[str, float]]
     log = cache_dir / "logs" / "gpu-server.log"
     with RunningServer(OURS, case, log, ("--providers", "cuda,cpu", "--max-batch-size", "auto")).wait_ready() as server:
         described = httpx.get(f"http://127.0.0.1:{server.port}/v1/models/{case.name}", timeout=30).json()
-        requests = [loadgen.multipart_request("127.0.0.1", server.port, server.classify_path, p.data, p.name,
-                                              p.size.content_type) for p in photos]
-        run = asyncio.run(loadgen.closed_loop("127.0.0.1", server.port, requests, concurrency=64, warmup_s=3.0,
-                                              duration_s=15.0, server_cpu=server.cpu_seconds))
-    spec_preprocess = measure.preprocessing(photos, measure.model_spec_of(case.path), jpeg_draft=True,
-                                            min_seconds=1.0, min_runs=5)
+        requests = [
+            loadgen.multipart_request(
+                "127.0.0.1", server.port, server.classify_path, p.data, p.name, p.size.content_type
+            )
+            for p in photos
+        ]
+        run = asyncio.run(
+            loadgen.closed_loop(
+                "127.0.0.1",
+                server.port,
+                requests,
+                concurrency=64,
+                warmup_s=3.0,
+                duration_s=15.0,
+                server_cpu=server.cpu_seconds,
+            )
+        )
+    spec_preprocess = measure.preprocessing(
+        photos, measure.model_spec_of(case.path), jpeg_draft=True, min_seconds=1.0, min_runs=5
+    )
     from service.runtime import available_cpus
 
     best = max(raw, key=lambda row: row["images_per_second"])
     ceiling = measure.ceiling(spec_preprocess.seconds_per_image, 1.0 / best["images_per_second"], available_cpus())
-    return {"execution_provider": described["execution_provider"], "batching": described["batching"],
-            "throughput": run.throughput, "statuses": {str(k): v for k, v in run.status_counts().items()},
-            "ceiling": ceiling, "ratio": run.throughput / ceiling if ceiling else None,
-            "server_cpu_cores": run.server_cpu_fraction}
+    return {
+        "execution_provider": described["execution_provider"],
+        "batching": described["batching"],
+        "throughput": run.throughput,
+        "statuses": {str(k): v for k, v in run.status_counts().items()},
+        "ceiling": ceiling,
+        "ratio": run.throughput / ceiling if ceiling else None,
+        "server_cpu_cores": run.server_cpu_fraction,
+    }
 
 
 def cpu_fallback(cache_dir: Path) -> dict[str, object]:
@@ -108,18 +138,30 @@ def cpu_fallback(cache_dir: Path) -> dict[str, object]:
     log = cache_dir / "logs" / "gpu-fallback.log"
     with RunningServer(OURS, case, log, ("--providers", "cuda,cpu")).wait_ready() as server:
         described = httpx.get(f"http://127.0.0.1:{server.port}/v1/models/{case.name}", timeout=30).json()
-        answer = httpx.post(f"http://127.0.0.1:{server.port}{server.classify_path}",
-                            files=[("file", ("sneaker.png", (REPO_ROOT / "examples" / "sneaker.png").read_bytes(),
-                                             "image/png"))], timeout=60)
+        answer = httpx.post(
+            f"http://127.0.0.1:{server.port}{server.classify_path}",
+            files=[("file", ("sneaker.png", (REPO_ROOT / "examples" / "sneaker.png").read_bytes(), "image/png"))],
+            timeout=60,
+        )
     warned = "not available in this onnxruntime build" in log.read_text()
-    return {"execution_provider": described["execution_provider"], "status": answer.status_code,
-            "top_label": answer.json()["results"][0]["top_k"][0]["label"] if answer.status_code == 200 else None,
-            "warned_in_log": warned}
+    return {
+        "execution_provider": described["execution_provider"],
+        "status": answer.status_code,
+        "top_label": answer.json()["results"][0]["top_k"][0]["label"] if answer.status_code == 200 else None,
+        "warned_in_log": warned,
+    }
 
 
 def render(report: GpuReport, command: str) -> str:
-    lines = ["# The CUDA path", "", f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
-             "", f"- GPU: {report.gpu}", f"- onnxruntime providers: {', '.join(report.providers)}", ""]
+    lines = [
+        "# The CUDA path",
+        "",
+        f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "",
+        f"- GPU: {report.gpu}",
+        f"- onnxruntime providers: {', '.join(report.providers)}",
+        "",
+    ]
     for title, rows in report.raw.items():
         lines += [f"## Raw CUDA throughput, {title}", "", "| Batch | ms per batch | img/s |", "|---|---|---|"]
         lines += [f"| {r['batch_size']:.0f} | {r['ms_per_batch']:.2f} | {r['images_per_second']:.1f} |" for r in rows]
@@ -149,8 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             report.raw[case.title] = raw_cuda(case)
         report.served = served_on_cuda(fp32, args.cache_dir, report.raw[fp32.title])
     else:
-        report.notes.append("this onnxruntime build has no CUDA provider: raw CUDA throughput and the server on CUDA "
-                            "were not measured (install onnxruntime-gpu on a machine with an NVIDIA GPU)")
+        report.notes.append(
+            "this onnxruntime build has no CUDA provider: raw CUDA throughput and the server on CUDA "
+            "were not measured (install onnxruntime-gpu on a machine with an NVIDIA GPU)"
+        )
     report.fallback = cpu_fallback(args.cache_dir)
     text = render(report, "python -m bench.gpu" + (f" --output {args.output}" if args.output else ""))
     if args.output:

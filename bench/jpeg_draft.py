@@ -23,11 +23,20 @@ from service.preprocess import DecodeOptions, preprocess_image
 
 SPECS = {
     "RGB resize 256 crop 224 (ImageNet-style)": ModelSpec(
-        labels=["x"], color_mode="RGB", resize_size=256, crop_size=224,
-        mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
+        labels=["x"],
+        color_mode="RGB",
+        resize_size=256,
+        crop_size=224,
+        mean=[0.485, 0.456, 0.406],
+        std=[0.229, 0.224, 0.225],
     ),
     "L resize 28 crop 28 (Fashion-MNIST-style)": ModelSpec(
-        labels=["x"], color_mode="L", resize_size=28, crop_size=28, mean=[0.286], std=[0.353],
+        labels=["x"],
+        color_mode="L",
+        resize_size=28,
+        crop_size=28,
+        mean=[0.286],
+        std=[0.353],
     ),
 }
 
@@ -56,9 +65,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     data = twelve_megapixel_jpeg()
-    print(f"JPEG: 4243x2828 = {4243 * 2828 / 1e6:.1f} Mpx, {len(data) / 1e6:.2f} MB, quality 90; "
-          f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
-          f"Pillow {Image.__version__}")
+    print(
+        f"JPEG: 4243x2828 = {4243 * 2828 / 1e6:.1f} Mpx, {len(data) / 1e6:.2f} MB, quality 90; "
+        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+        f"Pillow {Image.__version__}"
+    )
     print("| model input | full decode (ms) | draft (ms) | speed-up | max diff (levels) | mean diff (levels) |")
     print("|---|---|---|---|---|---|")
     for name, spec in SPECS.items():
@@ -70,8 +81,10 @@ def main() -> None:
         levels = np.abs(full.astype(np.float64) - drafted.astype(np.float64)) * std * 255
         full_s = _median_seconds(data, spec, full_options, args.repeats)
         draft_s = _median_seconds(data, spec, draft_options, args.repeats)
-        print(f"| {name} | {full_s * 1e3:.1f} | {draft_s * 1e3:.1f} | {full_s / draft_s:.1f}x | "
-              f"{levels.max():.1f} | {levels.mean():.2f} |")
+        print(
+            f"| {name} | {full_s * 1e3:.1f} | {draft_s * 1e3:.1f} | {full_s / draft_s:.1f}x | "
+            f"{levels.max():.1f} | {levels.mean():.2f} |"
+        )
 
 
 if __name__ == "__main__":

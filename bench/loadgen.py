@@ -56,7 +56,9 @@ def multipart_request_files(host: str, port: int, path: str, files: Sequence[tup
     boundary = "bench" + uuid.uuid4().hex
     parts = [
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-        f"Content-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n"
+        f"Content-Type: {content_type}\r\n\r\n".encode()
+        + data
+        + b"\r\n"
         for filename, data, content_type in files
     ]
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
@@ -76,15 +78,30 @@ def v2_bytes_tensor(elements: Sequence[bytes]) -> bytes:
     return b"".join(_LENGTH_PREFIX.pack(len(element)) + element for element in elements)
 
 
-def v2_infer_header(input_name: str, datatype: str, shape: Sequence[int], binary_size: int, *,
-                    output_name: str | None = None, classification: int | None = None,
-                    binary_output: bool = True) -> dict[str, Any]:
+def v2_infer_header(
+    input_name: str,
+    datatype: str,
+    shape: Sequence[int],
+    binary_size: int,
+    *,
+    output_name: str | None = None,
+    classification: int | None = None,
+    binary_output: bool = True,
+) -> dict[str, Any]:
     """The JSON header of an Open Inference Protocol request whose one input follows it as `binary_size` bytes.
 
     With `output_name`, the response carries that output only, as the classification extension's top
     `classification` strings when that is given; its data is binary when `binary_output`."""
-    header: dict[str, Any] = {"inputs": [{"name": input_name, "datatype": datatype, "shape": list(shape),
-                                          "parameters": {"binary_data_size": binary_size}}]}
+    header: dict[str, Any] = {
+        "inputs": [
+            {
+                "name": input_name,
+                "datatype": datatype,
+                "shape": list(shape),
+                "parameters": {"binary_data_size": binary_size},
+            }
+        ]
+    }
     if output_name is not None:
         parameters: dict[str, Any] = {"binary_data": binary_output}
         if classification is not None:
@@ -95,15 +112,34 @@ def v2_infer_header(input_name: str, datatype: str, shape: Sequence[int], binary
     return header
 
 
-def v2_binary_request(host: str, port: int, model: str, *, input_name: str, datatype: str, shape: Sequence[int],
-                      data: bytes, output_name: str | None = None, classification: int | None = None,
-                      binary_output: bool = True) -> bytes:
+def v2_binary_request(
+    host: str,
+    port: int,
+    model: str,
+    *,
+    input_name: str,
+    datatype: str,
+    shape: Sequence[int],
+    data: bytes,
+    output_name: str | None = None,
+    classification: int | None = None,
+    binary_output: bool = True,
+) -> bytes:
     """A complete ``POST /v2/models/{model}/infer`` with Triton's binary tensor data extension, ready to write to a
     socket: the JSON header, then `data` (the input's binary form: `v2_bytes_tensor` of encoded images for BYTES,
     little-endian row-major floats for FP32), its length in `Inference-Header-Content-Length`."""
-    header = json.dumps(v2_infer_header(input_name, datatype, shape, len(data), output_name=output_name,
-                                        classification=classification, binary_output=binary_output),
-                        separators=(",", ":")).encode()
+    header = json.dumps(
+        v2_infer_header(
+            input_name,
+            datatype,
+            shape,
+            len(data),
+            output_name=output_name,
+            classification=classification,
+            binary_output=binary_output,
+        ),
+        separators=(",", ":"),
+    ).encode()
     body = header + data
     head = (
         f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: resnet-serve-bench\r\n"
@@ -113,8 +149,16 @@ def v2_binary_request(host: str, port: int, model: str, *, input_name: str, data
     return head + body
 
 
-def grpc_infer_request(model: str, *, input_name: str, datatype: str, shape: Sequence[int], data: bytes,
-                       output_name: str | None = None, classification: int | None = None) -> pb.ModelInferRequest:
+def grpc_infer_request(
+    model: str,
+    *,
+    input_name: str,
+    datatype: str,
+    shape: Sequence[int],
+    data: bytes,
+    output_name: str | None = None,
+    classification: int | None = None,
+) -> pb.ModelInferRequest:
     """A gRPC ``ModelInfer`` request carrying its one input in ``raw_input_contents`` (the same bytes as
     `v2_binary_request`'s binary part); with `output_name`, that output only, as the top `classification` strings
     when that is given."""
@@ -340,8 +384,15 @@ class _HttpClient(_Client):
         self._connection.close()
 
 
-async def _run_closed_loop(new_client: Callable[[], _Client], requests: Sequence[Any], *, concurrency: int,
-                           warmup_s: float, duration_s: float, server_cpu: Callable[[], float] | None) -> LoadRun:
+async def _run_closed_loop(
+    new_client: Callable[[], _Client],
+    requests: Sequence[Any],
+    *,
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+    server_cpu: Callable[[], float] | None,
+) -> LoadRun:
     start = time.monotonic()
     window_start = start + warmup_s
     window_end = window_start + duration_s
@@ -367,16 +418,29 @@ async def _run_closed_loop(new_client: Callable[[], _Client], requests: Sequence
             await connection.close()
 
     await asyncio.gather(meter.watch(window_start, window_end), *(client(i) for i in range(concurrency)))
-    return LoadRun(samples, window_start, duration_s, meter.client_cpu_s, meter.server_cpu_s,
-                   concurrency=concurrency)
+    return LoadRun(samples, window_start, duration_s, meter.client_cpu_s, meter.server_cpu_s, concurrency=concurrency)
 
 
-async def closed_loop(host: str, port: int, requests: Sequence[bytes], *, concurrency: int, warmup_s: float,
-                      duration_s: float, server_cpu: Callable[[], float] | None = None,
-                      timeout_s: float = 120.0) -> LoadRun:
+async def closed_loop(
+    host: str,
+    port: int,
+    requests: Sequence[bytes],
+    *,
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+    server_cpu: Callable[[], float] | None = None,
+    timeout_s: float = 120.0,
+) -> LoadRun:
     """`concurrency` clients in a loop for warm-up plus `duration_s`; requests are taken round-robin."""
-    return await _run_closed_loop(lambda: _HttpClient(host, port, timeout_s), requests, concurrency=concurrency,
-                                  warmup_s=warmup_s, duration_s=duration_s, server_cpu=server_cpu)
+    return await _run_closed_loop(
+        lambda: _HttpClient(host, port, timeout_s),
+        requests,
+        concurrency=concurrency,
+        warmup_s=warmup_s,
+        duration_s=duration_s,
+        server_cpu=server_cpu,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------- gRPC
@@ -457,20 +521,43 @@ async def grpc_wait_ready(target: str, timeout_s: float = 30.0) -> None:
             await asyncio.sleep(0.1)
 
 
-async def grpc_closed_loop(target: str, requests: Sequence[pb.ModelInferRequest], *, concurrency: int,
-                           warmup_s: float, duration_s: float, server_cpu: Callable[[], float] | None = None,
-                           timeout_s: float = 120.0) -> LoadRun:
+async def grpc_closed_loop(
+    target: str,
+    requests: Sequence[pb.ModelInferRequest],
+    *,
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+    server_cpu: Callable[[], float] | None = None,
+    timeout_s: float = 120.0,
+) -> LoadRun:
     """`closed_loop` over gRPC ``ModelInfer`` on grpc.aio: `concurrency` clients, each with its own channel (so
     its own connection) to `target` ("host:port"), each sending its next request when the previous answer
     arrives. Outcomes are recorded as HTTP statuses (`grpc_status`); RESOURCE_EXHAUSTED is a refusal (503),
     after which the client waits what the ``retry-after`` trailing metadata says, capped at 1 s."""
-    return await _run_closed_loop(lambda: _GrpcClient(target, timeout_s), requests, concurrency=concurrency,
-                                  warmup_s=warmup_s, duration_s=duration_s, server_cpu=server_cpu)
+    return await _run_closed_loop(
+        lambda: _GrpcClient(target, timeout_s),
+        requests,
+        concurrency=concurrency,
+        warmup_s=warmup_s,
+        duration_s=duration_s,
+        server_cpu=server_cpu,
+    )
 
 
-async def open_loop(host: str, port: int, requests: Sequence[bytes], *, rate: float, warmup_s: float,
-                    duration_s: float, server_cpu: Callable[[], float] | None = None, seed: int = 0,
-                    max_connections: int = 512, timeout_s: float = 60.0) -> LoadRun:
+async def open_loop(
+    host: str,
+    port: int,
+    requests: Sequence[bytes],
+    *,
+    rate: float,
+    warmup_s: float,
+    duration_s: float,
+    server_cpu: Callable[[], float] | None = None,
+    seed: int = 0,
+    max_connections: int = 512,
+    timeout_s: float = 60.0,
+) -> LoadRun:
     """Poisson arrivals at `rate` per second for warm-up plus `duration_s`, each on an idle connection."""
     rng = random.Random(seed)
     start = time.monotonic()
@@ -525,8 +612,15 @@ class RateTrial:
     passed: bool
 
 
-async def search_max_rate(run_at: Callable[[float], Awaitable[LoadRun]], *, low: float, high: float,
-                          steps: int, p99_limit_s: float, halvings: int = 3) -> list[RateTrial]:
+async def search_max_rate(
+    run_at: Callable[[float], Awaitable[LoadRun]],
+    *,
+    low: float,
+    high: float,
+    steps: int,
+    p99_limit_s: float,
+    halvings: int = 3,
+) -> list[RateTrial]:
     """Search for the highest Poisson rate whose p99 (failures counted as infinitely slow) stays under the limit.
 
     `run_at(rate)` runs one trial. The first trial is at `high`; if it passes, the search is done. Then `low`,

@@ -68,14 +68,15 @@ def model_spec(runtime: OnnxModelRuntime) -> ModelSpec:
     return build_spec(fields_from_metadata_props(runtime.metadata_props), source=runtime.path.name)
 
 
-def raw_inference(runtime: OnnxModelRuntime, spec: ModelSpec, batch_sizes: Sequence[int], *, min_seconds: float,
-                  min_runs: int) -> list[BatchTiming]:
+def raw_inference(
+    runtime: OnnxModelRuntime, spec: ModelSpec, batch_sizes: Sequence[int], *, min_seconds: float, min_runs: int
+) -> list[BatchTiming]:
     """Seconds per batch for each batch size on random inputs (speed does not depend on the pixel values)."""
     rng = np.random.default_rng(0)
     timings = []
     for size in batch_sizes:
         batch = rng.standard_normal((size, spec.channels, spec.crop_size, spec.crop_size), dtype=np.float32)
-        seconds, runs = _timed_median(lambda: runtime.run(batch, spec.output_name), min_seconds, min_runs)
+        seconds, runs = _timed_median(lambda batch=batch: runtime.run(batch, spec.output_name), min_seconds, min_runs)
         timings.append(BatchTiming(size, seconds, runs))
     return timings
 
@@ -83,8 +84,9 @@ def raw_inference(runtime: OnnxModelRuntime, spec: ModelSpec, batch_sizes: Seque
 def default_session_batch1(path: Path, spec: ModelSpec, *, min_seconds: float, min_runs: int) -> BatchTiming:
     """Batch-1 time with a default `InferenceSession`, as the naive server has it."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    batch = np.random.default_rng(0).standard_normal((1, spec.channels, spec.crop_size, spec.crop_size),
-                                                     dtype=np.float32)
+    batch = np.random.default_rng(0).standard_normal(
+        (1, spec.channels, spec.crop_size, spec.crop_size), dtype=np.float32
+    )
     seconds, runs = _timed_median(lambda: session.run(None, {spec.input_name: batch}), min_seconds, min_runs)
     return BatchTiming(1, seconds, runs)
 
@@ -93,15 +95,17 @@ def best_batch(timings: Sequence[BatchTiming]) -> BatchTiming:
     return max(timings, key=lambda timing: timing.images_per_second)
 
 
-def preprocessing(images: Sequence[EncodedImage], spec: ModelSpec, *, jpeg_draft: bool, min_seconds: float,
-                  min_runs: int) -> PreprocessTiming:
+def preprocessing(
+    images: Sequence[EncodedImage], spec: ModelSpec, *, jpeg_draft: bool, min_seconds: float, min_runs: int
+) -> PreprocessTiming:
     """Single-threaded seconds per image of the server's preprocessing (decode, resize, crop, normalise)."""
     options = DecodeOptions(jpeg_draft=jpeg_draft)
     medians = []
     for image in images:
         seconds, _ = _timed_median(
             lambda image=image: preprocess_image(image.data, spec, options, image.size.content_type),
-            min_seconds / len(images), min_runs,
+            min_seconds / len(images),
+            min_runs,
         )
         medians.append(seconds)
     size = images[0].size
@@ -115,8 +119,9 @@ def ceiling(preprocess_s: float, inference_s_per_image: float, cores: int) -> fl
     return 1.0 / (preprocess_s / cores + inference_s_per_image)
 
 
-def top1_accuracy(runtime: OnnxModelRuntime, spec: ModelSpec, images: np.ndarray, labels: np.ndarray,
-                  batch_size: int = 500) -> float:
+def top1_accuracy(
+    runtime: OnnxModelRuntime, spec: ModelSpec, images: np.ndarray, labels: np.ndarray, batch_size: int = 500
+) -> float:
     """Top-1 accuracy on uint8 grey images, preprocessed by the server's own `image_to_tensor`."""
     correct = 0
     for first in range(0, len(images), batch_size):

@@ -24,8 +24,9 @@ from PIL import Image
 def create_app(model_path: str) -> FastAPI:
     session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
-    spec = {key.removeprefix("modelspec."): json.loads(value) for key, value in meta.items()
-            if key.startswith("modelspec.")}
+    spec = {
+        key.removeprefix("modelspec."): json.loads(value) for key, value in meta.items() if key.startswith("modelspec.")
+    }
     labels = spec["labels"]
     resize, crop = spec["resize_size"], spec["crop_size"]
     mean = np.array(spec["mean"], dtype=np.float32)
@@ -39,15 +40,15 @@ def create_app(model_path: str) -> FastAPI:
         return {"status": "ok"}
 
     @app.post("/v1/models/{name}/classify")
-    def classify(name: str, file: UploadFile = File(...)) -> dict:
+    def classify(name: str, file: UploadFile = File(...)) -> dict:  # noqa: B008 - FastAPI's own idiom
         image = Image.open(file.file).convert(spec["color_mode"])
         width, height = image.size
         if width < height:
             image = image.resize((resize, int(resize * height / width)), resample)
         else:
             image = image.resize((int(resize * width / height), resize), resample)
-        left = int(round((image.width - crop) / 2))
-        top = int(round((image.height - crop) / 2))
+        left = round((image.width - crop) / 2)
+        top = round((image.height - crop) / 2)
         image = image.crop((left, top, left + crop, top + crop))
         pixels = np.asarray(image, dtype=np.float32) / 255.0
         if pixels.ndim == 2:

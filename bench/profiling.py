@@ -33,10 +33,26 @@ def start_recording(pid: int, seconds: float, output: Path, rate_hz: int = 100) 
     if executable is None:
         raise RuntimeError("py-spy is not installed (pip install py-spy, or the project's bench extra)")
     return subprocess.Popen(
-        [executable, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", str(rate_hz),
-         "--format", "raw", "--output", str(output), "--threads", "--nonblocking", "--function",
-         "--subprocesses"],  # a server with worker processes: their threads, not the idle supervisor's
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            executable,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(max(1, round(seconds))),
+            "--rate",
+            str(rate_hz),
+            "--format",
+            "raw",
+            "--output",
+            str(output),
+            "--threads",
+            "--nonblocking",
+            "--function",
+            "--subprocesses",
+        ],  # a server with worker processes: their threads, not the idle supervisor's
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 

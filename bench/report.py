@@ -72,7 +72,7 @@ def _pct(value: float | None, digits: int = 1) -> str:
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -148,8 +148,9 @@ def _saturation_name(size: str) -> Callable[[BenchResults], str]:
     return name
 
 
-def _saturation_of(model_of: Callable[[BenchResults], str | None], size: str, target: float
-                   ) -> Callable[[BenchResults], Measurement | None]:
+def _saturation_of(
+    model_of: Callable[[BenchResults], str | None], size: str, target: float
+) -> Callable[[BenchResults], Measurement | None]:
     """Our server at its defaults: its best closed-loop throughput on `size` against that model's ceiling."""
 
     def measure(results: BenchResults) -> Measurement | None:
@@ -168,7 +169,8 @@ def _saturation_of(model_of: Callable[[BenchResults], str | None], size: str, ta
             f"{ceiling.images_per_second:.1f} = {ratio:.3f}",
             ratio >= target,
             f"{ratio - target:+.3f} of the ceiling ({saturation.throughput - target * ceiling.images_per_second:+.1f}"
-            f" img/s)")
+            f" img/s)",
+        )
 
     return measure
 
@@ -177,8 +179,9 @@ def _saturation(size: str, target: float) -> Callable[[BenchResults], Measuremen
     return _saturation_of(_primary, size, target)
 
 
-def _c1_latency_of(model_of: Callable[[BenchResults], str | None], allowed_ms: float
-                   ) -> Callable[[BenchResults], Measurement | None]:
+def _c1_latency_of(
+    model_of: Callable[[BenchResults], str | None], allowed_ms: float
+) -> Callable[[BenchResults], Measurement | None]:
     """Our server's p50 at concurrency 1 against preprocessing plus batch-1 inference timed just before."""
 
     def measure(results: BenchResults) -> Measurement | None:
@@ -196,13 +199,17 @@ def _c1_latency_of(model_of: Callable[[BenchResults], str | None], allowed_ms: f
         floor = pre_ms + inference_ms
         overhead = c1.p50_ms - floor
         digits = 1 if allowed_ms >= 1 else 2
-        earlier = (f"; at the start of the run {pre.server_ms:.{digits}f} + {batch1.ms_per_batch:.{digits}f} ms"
-                   if pre and batch1 else "")
+        earlier = (
+            f"; at the start of the run {pre.server_ms:.{digits}f} + {batch1.ms_per_batch:.{digits}f} ms"
+            if pre and batch1
+            else ""
+        )
         return Measurement(
             f"p50 {c1.p50_ms:.{digits}f} ms vs {pre_ms:.{digits}f} + {inference_ms:.{digits}f} = {floor:.{digits}f} ms "
             f"timed just before the run (overhead {overhead:.{digits}f} ms){earlier}",
             overhead <= allowed_ms,
-            f"{allowed_ms - overhead:+.{digits}f} ms of slack")
+            f"{allowed_ms - overhead:+.{digits}f} ms of slack",
+        )
 
     return measure
 
@@ -223,12 +230,17 @@ def _c64_accepted(results: BenchResults) -> Measurement | None:
     batch = results.admission_max_batch_size
     if batch is not None and c64.throughput > 0:
         in_system = results.admission_max_queue_size + batch
-        bound = (f"; queue {results.admission_max_queue_size} + batch {batch} = {in_system} images at "
-                 f"{c64.throughput:.1f} img/s take {in_system / c64.throughput:.2f} s")
+        bound = (
+            f"; queue {results.admission_max_queue_size} + batch {batch} = {in_system} images at "
+            f"{c64.throughput:.1f} img/s take {in_system / c64.throughput:.2f} s"
+        )
     if results.admission_max_queue_wait_ms:
         bound += f"; admission refuses what would wait over {results.admission_max_queue_wait_ms:g} ms"
-    return Measurement(f"p99 {c64.p99_ms:.0f} ms over {c64.ok} answers{bound}", c64.p99_ms < C64_P99_MS,
-                       f"{C64_P99_MS - c64.p99_ms:+.0f} ms of slack")
+    return Measurement(
+        f"p99 {c64.p99_ms:.0f} ms over {c64.ok} answers{bound}",
+        c64.p99_ms < C64_P99_MS,
+        f"{C64_P99_MS - c64.p99_ms:+.0f} ms of slack",
+    )
 
 
 def _c64_refused(results: BenchResults) -> Measurement | None:
@@ -241,16 +253,19 @@ def _c64_refused(results: BenchResults) -> Measurement | None:
         f"{c64.statuses.get('503', 0)} refused with 503: p50 {c64.rejected_p50_ms:.1f} ms, "
         f"p99 {c64.rejected_p99_ms:.1f} ms, max {c64.rejected_max_ms:.1f} ms",
         c64.rejected_p99_ms <= REJECT_MS,
-        f"{REJECT_MS - c64.rejected_p99_ms:+.1f} ms of slack (p99)")
+        f"{REJECT_MS - c64.rejected_p99_ms:+.1f} ms of slack (p99)",
+    )
 
 
 def _idle_cpu(results: BenchResults) -> Measurement | None:
     resources = results.resources_for("ours", results.primary_model)
     if not resources or resources.idle_cpu_percent is None:
         return None
-    return Measurement(f"{resources.idle_cpu_percent:.2f}% over {resources.idle_seconds:g} s",
-                       resources.idle_cpu_percent < IDLE_PERCENT,
-                       f"{IDLE_PERCENT - resources.idle_cpu_percent:+.2f} points")
+    return Measurement(
+        f"{resources.idle_cpu_percent:.2f}% over {resources.idle_seconds:g} s",
+        resources.idle_cpu_percent < IDLE_PERCENT,
+        f"{IDLE_PERCENT - resources.idle_cpu_percent:+.2f} points",
+    )
 
 
 def _int8_key(results: BenchResults) -> str:
@@ -274,7 +289,8 @@ def _int8_throughput(results: BenchResults) -> Measurement | None:
         f"served {int8_sat.throughput:.1f} vs {fp32_sat.throughput:.1f} img/s = {served:.2f}×; raw ONNX Runtime "
         f"best {int8_raw.best.images_per_second:.1f} vs {fp32_raw.best.images_per_second:.1f} = {raw_ratio:.2f}×",
         served >= INT8_SPEEDUP,
-        f"{served - INT8_SPEEDUP:+.2f}× (served), {raw_ratio - INT8_SPEEDUP:+.2f}× (raw)")
+        f"{served - INT8_SPEEDUP:+.2f}× (served), {raw_ratio - INT8_SPEEDUP:+.2f}× (raw)",
+    )
 
 
 def _int8_accuracy(results: BenchResults) -> Measurement | None:
@@ -286,7 +302,8 @@ def _int8_accuracy(results: BenchResults) -> Measurement | None:
         f"fp32 {100 * fp32_acc.test_accuracy:.2f}%, INT8 {100 * int8_acc.test_accuracy:.2f}% "
         f"({fp32_acc.images:,} test images): {drop:+.2f} points",
         abs(drop) <= ACCURACY_POINTS,
-        f"{ACCURACY_POINTS - abs(drop):+.2f} points of slack")
+        f"{ACCURACY_POINTS - abs(drop):+.2f} points of slack",
+    )
 
 
 def _v2_bytes_vs_v1(results: BenchResults) -> Measurement | None:
@@ -299,7 +316,8 @@ def _v2_bytes_vs_v1(results: BenchResults) -> Measurement | None:
         f"V2 HTTP binary BYTES {v2.throughput:.1f} img/s vs /v1 multipart {v1.throughput:.1f} img/s, both at "
         f"concurrency {c} with the same 500x375 JPEGs = {ratio:.3f}",
         ratio >= V2_BYTES_VS_V1,
-        f"{ratio - V2_BYTES_VS_V1:+.3f} ({v2.throughput - V2_BYTES_VS_V1 * v1.throughput:+.1f} img/s)")
+        f"{ratio - V2_BYTES_VS_V1:+.3f} ({v2.throughput - V2_BYTES_VS_V1 * v1.throughput:+.1f} img/s)",
+    )
 
 
 def _v2_fp32_vs_raw(results: BenchResults) -> Measurement | None:
@@ -313,7 +331,8 @@ def _v2_fp32_vs_raw(results: BenchResults) -> Measurement | None:
         f"V2 HTTP binary FP32 {fp32.throughput:.1f} img/s (concurrency {fp32.concurrency}, the best of its runs) vs "
         f"raw ONNX Runtime {best.images_per_second:.1f} img/s (batch {best.batch_size}) = {ratio:.3f}",
         ratio >= V2_FP32_VS_RAW,
-        f"{ratio - V2_FP32_VS_RAW:+.3f} ({fp32.throughput - V2_FP32_VS_RAW * best.images_per_second:+.1f} img/s)")
+        f"{ratio - V2_FP32_VS_RAW:+.3f} ({fp32.throughput - V2_FP32_VS_RAW * best.images_per_second:+.1f} img/s)",
+    )
 
 
 def _grpc_vs_http_bundled(results: BenchResults) -> Measurement | None:
@@ -330,7 +349,8 @@ def _grpc_vs_http_bundled(results: BenchResults) -> Measurement | None:
         f"gRPC BYTES {grpc.throughput:.1f} img/s vs V2 HTTP binary BYTES {http.throughput:.1f} img/s, both at "
         f"concurrency {c} = {ratio:.3f}{context}",
         ratio >= GRPC_VS_HTTP_BUNDLED,
-        f"{ratio - GRPC_VS_HTTP_BUNDLED:+.3f} ({grpc.throughput - GRPC_VS_HTTP_BUNDLED * http.throughput:+.1f} img/s)")
+        f"{ratio - GRPC_VS_HTTP_BUNDLED:+.3f} ({grpc.throughput - GRPC_VS_HTTP_BUNDLED * http.throughput:+.1f} img/s)",
+    )
 
 
 def _grpc_vs_http_primary(results: BenchResults) -> Measurement | None:
@@ -344,8 +364,11 @@ def _grpc_vs_http_primary(results: BenchResults) -> Measurement | None:
         parts.append(f"{label}: gRPC {grpc.throughput:.1f} vs V2 HTTP {http.throughput:.1f} img/s = {ratio:.3f}")
         slacks.append((GRPC_VS_HTTP_TOLERANCE - abs(ratio - 1.0), label))
     slack, closest = min(slacks)
-    return Measurement("; ".join(parts) + f" (concurrency {c})", slack >= 0,
-                       f"{slack:+.3f} from the ±{GRPC_VS_HTTP_TOLERANCE:.2f} bound ({closest})")
+    return Measurement(
+        "; ".join(parts) + f" (concurrency {c})",
+        slack >= 0,
+        f"{slack:+.3f} from the ±{GRPC_VS_HTTP_TOLERANCE:.2f} bound ({closest})",
+    )
 
 
 def _c1_vs_naive(key: str) -> Callable[[BenchResults], Measurement | None]:
@@ -361,7 +384,8 @@ def _c1_vs_naive(key: str) -> Callable[[BenchResults], Measurement | None]:
             f"ours {ours.throughput:.1f} img/s (p50 {ours.p50_ms:.2f} ms) vs naive {naive.throughput:.1f} img/s "
             f"(p50 {naive.p50_ms:.2f} ms) at concurrency 1 = {ratio:.3f}",
             ratio >= 1.0,
-            f"{ratio - 1.0:+.3f} ({ours.throughput - naive.throughput:+.1f} img/s)")
+            f"{ratio - 1.0:+.3f} ({ours.throughput - naive.throughput:+.1f} img/s)",
+        )
 
     return measure
 
@@ -375,15 +399,21 @@ def _ready_time(model_of: Callable[[BenchResults], str | None]) -> Callable[[Ben
         if ours is None or naive is None:
             return None
         raw = results.raw_for(model)
-        settled = (f" (its processes settled after {ours.settled_after_s:.2f} s)"
-                   if ours.settled_after_s is not None else "")
-        context = (f"; creating the ONNX Runtime session alone took {raw.session_load_s:.2f} s in-process"
-                   if raw and raw.session_load_s is not None else "")
+        settled = (
+            f" (its processes settled after {ours.settled_after_s:.2f} s)" if ours.settled_after_s is not None else ""
+        )
+        context = (
+            f"; creating the ONNX Runtime session alone took {raw.session_load_s:.2f} s in-process"
+            if raw and raw.session_load_s is not None
+            else ""
+        )
         slack = naive.ready_after_s + READY_SLACK_S - ours.ready_after_s
         return Measurement(
             f"ours {ours.ready_after_s:.2f} s{settled} vs naive {naive.ready_after_s:.2f} s, from process start to "
             f"readiness 200{context}",
-            slack >= 0, f"{slack:+.2f} s of slack")
+            slack >= 0,
+            f"{slack:+.2f} s of slack",
+        )
 
     return measure
 
@@ -401,7 +431,8 @@ def _rss_after_load(model_of: Callable[[BenchResults], str | None]) -> Callable[
             f"ours {ours.rss_settled_mb:.0f} MiB{processes} vs naive {naive.rss_settled_mb:.0f} MiB, ready and before "
             f"the first request; at the end of their load runs {ours.rss_mb:.0f} vs {naive.rss_mb:.0f} MiB",
             ours.rss_settled_mb <= naive.rss_settled_mb,
-            f"{naive.rss_settled_mb - ours.rss_settled_mb:+.0f} MiB")
+            f"{naive.rss_settled_mb - ours.rss_settled_mb:+.0f} MiB",
+        )
 
     return measure
 
@@ -428,7 +459,8 @@ def _auto_batch_throughput(key: str) -> Callable[[BenchResults], Measurement | N
             f"auto{chose} {auto.throughput:.1f} img/s vs the best fixed, --max-batch-size {best_size}, {best:.1f} "
             f"img/s at concurrency {c} = {ratio:.3f} (fixed {others})",
             ratio >= AUTO_VS_BEST_FIXED,
-            f"{ratio - AUTO_VS_BEST_FIXED:+.3f} ({auto.throughput - AUTO_VS_BEST_FIXED * best:+.1f} img/s)")
+            f"{ratio - AUTO_VS_BEST_FIXED:+.3f} ({auto.throughput - AUTO_VS_BEST_FIXED * best:+.1f} img/s)",
+        )
 
     return measure
 
@@ -449,14 +481,18 @@ def _auto_batch_latency(key: str) -> Callable[[BenchResults], Measurement | None
             slacks.append(fixed.p50_ms - auto.p50_ms)
         batching = results.batching_for("ours", model)
         chose = f" (batch {batching.max_batch_size})" if batching else ""
-        return Measurement(f"p50, auto{chose} vs --max-batch-size {largest}: " + "; ".join(parts),
-                           all(slack > 0 for slack in slacks), f"{min(slacks):+.2f} ms (the smaller difference)")
+        return Measurement(
+            f"p50, auto{chose} vs --max-batch-size {largest}: " + "; ".join(parts),
+            all(slack > 0 for slack in slacks),
+            f"{min(slacks):+.2f} ms (the smaller difference)",
+        )
 
     return measure
 
 
-def _model_name(prefix: str, model_of: Callable[[BenchResults], str | None], suffix: str = ""
-                ) -> Callable[[BenchResults], str]:
+def _model_name(
+    prefix: str, model_of: Callable[[BenchResults], str | None], suffix: str = ""
+) -> Callable[[BenchResults], str]:
     def name(results: BenchResults) -> str:
         return f"{prefix}, {_title(results, model_of(results))}{suffix}"
 
@@ -478,54 +514,91 @@ def _kind_name(size: str) -> Callable[[BenchResults], str]:
 
 
 TARGETS: tuple[TargetDefinition, ...] = (
-    TargetDefinition(_saturation_name(SMALL), f"≥ {CEILING_TARGET_SMALL:.2f} × ceiling",
-                     _saturation(SMALL, CEILING_TARGET_SMALL)),
-    TargetDefinition(_saturation_name(LARGE), f"≥ {CEILING_TARGET_LARGE:.2f} × ceiling",
-                     _saturation(LARGE, CEILING_TARGET_LARGE)),
-    TargetDefinition("Concurrency 1 latency, 500x375 JPEG",
-                     f"p50 ≤ preprocessing + batch-1 inference + {C1_OVERHEAD_MS:g} ms", _c1_latency),
+    TargetDefinition(
+        _saturation_name(SMALL), f"≥ {CEILING_TARGET_SMALL:.2f} × ceiling", _saturation(SMALL, CEILING_TARGET_SMALL)
+    ),
+    TargetDefinition(
+        _saturation_name(LARGE), f"≥ {CEILING_TARGET_LARGE:.2f} × ceiling", _saturation(LARGE, CEILING_TARGET_LARGE)
+    ),
+    TargetDefinition(
+        "Concurrency 1 latency, 500x375 JPEG",
+        f"p50 ≤ preprocessing + batch-1 inference + {C1_OVERHEAD_MS:g} ms",
+        _c1_latency,
+    ),
     TargetDefinition("Concurrency 64, accepted requests", f"p99 < {C64_P99_MS / 1000:g} s", _c64_accepted),
     TargetDefinition("Concurrency 64, requests beyond the queue", f"503 within {REJECT_MS:g} ms", _c64_refused),
     TargetDefinition("Idle server CPU", f"< {IDLE_PERCENT:g}% of a core", _idle_cpu),
     TargetDefinition(_int8_name, f"≥ {INT8_SPEEDUP:g}× fp32", _int8_throughput),
-    TargetDefinition("INT8 accuracy, bundled Fashion-MNIST model", f"within {ACCURACY_POINTS:g} point of fp32",
-                     _int8_accuracy),
+    TargetDefinition(
+        "INT8 accuracy, bundled Fashion-MNIST model", f"within {ACCURACY_POINTS:g} point of fp32", _int8_accuracy
+    ),
     # Protocols (issues 10 and 11): our server at its defaults, the same 500x375 JPEGs.
-    TargetDefinition(_model_name("Protocols, V2 BYTES vs /v1 multipart", _primary),
-                     f"≥ {V2_BYTES_VS_V1:.2f} × /v1 at concurrency {SATURATION_CONCURRENCY}", _v2_bytes_vs_v1),
-    TargetDefinition(_model_name("Protocols, V2 FP32 vs raw ONNX Runtime", _primary),
-                     f"≥ {V2_FP32_VS_RAW:.2f} × raw best batch", _v2_fp32_vs_raw),
-    TargetDefinition(_model_name("Protocols, gRPC vs V2 HTTP (BYTES)", _bundled),
-                     f"≥ {GRPC_VS_HTTP_BUNDLED:.2f} × HTTP at concurrency {SATURATION_CONCURRENCY}",
-                     _grpc_vs_http_bundled),
-    TargetDefinition(_model_name("Protocols, gRPC vs V2 HTTP (BYTES and FP32)", _primary),
-                     f"within ±{100 * GRPC_VS_HTTP_TOLERANCE:.0f}% of HTTP at concurrency {SATURATION_CONCURRENCY}",
-                     _grpc_vs_http_primary),
+    TargetDefinition(
+        _model_name("Protocols, V2 BYTES vs /v1 multipart", _primary),
+        f"≥ {V2_BYTES_VS_V1:.2f} × /v1 at concurrency {SATURATION_CONCURRENCY}",
+        _v2_bytes_vs_v1,
+    ),
+    TargetDefinition(
+        _model_name("Protocols, V2 FP32 vs raw ONNX Runtime", _primary),
+        f"≥ {V2_FP32_VS_RAW:.2f} × raw best batch",
+        _v2_fp32_vs_raw,
+    ),
+    TargetDefinition(
+        _model_name("Protocols, gRPC vs V2 HTTP (BYTES)", _bundled),
+        f"≥ {GRPC_VS_HTTP_BUNDLED:.2f} × HTTP at concurrency {SATURATION_CONCURRENCY}",
+        _grpc_vs_http_bundled,
+    ),
+    TargetDefinition(
+        _model_name("Protocols, gRPC vs V2 HTTP (BYTES and FP32)", _primary),
+        f"within ±{100 * GRPC_VS_HTTP_TOLERANCE:.0f}% of HTTP at concurrency {SATURATION_CONCURRENCY}",
+        _grpc_vs_http_primary,
+    ),
     # Performance (issue 12): ratios within the run, our server at its defaults.
-    TargetDefinition(_model_name("Saturation vs ceiling", _bundled, ", 500x375 JPEG"),
-                     f"≥ {CEILING_TARGET_BUNDLED:.2f} × ceiling",
-                     _saturation_of(_bundled, SMALL, CEILING_TARGET_BUNDLED)),
-    TargetDefinition(_model_name("Concurrency 1 latency", _bundled, ", 500x375 JPEG"),
-                     f"p50 ≤ preprocessing + batch-1 inference + {C1_OVERHEAD_BUNDLED_MS:g} ms",
-                     _c1_latency_of(_bundled, C1_OVERHEAD_BUNDLED_MS)),
-    *(TargetDefinition(_bench_name("Concurrency 1 vs naive", key), "ours ≥ naive throughput", _c1_vs_naive(key))
-      for key in BENCH_MODELS),
-    TargetDefinition(_model_name("Saturation vs ceiling", _int8_of_primary, ", 500x375 JPEG"),
-                     f"≥ {CEILING_TARGET_INT8:.2f} × ceiling",
-                     _saturation_of(_int8_of_primary, SMALL, CEILING_TARGET_INT8)),
-    *(TargetDefinition(_kind_name(size.key), f"≥ {CEILING_TARGET_KIND:.2f} × ceiling",
-                       _saturation(size.key, CEILING_TARGET_KIND)) for size in IMAGE_SIZES),
+    TargetDefinition(
+        _model_name("Saturation vs ceiling", _bundled, ", 500x375 JPEG"),
+        f"≥ {CEILING_TARGET_BUNDLED:.2f} × ceiling",
+        _saturation_of(_bundled, SMALL, CEILING_TARGET_BUNDLED),
+    ),
+    TargetDefinition(
+        _model_name("Concurrency 1 latency", _bundled, ", 500x375 JPEG"),
+        f"p50 ≤ preprocessing + batch-1 inference + {C1_OVERHEAD_BUNDLED_MS:g} ms",
+        _c1_latency_of(_bundled, C1_OVERHEAD_BUNDLED_MS),
+    ),
+    *(
+        TargetDefinition(_bench_name("Concurrency 1 vs naive", key), "ours ≥ naive throughput", _c1_vs_naive(key))
+        for key in BENCH_MODELS
+    ),
+    TargetDefinition(
+        _model_name("Saturation vs ceiling", _int8_of_primary, ", 500x375 JPEG"),
+        f"≥ {CEILING_TARGET_INT8:.2f} × ceiling",
+        _saturation_of(_int8_of_primary, SMALL, CEILING_TARGET_INT8),
+    ),
+    *(
+        TargetDefinition(
+            _kind_name(size.key), f"≥ {CEILING_TARGET_KIND:.2f} × ceiling", _saturation(size.key, CEILING_TARGET_KIND)
+        )
+        for size in IMAGE_SIZES
+    ),
     TargetDefinition(_model_name("Ready time", _primary), f"≤ naive + {READY_SLACK_S:g} s", _ready_time(_primary)),
     TargetDefinition(_model_name("Ready time", _bundled), f"≤ naive + {READY_SLACK_S:g} s", _ready_time(_bundled)),
     TargetDefinition(_model_name("RSS after load", _primary), "≤ naive", _rss_after_load(_primary)),
     TargetDefinition(_model_name("RSS after load", _bundled), "≤ naive", _rss_after_load(_bundled)),
-    *(TargetDefinition(_bench_name("Auto batch size, throughput", key),
-                       f"≥ {AUTO_VS_BEST_FIXED:.2f} × best fixed --max-batch-size", _auto_batch_throughput(key))
-      for key in BENCH_MODELS),
-    *(TargetDefinition(_bench_name("Auto batch size, latency", key),
-                       f"p50 at concurrency 1 and 8 < with --max-batch-size {LATENCY_FIXED_BATCH}",
-                       _auto_batch_latency(key))
-      for key in BENCH_MODELS),
+    *(
+        TargetDefinition(
+            _bench_name("Auto batch size, throughput", key),
+            f"≥ {AUTO_VS_BEST_FIXED:.2f} × best fixed --max-batch-size",
+            _auto_batch_throughput(key),
+        )
+        for key in BENCH_MODELS
+    ),
+    *(
+        TargetDefinition(
+            _bench_name("Auto batch size, latency", key),
+            f"p50 at concurrency 1 and 8 < with --max-batch-size {LATENCY_FIXED_BATCH}",
+            _auto_batch_latency(key),
+        )
+        for key in BENCH_MODELS
+    ),
 )
 """The issue's targets in report order; a new target is one more entry here."""
 
@@ -561,15 +634,18 @@ def render(results: BenchResults) -> str:
         "## Machine",
         "",
     ]
-    out += _table(["", ""], [
-        ["CPU", env.cpu_model],
-        ["Instruction sets", env.simd],
-        ["Cores (this process may use / online)", f"{env.cores} / {env.online_cpus}"],
-        ["Load average at start (1, 5, 15 min)", env.load_average],
-        ["Date", env.date],
-        ["Git commit", env.git_commit],
-        *[[name, version] for name, version in env.versions.items()],
-    ])
+    out += _table(
+        ["", ""],
+        [
+            ["CPU", env.cpu_model],
+            ["Instruction sets", env.simd],
+            ["Cores (this process may use / online)", f"{env.cores} / {env.online_cpus}"],
+            ["Load average at start (1, 5, 15 min)", env.load_average],
+            ["Date", env.date],
+            ["Git commit", env.git_commit],
+            *[[name, version] for name, version in env.versions.items()],
+        ],
+    )
 
     # -------------------------------------------------------------------------------------- headline
     out += ["## Headline", ""]
@@ -578,55 +654,79 @@ def render(results: BenchResults) -> str:
     naive = results.saturation("naive", primary, SMALL)
     headline = []
     if ceiling and ours:
-        headline.append(f"- {titles[primary]}, 500x375 JPEG: ours saturates at **{ours.throughput:.1f} img/s**, "
-                        f"**{ours.throughput / ceiling.images_per_second:.2f} of the ceiling** "
-                        f"({ceiling.images_per_second:.1f} img/s).")
+        headline.append(
+            f"- {titles[primary]}, 500x375 JPEG: ours saturates at **{ours.throughput:.1f} img/s**, "
+            f"**{ours.throughput / ceiling.images_per_second:.2f} of the ceiling** "
+            f"({ceiling.images_per_second:.1f} img/s)."
+        )
     if ours and naive and naive.throughput > 0:
         of_ceiling = f" ({naive.throughput / ceiling.images_per_second:.2f} of the ceiling)" if ceiling else ""
-        headline.append(f"- Naive FastAPI server: {naive.throughput:.1f} img/s{of_ceiling}; "
-                        f"**ours/naive = {ours.throughput / naive.throughput:.2f}**.")
+        headline.append(
+            f"- Naive FastAPI server: {naive.throughput:.1f} img/s{of_ceiling}; "
+            f"**ours/naive = {ours.throughput / naive.throughput:.2f}**."
+        )
     raw = results.raw_for(primary)
     batch1 = raw.batch(1) if raw else None
     if raw and batch1:
-        headline.append(f"- Raw ONNX Runtime on this machine: {raw.best.images_per_second:.1f} img/s at its best batch "
-                        f"({raw.best.batch_size}), {batch1.images_per_second:.1f} img/s at batch 1.")
+        headline.append(
+            f"- Raw ONNX Runtime on this machine: {raw.best.images_per_second:.1f} img/s at its best batch "
+            f"({raw.best.batch_size}), {batch1.images_per_second:.1f} img/s at batch 1."
+        )
     ours64, naive64 = results.load_at(ADMISSION, primary, SMALL, 64), results.load_at("naive", primary, SMALL, 64)
     if ours64 and naive64:
-        headline.append(f"- Concurrency 64: p99 {ours64.p99_ms:.0f} ms ({servers[ADMISSION]}) vs "
-                        f"{naive64.p99_ms:.0f} ms (naive).")
-    protocol_rows = [(PROTOCOLS[protocol], results.protocol_at(primary, protocol, SATURATION_CONCURRENCY))
-                     for protocol in PROTOCOLS]
+        headline.append(
+            f"- Concurrency 64: p99 {ours64.p99_ms:.0f} ms ({servers[ADMISSION]}) vs {naive64.p99_ms:.0f} ms (naive)."
+        )
+    protocol_rows = [
+        (PROTOCOLS[protocol], results.protocol_at(primary, protocol, SATURATION_CONCURRENCY)) for protocol in PROTOCOLS
+    ]
     if all(row for _, row in protocol_rows):
-        headline.append(f"- Protocols, {titles[primary]}, concurrency {SATURATION_CONCURRENCY}: "
-                        + "; ".join(f"{label} {row.throughput:.1f} img/s" for label, row in protocol_rows) + ".")
+        headline.append(
+            f"- Protocols, {titles[primary]}, concurrency {SATURATION_CONCURRENCY}: "
+            + "; ".join(f"{label} {row.throughput:.1f} img/s" for label, row in protocol_rows)
+            + "."
+        )
     for search in results.rate_searches:
         if search.model == primary:
             best = search.best_rate
-            headline.append(f"- Open loop (Poisson), highest rate with p99 < {search.p99_limit_ms:.0f} ms, "
-                            f"{servers[search.server]}: " + (f"**{best:.1f} req/s**" if best else "none of the rates tried")
-                            + ".")
+            headline.append(
+                f"- Open loop (Poisson), highest rate with p99 < {search.p99_limit_ms:.0f} ms, "
+                f"{servers[search.server]}: " + (f"**{best:.1f} req/s**" if best else "none of the rates tried") + "."
+            )
     targets = evaluate_targets(results)
     met = sum(1 for t in targets if t.met is True)
     missed = sum(1 for t in targets if t.met is False)
-    headline.append(f"- Targets: {met} met, {missed} missed, {len(targets) - met - missed} not measured (next section).")
-    out += headline + [""]
+    headline.append(
+        f"- Targets: {met} met, {missed} missed, {len(targets) - met - missed} not measured (next section)."
+    )
+    out += [*headline, ""]
 
     # -------------------------------------------------------------------------------------- targets
-    out += ["## Targets", "",
-            f"As the issues state them, each a comparison within this run. A target that names no model is judged "
-            f"on {titles[primary]}. Every target is judged on our server at its defaults, except the two at "
-            f"concurrency 64, judged on the server started with admission flags (see [Method](#method)). The "
-            "margin is positive when a target is met.", ""]
-    out += _table(["Target", "Goal", "Measured", "Verdict", "Margin"],
-                  [[t.name, t.goal, t.measured, _verdict(t.met), t.margin] for t in targets])
+    out += [
+        "## Targets",
+        "",
+        f"As the issues state them, each a comparison within this run. A target that names no model is judged "
+        f"on {titles[primary]}. Every target is judged on our server at its defaults, except the two at "
+        f"concurrency 64, judged on the server started with admission flags (see [Method](#method)). The "
+        "margin is positive when a target is met.",
+        "",
+    ]
+    out += _table(
+        ["Target", "Goal", "Measured", "Verdict", "Margin"],
+        [[t.name, t.goal, t.measured, _verdict(t.met), t.margin] for t in targets],
+    )
 
     # -------------------------------------------------------------------------------------- raw
-    out += ["## Raw ONNX Runtime throughput", "",
-            "Images per second (milliseconds per batch) through the server's own runtime class "
-            "(`service.runtime.OnnxModelRuntime`: one intra-op thread per core, no spinning, full graph "
-            "optimisation), on random inputs, median over the timed runs. Session creation: the seconds that "
-            "class's constructor took in-process (loading and optimising the graph, no warm-up), for comparison "
-            "with the servers' ready times.", ""]
+    out += [
+        "## Raw ONNX Runtime throughput",
+        "",
+        "Images per second (milliseconds per batch) through the server's own runtime class "
+        "(`service.runtime.OnnxModelRuntime`: one intra-op thread per core, no spinning, full graph "
+        "optimisation), on random inputs, median over the timed runs. Session creation: the seconds that "
+        "class's constructor took in-process (loading and optimising the graph, no warm-up), for comparison "
+        "with the servers' ready times.",
+        "",
+    ]
     sizes = sorted({row.batch_size for raw in results.raw for row in raw.batches})
     rows = []
     for raw in results.raw:
@@ -640,204 +740,403 @@ def render(results: BenchResults) -> str:
     out += _table(["Model", *[f"batch {s}" for s in sizes], "best", "Session creation (s)"], rows)
     for raw in results.raw:
         if raw.default_session_batch1:
-            out += [f"With a default `InferenceSession` (as the naive server has it), {raw.title} at batch 1: "
-                    f"{raw.default_session_batch1.images_per_second:.1f} img/s "
-                    f"({raw.default_session_batch1.ms_per_batch:.1f} ms).", ""]
+            out += [
+                f"With a default `InferenceSession` (as the naive server has it), {raw.title} at batch 1: "
+                f"{raw.default_session_batch1.images_per_second:.1f} img/s "
+                f"({raw.default_session_batch1.ms_per_batch:.1f} ms).",
+                "",
+            ]
 
     # -------------------------------------------------------------------------------------- preprocessing
-    out += ["## Preprocessing cost per image", "",
-            "Milliseconds per image, one thread, through the server's own `service.preprocess.preprocess_image` "
-            "(decode, resize, centre crop, normalise); mean over the photos of each photo's median. Draft: JPEG "
-            "draft decoding (on by default in the server) where it applies.", ""]
-    out += _table(["Model input", "Image", "Full decode (ms)", "Draft (ms)", "Server pays (ms)"],
-                  [[row.model_input, row.size_label, _num(row.full_decode_ms, 2), _num(row.draft_ms, 2),
-                    _num(row.server_ms, 2)] for row in results.preprocessing])
+    out += [
+        "## Preprocessing cost per image",
+        "",
+        "Milliseconds per image, one thread, through the server's own `service.preprocess.preprocess_image` "
+        "(decode, resize, centre crop, normalise); mean over the photos of each photo's median. Draft: JPEG "
+        "draft decoding (on by default in the server) where it applies.",
+        "",
+    ]
+    out += _table(
+        ["Model input", "Image", "Full decode (ms)", "Draft (ms)", "Server pays (ms)"],
+        [
+            [
+                row.model_input,
+                row.size_label,
+                _num(row.full_decode_ms, 2),
+                _num(row.draft_ms, 2),
+                _num(row.server_ms, 2),
+            ]
+            for row in results.preprocessing
+        ],
+    )
 
     # -------------------------------------------------------------------------------------- ceiling
-    out += ["## Ceiling", "",
-            "Ceiling = 1 / (preprocessing per image / cores + inference per image at the best batch): every core "
-            "busy, preprocessing spread over all of them, inference at its most efficient batch, nothing else.", ""]
-    out += _table(["Model", "Image", "Preprocessing (ms)", "Inference per image (ms, batch)", "Cores",
-                   "Ceiling (img/s)", "Without draft (img/s)"],
-                  [[titles[row.model], row.size_label, _num(row.preprocess_ms, 2),
-                    f"{row.inference_ms_per_image:.2f} (batch {row.best_batch})", str(row.cores),
-                    _num(row.images_per_second), _num(row.without_draft)] for row in results.ceilings])
+    out += [
+        "## Ceiling",
+        "",
+        "Ceiling = 1 / (preprocessing per image / cores + inference per image at the best batch): every core "
+        "busy, preprocessing spread over all of them, inference at its most efficient batch, nothing else.",
+        "",
+    ]
+    out += _table(
+        [
+            "Model",
+            "Image",
+            "Preprocessing (ms)",
+            "Inference per image (ms, batch)",
+            "Cores",
+            "Ceiling (img/s)",
+            "Without draft (img/s)",
+        ],
+        [
+            [
+                titles[row.model],
+                row.size_label,
+                _num(row.preprocess_ms, 2),
+                f"{row.inference_ms_per_image:.2f} (batch {row.best_batch})",
+                str(row.cores),
+                _num(row.images_per_second),
+                _num(row.without_draft),
+            ]
+            for row in results.ceilings
+        ],
+    )
 
     # -------------------------------------------------------------------------------------- closed loop
-    out += ["## Closed-loop load", "",
-            "N clients, each sending its next request (one image, multipart) when its previous answer arrives. "
-            "Latencies are of successful answers; errors count requests sent in the window by outcome (503 is the "
-            "server refusing at a full queue; a refused client waits its Retry-After, capped at 1 s). CPU columns are "
-            "cores' worth of CPU over the window (1.0 = one core busy).", ""]
+    out += [
+        "## Closed-loop load",
+        "",
+        "N clients, each sending its next request (one image, multipart) when its previous answer arrives. "
+        "Latencies are of successful answers; errors count requests sent in the window by outcome (503 is the "
+        "server refusing at a full queue; a refused client waits its Retry-After, capped at 1 s). CPU columns are "
+        "cores' worth of CPU over the window (1.0 = one core busy).",
+        "",
+    ]
     rows = []
     for row in results.load:
         ceiling_row = results.ceiling_for(row.model, row.size)
         naive_row = results.saturation("naive", row.model, row.size) if row.server != "naive" else None
-        rows.append([
-            servers[row.server], titles[row.model], row.size_label, str(row.concurrency), _num(row.throughput),
-            _num(row.p50_ms), _num(row.p95_ms), _num(row.p99_ms), _errors(row),
-            _num(row.server_cpu_cores, 2), _num(row.client_cpu_cores, 2),
-            _num(_ratio(row.throughput, ceiling_row.images_per_second if ceiling_row else None), 2),
-            _num(_ratio(row.throughput, naive_row.throughput if naive_row else None), 2),
-        ])
-    out += _table(["Server", "Model", "Image", "Conc.", "Throughput (img/s)", "p50 (ms)", "p95 (ms)", "p99 (ms)",
-                   "Errors", "Server CPU", "Client CPU", "/ceiling", "/naive best"], rows)
+        rows.append(
+            [
+                servers[row.server],
+                titles[row.model],
+                row.size_label,
+                str(row.concurrency),
+                _num(row.throughput),
+                _num(row.p50_ms),
+                _num(row.p95_ms),
+                _num(row.p99_ms),
+                _errors(row),
+                _num(row.server_cpu_cores, 2),
+                _num(row.client_cpu_cores, 2),
+                _num(_ratio(row.throughput, ceiling_row.images_per_second if ceiling_row else None), 2),
+                _num(_ratio(row.throughput, naive_row.throughput if naive_row else None), 2),
+            ]
+        )
+    out += _table(
+        [
+            "Server",
+            "Model",
+            "Image",
+            "Conc.",
+            "Throughput (img/s)",
+            "p50 (ms)",
+            "p95 (ms)",
+            "p99 (ms)",
+            "Errors",
+            "Server CPU",
+            "Client CPU",
+            "/ceiling",
+            "/naive best",
+        ],
+        rows,
+    )
     refusals = [row for row in results.load if row.rejected_p99_ms is not None]
     if refusals:
         out += ["Latency of the 503 refusals:", ""]
-        out += _table(["Server", "Model", "Image", "Conc.", "Refused", "p50 (ms)", "p99 (ms)", "max (ms)"],
-                      [[servers[row.server], titles[row.model], row.size_label, str(row.concurrency),
-                        str(row.statuses.get("503", 0)), _num(row.rejected_p50_ms), _num(row.rejected_p99_ms),
-                        _num(row.rejected_max_ms)]
-                       for row in refusals])
+        out += _table(
+            ["Server", "Model", "Image", "Conc.", "Refused", "p50 (ms)", "p99 (ms)", "max (ms)"],
+            [
+                [
+                    servers[row.server],
+                    titles[row.model],
+                    row.size_label,
+                    str(row.concurrency),
+                    str(row.statuses.get("503", 0)),
+                    _num(row.rejected_p50_ms),
+                    _num(row.rejected_p99_ms),
+                    _num(row.rejected_max_ms),
+                ]
+                for row in refusals
+            ],
+        )
 
     # -------------------------------------------------------------------------------------- saturation summary
-    out += ["## Ours against the ceiling and the naive server", "",
-            "Saturation throughput is the best of the closed-loop runs at that image size.", ""]
+    out += [
+        "## Ours against the ceiling and the naive server",
+        "",
+        "Saturation throughput is the best of the closed-loop runs at that image size.",
+        "",
+    ]
     rows = []
     for ceiling_row in results.ceilings:
         ours_row = results.saturation("ours", ceiling_row.model, ceiling_row.size)
         naive_row = results.saturation("naive", ceiling_row.model, ceiling_row.size)
         if ours_row is None and naive_row is None:
             continue
-        rows.append([titles[ceiling_row.model], ceiling_row.size_label, _num(ceiling_row.images_per_second),
-                     _num(ours_row.throughput if ours_row else None), _num(naive_row.throughput if naive_row else None),
-                     _num(_ratio(ours_row.throughput if ours_row else None, ceiling_row.images_per_second), 2),
-                     _num(_ratio(naive_row.throughput if naive_row else None, ceiling_row.images_per_second), 2),
-                     _num(_ratio(ours_row.throughput if ours_row else None,
-                                 naive_row.throughput if naive_row else None), 2)])
+        rows.append(
+            [
+                titles[ceiling_row.model],
+                ceiling_row.size_label,
+                _num(ceiling_row.images_per_second),
+                _num(ours_row.throughput if ours_row else None),
+                _num(naive_row.throughput if naive_row else None),
+                _num(_ratio(ours_row.throughput if ours_row else None, ceiling_row.images_per_second), 2),
+                _num(_ratio(naive_row.throughput if naive_row else None, ceiling_row.images_per_second), 2),
+                _num(_ratio(ours_row.throughput if ours_row else None, naive_row.throughput if naive_row else None), 2),
+            ]
+        )
     out += _table(["Model", "Image", "Ceiling", "Ours", "Naive", "Ours/ceiling", "Naive/ceiling", "Ours/naive"], rows)
 
     # -------------------------------------------------------------------------------------- protocols
     if results.protocol_load:
-        out += ["## Protocols", "",
-                "Our server at its defaults, the same 500x375 JPEGs sent five ways, closed loop as above: /v1 "
-                "multipart; the Open Inference Protocol over HTTP (`POST /v2/models/NAME/infer`, binary tensor "
-                "extension) with the encoded image as BYTES [1] or the image preprocessed once up front "
-                "(`service.preprocess.preprocess_image`) as FP32 [1, C, H, W]; and the same two over gRPC "
-                "(`ModelInfer`, data in `raw_input_contents`). V2 and gRPC requests ask for the classification "
-                "extension's top 5, what /v1 answers. /v1 at same conc.: throughput over the /v1 multipart run at "
-                "the same concurrency.", ""]
+        out += [
+            "## Protocols",
+            "",
+            "Our server at its defaults, the same 500x375 JPEGs sent five ways, closed loop as above: /v1 "
+            "multipart; the Open Inference Protocol over HTTP (`POST /v2/models/NAME/infer`, binary tensor "
+            "extension) with the encoded image as BYTES [1] or the image preprocessed once up front "
+            "(`service.preprocess.preprocess_image`) as FP32 [1, C, H, W]; and the same two over gRPC "
+            "(`ModelInfer`, data in `raw_input_contents`). V2 and gRPC requests ask for the classification "
+            "extension's top 5, what /v1 answers. /v1 at same conc.: throughput over the /v1 multipart run at "
+            "the same concurrency.",
+            "",
+        ]
         rows = []
         models = list(dict.fromkeys(row.model for row in results.protocol_load))
         for model in models:
             for protocol, label in PROTOCOLS.items():
-                for row in ([r for r in results.load_rows("ours", model, SMALL)] if protocol == V1 else
-                            [r for r in results.protocol_load if r.model == model and r.protocol == protocol]):
+                for row in (
+                    list(results.load_rows("ours", model, SMALL))
+                    if protocol == V1
+                    else [r for r in results.protocol_load if r.model == model and r.protocol == protocol]
+                ):
                     v1 = results.protocol_at(model, V1, row.concurrency)
-                    rows.append([titles[model], label, str(row.concurrency), _num(row.throughput), _num(row.p50_ms),
-                                 _num(row.p99_ms), _errors(row), _num(row.server_cpu_cores, 2),
-                                 _num(row.client_cpu_cores, 2),
-                                 _num(_ratio(row.throughput, v1.throughput if v1 else None), 2)])
-        out += _table(["Model", "Protocol", "Conc.", "Throughput (img/s)", "p50 (ms)", "p99 (ms)", "Errors",
-                       "Server CPU", "Client CPU", "/v1 at same conc."], rows)
+                    rows.append(
+                        [
+                            titles[model],
+                            label,
+                            str(row.concurrency),
+                            _num(row.throughput),
+                            _num(row.p50_ms),
+                            _num(row.p99_ms),
+                            _errors(row),
+                            _num(row.server_cpu_cores, 2),
+                            _num(row.client_cpu_cores, 2),
+                            _num(_ratio(row.throughput, v1.throughput if v1 else None), 2),
+                        ]
+                    )
+        out += _table(
+            [
+                "Model",
+                "Protocol",
+                "Conc.",
+                "Throughput (img/s)",
+                "p50 (ms)",
+                "p99 (ms)",
+                "Errors",
+                "Server CPU",
+                "Client CPU",
+                "/v1 at same conc.",
+            ],
+            rows,
+        )
 
     # -------------------------------------------------------------------------------------- batch sizes
     if results.batching:
         out += _batch_sizes(results)
 
     # -------------------------------------------------------------------------------------- open loop
-    out += ["## Open-loop load (Poisson arrivals)", "",
-            "Requests arrive as a Poisson process at a fixed rate whatever the server does, as in MLPerf's Server "
-            "scenario; latency counts from each request's scheduled arrival. A rate passes when the p99 latency, "
-            "with every failed request counted as infinitely slow, stays under the limit. The search tries 0.95 and "
-            "0.3 of the closed-loop saturation throughput, halves the lower rate (up to 3 times) until one passes, "
-            "then bisects.", ""]
+    out += [
+        "## Open-loop load (Poisson arrivals)",
+        "",
+        "Requests arrive as a Poisson process at a fixed rate whatever the server does, as in MLPerf's Server "
+        "scenario; latency counts from each request's scheduled arrival. A rate passes when the p99 latency, "
+        "with every failed request counted as infinitely slow, stays under the limit. The search tries 0.95 and "
+        "0.3 of the closed-loop saturation throughput, halves the lower rate (up to 3 times) until one passes, "
+        "then bisects.",
+        "",
+    ]
     for search in results.rate_searches:
         best = search.best_rate
-        out += [f"**{servers[search.server]}, {titles[search.model]}, 500x375 JPEG**: highest passing rate "
-                + (f"**{best:.1f} req/s**" if best else "none") + f" (p99 limit {search.p99_limit_ms:.0f} ms).", ""]
-        out += _table(["Offered (req/s)", "Answered (img/s)", "p50 (ms)", "p99 (ms)", "Failed / sent", "Failures",
-                       "Client CPU", "Passed"],
-                      [[_num(t.rate), _num(t.throughput), _num(t.p50_ms), _num(t.p99_ms), f"{t.failures} / {t.requests}",
-                        ", ".join(f"{k}: {v}" for k, v in t.statuses.items()) or "none",
-                        _num(t.client_cpu_cores, 2), "yes" if t.passed else "no"] for t in search.trials])
+        out += [
+            f"**{servers[search.server]}, {titles[search.model]}, 500x375 JPEG**: highest passing rate "
+            + (f"**{best:.1f} req/s**" if best else "none")
+            + f" (p99 limit {search.p99_limit_ms:.0f} ms).",
+            "",
+        ]
+        out += _table(
+            [
+                "Offered (req/s)",
+                "Answered (img/s)",
+                "p50 (ms)",
+                "p99 (ms)",
+                "Failed / sent",
+                "Failures",
+                "Client CPU",
+                "Passed",
+            ],
+            [
+                [
+                    _num(t.rate),
+                    _num(t.throughput),
+                    _num(t.p50_ms),
+                    _num(t.p99_ms),
+                    f"{t.failures} / {t.requests}",
+                    ", ".join(f"{k}: {v}" for k, v in t.statuses.items()) or "none",
+                    _num(t.client_cpu_cores, 2),
+                    "yes" if t.passed else "no",
+                ]
+                for t in search.trials
+            ],
+        )
 
     # -------------------------------------------------------------------------------------- resources
-    out += ["## Server resources", "",
-            "Every server the run started. Ready after: from starting the process to the first 200 from its "
-            "readiness endpoint (/readyz for ours, /healthz for the naive server). Settled after: until its "
-            "processes then stayed the same and idle (with --workers auto ours answers ready from a first worker, "
-            "then may start one worker per core and retire the first); no load ran before. Processes and RSS once "
-            "settled: the model loaded, no request served yet. Idle CPU: CPU time of all its processes and threads "
-            "(/proc/PID/stat) over an idle period after its load runs, in percent of one core. RSS (summed over its "
-            "processes, /proc/PID/status) at the end of its runs.", ""]
-    out += _table(["Server", "Model", "Ready after (s)", "Settled after (s)", "Processes", "RSS settled (MiB)",
-                   "Idle CPU (% of a core)", "RSS at end (MiB)", "Peak RSS (MiB)"],
-                  [[servers[row.server], titles[row.model], _num(row.ready_after_s, 2), _num(row.settled_after_s, 2),
-                    str(row.processes) if row.processes is not None else "—", _num(row.rss_settled_mb, 0),
-                    _num(row.idle_cpu_percent, 2), _num(row.rss_mb, 0), _num(row.peak_rss_mb, 0)]
-                   for row in results.resources])
+    out += [
+        "## Server resources",
+        "",
+        "Every server the run started. Ready after: from starting the process to the first 200 from its "
+        "readiness endpoint (/readyz for ours, /healthz for the naive server). Settled after: until its "
+        "processes then stayed the same and idle (with --workers auto ours answers ready from a first worker, "
+        "then may start one worker per core and retire the first); no load ran before. Processes and RSS once "
+        "settled: the model loaded, no request served yet. Idle CPU: CPU time of all its processes and threads "
+        "(/proc/PID/stat) over an idle period after its load runs, in percent of one core. RSS (summed over its "
+        "processes, /proc/PID/status) at the end of its runs.",
+        "",
+    ]
+    out += _table(
+        [
+            "Server",
+            "Model",
+            "Ready after (s)",
+            "Settled after (s)",
+            "Processes",
+            "RSS settled (MiB)",
+            "Idle CPU (% of a core)",
+            "RSS at end (MiB)",
+            "Peak RSS (MiB)",
+        ],
+        [
+            [
+                servers[row.server],
+                titles[row.model],
+                _num(row.ready_after_s, 2),
+                _num(row.settled_after_s, 2),
+                str(row.processes) if row.processes is not None else "—",
+                _num(row.rss_settled_mb, 0),
+                _num(row.idle_cpu_percent, 2),
+                _num(row.rss_mb, 0),
+                _num(row.peak_rss_mb, 0),
+            ]
+            for row in results.resources
+        ],
+    )
 
     # -------------------------------------------------------------------------------------- INT8
     if results.accuracy:
-        out += ["## INT8 accuracy", "",
-                "Top-1 on the Fashion-MNIST test split, preprocessed by the server's own `image_to_tensor`, run "
-                "through `OnnxModelRuntime`.", ""]
-        out += _table(["Model", "Test images", "Top-1 accuracy"],
-                      [[row.title, f"{row.images:,}", _pct(row.test_accuracy, 2)] for row in results.accuracy])
+        out += [
+            "## INT8 accuracy",
+            "",
+            "Top-1 on the Fashion-MNIST test split, preprocessed by the server's own `image_to_tensor`, run "
+            "through `OnnxModelRuntime`.",
+            "",
+        ]
+        out += _table(
+            ["Model", "Test images", "Top-1 accuracy"],
+            [[row.title, f"{row.images:,}", _pct(row.test_accuracy, 2)] for row in results.accuracy],
+        )
 
     # -------------------------------------------------------------------------------------- profile
     for profile in results.profiles:
-        out += [f"## Profile: {servers[profile.server]}, {titles[profile.model]}, "
-                f"{SIZES_BY_KEY[profile.size].label}, "
-                f"concurrency {profile.concurrency}", "",
-                f"py-spy, {profile.seconds:g} s at 100 Hz during a separate run ({profile.throughput:.1f} img/s while "
-                f"sampled), {profile.samples} samples of running Python threads. Cores: a thread group's samples as "
-                "cores' worth of busy time. ONNX Runtime's own pool threads are native and not sampled; the batcher "
-                "thread that calls it is.", ""]
-        out += _table(["Thread group", "Cores", "Share", "Innermost frames (share of the group)"],
-                      [[group.thread_group, _num(group.cores, 2), _pct(group.share, 0),
-                        "; ".join(f"{frame} {100 * share:.0f}%" for frame, share in group.top_frames)]
-                       for group in profile.groups])
+        out += [
+            f"## Profile: {servers[profile.server]}, {titles[profile.model]}, "
+            f"{SIZES_BY_KEY[profile.size].label}, "
+            f"concurrency {profile.concurrency}",
+            "",
+            f"py-spy, {profile.seconds:g} s at 100 Hz during a separate run ({profile.throughput:.1f} img/s while "
+            f"sampled), {profile.samples} samples of running Python threads. Cores: a thread group's samples as "
+            "cores' worth of busy time. ONNX Runtime's own pool threads are native and not sampled; the batcher "
+            "thread that calls it is.",
+            "",
+        ]
+        out += _table(
+            ["Thread group", "Cores", "Share", "Innermost frames (share of the group)"],
+            [
+                [
+                    group.thread_group,
+                    _num(group.cores, 2),
+                    _pct(group.share, 0),
+                    "; ".join(f"{frame} {100 * share:.0f}%" for frame, share in group.top_frames),
+                ]
+                for group in profile.groups
+            ],
+        )
 
     # -------------------------------------------------------------------------------------- method
-    out += ["## Method", "",
-            "- Models: torchvision ResNet-50 and ResNet-18 exported by `python -m models.export --torchvision ARCH` "
-            "(random weights: speed does not depend on them), INT8 with `--quantize int8`; the bundled Fashion-MNIST "
-            "ResNet-20 (its INT8 from `models.export --checkpoint ... --quantize int8`, or from the bundled file when "
-            "the checkpoint is absent).",
-            f"- Images: scikit-image photos ({results.settings.get('photos', '')}) fitted and encoded as a 500x375 "
-            "JPEG, a 1920x1080 JPEG, a 4000x3000 JPEG (upscaled), quality 90, and a 1000x1000 PNG; a load run cycles "
-            "through the photos.",
-            f"- Ours at its defaults: `{results.settings.get('ours', '')}` (plus host, ports and model folder: every "
-            "command is listed below), every other setting at its default. `make serve` differs only in logging: it "
-            "writes an access line per request at level info; the naive server logs nothing either, so both run "
-            "without. Every target is judged on it except the two at concurrency 64.",
-            f"- Ours with admission flags: `{results.settings.get('admission', '')}`, started separately for the "
-            "concurrency-64 runs and their two targets, so that a queue bound and a wait bound turn the excess "
-            "into fast 503s.",
-            "- Ours with a fixed batch size: the defaults plus `--max-batch-size N`, N in "
-            f"{', '.join(str(n) for n in results.fixed_batch_sizes) or '—'}, on "
-            f"{', '.join(_fixed_batch_models(results)) or 'no model'}, each right after that model's default run; "
-            "against auto (the default), which times the model at start-up and keeps the largest batch that still "
-            "buys 5% throughput.",
-            f"- Before its first load, each server must be ready, then keep the same processes and stay idle for "
-            f"{results.settings.get('settle', '1 s')}.",
-            "- V2 and gRPC: requests built once (bench/loadgen.py `v2_binary_request`, `grpc_infer_request`); the "
-            "gRPC closed loop runs on grpc.aio with the server's generated stubs, one channel (its own connection) "
-            "per client as the HTTP loop has one connection per client, and reports its own CPU (gRPC's threads "
-            "included).",
-            f"- Naive: `{results.settings.get('naive', '')}` (bench/naive_server.py): a FastAPI `def` endpoint, one image "
-            "per request at batch 1, PIL decoding at full size, a default `InferenceSession`, no queue limit.",
-            f"- Load: {results.settings.get('load', '')}. The load generator (bench/loadgen.py) is a raw-asyncio "
-            "HTTP/1.1 client with keep-alive that reports its own CPU; it runs on the same cores as the server.",
-            "- Percentiles are nearest-rank over the requests sent in the measurement window.",
-            "- The ceiling leaves out HTTP handling and the load generator, which share the same cores; a server "
-            "can still measure slightly above it because timings drift by a few percent on this shared machine.",
-            ]
+    out += [
+        "## Method",
+        "",
+        "- Models: torchvision ResNet-50 and ResNet-18 exported by `python -m models.export --torchvision ARCH` "
+        "(random weights: speed does not depend on them), INT8 with `--quantize int8`; the bundled Fashion-MNIST "
+        "ResNet-20 (its INT8 from `models.export --checkpoint ... --quantize int8`, or from the bundled file when "
+        "the checkpoint is absent).",
+        f"- Images: scikit-image photos ({results.settings.get('photos', '')}) fitted and encoded as a 500x375 "
+        "JPEG, a 1920x1080 JPEG, a 4000x3000 JPEG (upscaled), quality 90, and a 1000x1000 PNG; a load run cycles "
+        "through the photos.",
+        f"- Ours at its defaults: `{results.settings.get('ours', '')}` (plus host, ports and model folder: every "
+        "command is listed below), every other setting at its default. `make serve` differs only in logging: it "
+        "writes an access line per request at level info; the naive server logs nothing either, so both run "
+        "without. Every target is judged on it except the two at concurrency 64.",
+        f"- Ours with admission flags: `{results.settings.get('admission', '')}`, started separately for the "
+        "concurrency-64 runs and their two targets, so that a queue bound and a wait bound turn the excess "
+        "into fast 503s.",
+        "- Ours with a fixed batch size: the defaults plus `--max-batch-size N`, N in "
+        f"{', '.join(str(n) for n in results.fixed_batch_sizes) or '—'}, on "
+        f"{', '.join(_fixed_batch_models(results)) or 'no model'}, each right after that model's default run; "
+        "against auto (the default), which times the model at start-up and keeps the largest batch that still "
+        "buys 5% throughput.",
+        f"- Before its first load, each server must be ready, then keep the same processes and stay idle for "
+        f"{results.settings.get('settle', '1 s')}.",
+        "- V2 and gRPC: requests built once (bench/loadgen.py `v2_binary_request`, `grpc_infer_request`); the "
+        "gRPC closed loop runs on grpc.aio with the server's generated stubs, one channel (its own connection) "
+        "per client as the HTTP loop has one connection per client, and reports its own CPU (gRPC's threads "
+        "included).",
+        f"- Naive: `{results.settings.get('naive', '')}` (bench/naive_server.py): a FastAPI `def` endpoint, one image "
+        "per request at batch 1, PIL decoding at full size, a default `InferenceSession`, no queue limit.",
+        f"- Load: {results.settings.get('load', '')}. The load generator (bench/loadgen.py) is a raw-asyncio "
+        "HTTP/1.1 client with keep-alive that reports its own CPU; it runs on the same cores as the server.",
+        "- Percentiles are nearest-rank over the requests sent in the measurement window.",
+        "- The ceiling leaves out HTTP handling and the load generator, which share the same cores; a server "
+        "can still measure slightly above it because timings drift by a few percent on this shared machine.",
+    ]
     raw = results.raw_for(primary)
     reference = results.c1_reference_ms.get(primary)
     if reference and raw and raw.batch(1):
-        out.append(f"- Drift within this run: {titles[primary]} batch-1 inference took {raw.batch(1).ms_per_batch:.1f} ms "
-                   f"in the raw measurement and {reference[1]:.1f} ms when timed again minutes later.")
+        out.append(
+            f"- Drift within this run: {titles[primary]} batch-1 inference took {raw.batch(1).ms_per_batch:.1f} ms "
+            f"in the raw measurement and {reference[1]:.1f} ms when timed again minutes later."
+        )
     out += [f"- Note: {note}" for note in results.notes]
     out.append("")
     if results.servers:
-        out += ["Servers started, in order (python: the interpreter running the benchmark; CACHE: its cache folder):",
-                ""]
-        out += _table(["Server", "Model", "Command"],
-                      [[servers[row.server], titles[row.model], f"`{row.command}`"] for row in results.servers])
+        out += [
+            "Servers started, in order (python: the interpreter running the benchmark; CACHE: its cache folder):",
+            "",
+        ]
+        out += _table(
+            ["Server", "Model", "Command"],
+            [[servers[row.server], titles[row.model], f"`{row.command}`"] for row in results.servers],
+        )
     return "\n".join(out)
 
 
@@ -850,20 +1149,37 @@ def _fixed_batch_models(results: BenchResults) -> list[str]:
 def _batch_sizes(results: BenchResults) -> list[str]:
     """What auto chose per model, and auto against each fixed --max-batch-size (same model, same run)."""
     titles, servers = results.model_titles, results.server_titles
-    out = ["## Batch sizes: auto against fixed", "",
-           "Auto (the default --max-batch-size): what each of our servers reported at GET /v1/models/NAME, and the "
-           "throughput it measured per batch size at warm-up (with several worker processes, each measures its own; "
-           "this is the one that answered).", ""]
-    out += _table(["Server", "Model", "Max batch size", "Source", "Measured at warm-up (batch: img/s)"],
-                  [[servers[row.server], titles[row.model], str(row.max_batch_size), row.source,
-                    ", ".join(f"{size}: {ips:,.0f}" for size, ips in row.curve) or "—"]
-                   for row in results.batching if row.server == "ours"])
+    out = [
+        "## Batch sizes: auto against fixed",
+        "",
+        "Auto (the default --max-batch-size): what each of our servers reported at GET /v1/models/NAME, and the "
+        "throughput it measured per batch size at warm-up (with several worker processes, each measures its own; "
+        "this is the one that answered).",
+        "",
+    ]
+    out += _table(
+        ["Server", "Model", "Max batch size", "Source", "Measured at warm-up (batch: img/s)"],
+        [
+            [
+                servers[row.server],
+                titles[row.model],
+                str(row.max_batch_size),
+                row.source,
+                ", ".join(f"{size}: {ips:,.0f}" for size, ips in row.curve) or "—",
+            ]
+            for row in results.batching
+            if row.server == "ours"
+        ],
+    )
     keys = ["ours", *(fixed_batch_key(size) for size in results.fixed_batch_sizes)]
     servers_run = set(keys[1:])
     models = list(dict.fromkeys(row.model for row in results.batching if row.server in servers_run))
     if models:
-        out += ["The same model, 500x375 JPEG, with each setting: p50 at concurrency 1 and 8, throughput at "
-                f"concurrency {SATURATION_CONCURRENCY}.", ""]
+        out += [
+            "The same model, 500x375 JPEG, with each setting: p50 at concurrency 1 and 8, throughput at "
+            f"concurrency {SATURATION_CONCURRENCY}.",
+            "",
+        ]
         rows = []
         for model in models:
             for key in keys:
@@ -876,6 +1192,16 @@ def _batch_sizes(results: BenchResults) -> list[str]:
                 row = results.load_at(key, model, SMALL, SATURATION_CONCURRENCY)
                 cells += [_num(row.throughput) if row else "—", _num(row.p50_ms) if row else "—"]
                 rows.append(cells)
-        out += _table(["Model", "Server", "Batch", "p50 c1 (ms)", "p50 c8 (ms)",
-                       f"Throughput c{SATURATION_CONCURRENCY} (img/s)", f"p50 c{SATURATION_CONCURRENCY} (ms)"], rows)
+        out += _table(
+            [
+                "Model",
+                "Server",
+                "Batch",
+                "p50 c1 (ms)",
+                "p50 c8 (ms)",
+                f"Throughput c{SATURATION_CONCURRENCY} (img/s)",
+                f"p50 c{SATURATION_CONCURRENCY} (ms)",
+            ],
+            rows,
+        )
     return out

@@ -274,8 +274,11 @@ class BenchResults:
         return next((row for row in self.preprocessing if row.model_input == recipe and row.size == size), None)
 
     def load_rows(self, server: str, model: str, size: str | None = None) -> list[LoadRow]:
-        return [row for row in self.load
-                if row.server == server and row.model == model and (size is None or row.size == size)]
+        return [
+            row
+            for row in self.load
+            if row.server == server and row.model == model and (size is None or row.size == size)
+        ]
 
     def load_at(self, server: str, model: str, size: str, concurrency: int) -> LoadRow | None:
         return next((row for row in self.load_rows(server, model, size) if row.concurrency == concurrency), None)
@@ -292,8 +295,14 @@ class BenchResults:
         """Our server at its defaults, `model` and the small JPEG sent over `protocol` at `concurrency`."""
         if protocol == V1:
             return self.load_at("ours", model, "small-jpeg", concurrency)
-        return next((row for row in self.protocol_load
-                     if row.model == model and row.protocol == protocol and row.concurrency == concurrency), None)
+        return next(
+            (
+                row
+                for row in self.protocol_load
+                if row.model == model and row.protocol == protocol and row.concurrency == concurrency
+            ),
+            None,
+        )
 
     def protocol_saturation(self, model: str, protocol: str) -> LoadRow | None:
         """The best throughput over the concurrencies `protocol` was run at, on the small JPEG."""

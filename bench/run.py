@@ -115,14 +115,36 @@ class Plan:
     """Printed under the report's method, for settings a reader must know to read the numbers."""
 
 
-FULL = Plan(mode="full", models=("resnet50", "resnet18", "bundled"), warmup_s=2.0, load_s=12.0, rate_trial_s=10.0,
-            rate_steps=6, idle_s=10.0, raw_min_s=2.0, raw_min_runs=3, preprocess_min_s=1.5, preprocess_min_runs=5,
-            profile_s=10.0)
+FULL = Plan(
+    mode="full",
+    models=("resnet50", "resnet18", "bundled"),
+    warmup_s=2.0,
+    load_s=12.0,
+    rate_trial_s=10.0,
+    rate_steps=6,
+    idle_s=10.0,
+    raw_min_s=2.0,
+    raw_min_runs=3,
+    preprocess_min_s=1.5,
+    preprocess_min_runs=5,
+    profile_s=10.0,
+)
 
 QUICK_HOLD_MS = 25
-QUICK_ADMISSION_ARGS = ("--workers", "1", "--max-queue-size", "1", "--max-files-per-request", "1",
-                        "--max-batch-size", "2", "--max-batch-delay-ms", str(QUICK_HOLD_MS), "--max-queue-wait-ms",
-                        str(OURS_MAX_QUEUE_WAIT_MS))
+QUICK_ADMISSION_ARGS = (
+    "--workers",
+    "1",
+    "--max-queue-size",
+    "1",
+    "--max-files-per-request",
+    "1",
+    "--max-batch-size",
+    "2",
+    "--max-batch-delay-ms",
+    str(QUICK_HOLD_MS),
+    "--max-queue-wait-ms",
+    str(OURS_MAX_QUEUE_WAIT_MS),
+)
 """The admission server in the quick run: one process whose one-image queue holds its image 25 ms, so that
 concurrency 64 must overflow.
 
@@ -147,16 +169,34 @@ the load runs, ceilings (from the raw and preprocessing measurements), idle CPU 
 they measure, and the accuracy needs the Fashion-MNIST test set, which `make test` installs. Only this server is
 held so; every other target is judged on servers at their defaults, as in the full run."""
 
-QUICK = Plan(mode="quick", models=("bundled",), warmup_s=0.3, load_s=1.0, rate_trial_s=0.8, rate_steps=3,
-             idle_s=1.0, raw_min_s=0.05, raw_min_runs=2, preprocess_min_s=0.05, preprocess_min_runs=2, profile_s=0.0,
-             batch_sizes=(1, 4, 32), protocol_concurrencies=(32,), fixed_batch_sizes=(1, 32),
-             stand_ins=(("resnet50", "bundled"), ("resnet18", "bundled"), ("resnet50-int8", "bundled-int8")),
-             settle_window_s=0.3, photos=workload.PHOTOS[:1], admission_args=QUICK_ADMISSION_ARGS,
-             notes=("Quick run: the bundled model stands in for ResNet-50 fp32 and ResNet-18, its INT8 for ResNet-50 "
-                    "INT8; the V2 and gRPC runs are at concurrency 32 only and the fixed batch sizes are 1 and 32. "
-                    f"The concurrency-64 server queues one image and holds it {QUICK_HOLD_MS} ms (--workers 1 "
-                    f"--max-queue-size 1 --max-batch-size 2 --max-batch-delay-ms {QUICK_HOLD_MS}), so that "
-                    "concurrency 64 is refused whatever the machine's speed; its numbers are those of that setting.",))
+QUICK = Plan(
+    mode="quick",
+    models=("bundled",),
+    warmup_s=0.3,
+    load_s=1.0,
+    rate_trial_s=0.8,
+    rate_steps=3,
+    idle_s=1.0,
+    raw_min_s=0.05,
+    raw_min_runs=2,
+    preprocess_min_s=0.05,
+    preprocess_min_runs=2,
+    profile_s=0.0,
+    batch_sizes=(1, 4, 32),
+    protocol_concurrencies=(32,),
+    fixed_batch_sizes=(1, 32),
+    stand_ins=(("resnet50", "bundled"), ("resnet18", "bundled"), ("resnet50-int8", "bundled-int8")),
+    settle_window_s=0.3,
+    photos=workload.PHOTOS[:1],
+    admission_args=QUICK_ADMISSION_ARGS,
+    notes=(
+        "Quick run: the bundled model stands in for ResNet-50 fp32 and ResNet-18, its INT8 for ResNet-50 "
+        "INT8; the V2 and gRPC runs are at concurrency 32 only and the fixed batch sizes are 1 and 32. "
+        f"The concurrency-64 server queues one image and holds it {QUICK_HOLD_MS} ms (--workers 1 "
+        f"--max-queue-size 1 --max-batch-size 2 --max-batch-delay-ms {QUICK_HOLD_MS}), so that "
+        "concurrency 64 is refused whatever the machine's speed; its numbers are those of that setting.",
+    ),
+)
 
 
 def preprocessing_recipe(spec: ModelSpec) -> str:
@@ -165,10 +205,16 @@ def preprocessing_recipe(spec: ModelSpec) -> str:
 
 def _git_commit() -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=workload.REPO_ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=workload.REPO_ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=workload.REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=workload.REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         return commit + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -201,9 +247,15 @@ def environment(plan: Plan, command: str) -> Environment:
             versions[package] = "not installed"
     cpu_model, simd = _lscpu()
     return Environment(
-        cpu_model=cpu_model, simd=simd, cores=available_cpus(), online_cpus=os.cpu_count() or 1,
-        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), versions=versions,
-        git_commit=_git_commit(), mode=plan.mode, command=command,
+        cpu_model=cpu_model,
+        simd=simd,
+        cores=available_cpus(),
+        online_cpus=os.cpu_count() or 1,
+        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        versions=versions,
+        git_commit=_git_commit(),
+        mode=plan.mode,
+        command=command,
         load_average=" ".join(f"{value:.2f}" for value in os.getloadavg()),
     )
 
@@ -212,14 +264,16 @@ def variants(plan: Plan) -> dict[str, Variant]:
     """Every server configuration the plan runs, by results key."""
     found = {
         "ours": Variant("ours", "ours (service)", OURS, plan.ours_args),
-        "ours-admission": Variant("ours-admission", "ours, admission flags", OURS,
-                                  (*plan.ours_args, *plan.admission_args)),
+        "ours-admission": Variant(
+            "ours-admission", "ours, admission flags", OURS, (*plan.ours_args, *plan.admission_args)
+        ),
         "naive": Variant("naive", "naive FastAPI", NAIVE),
     }
     for size in plan.fixed_batch_sizes:
         key = fixed_batch_key(size)
-        found[key] = Variant(key, f"ours, --max-batch-size {size}", OURS,
-                             (*plan.ours_args, "--max-batch-size", str(size)))
+        found[key] = Variant(
+            key, f"ours, --max-batch-size {size}", OURS, (*plan.ours_args, "--max-batch-size", str(size))
+        )
     return found
 
 
@@ -255,8 +309,9 @@ class BenchmarkRun:
         self.images = workload.ensure_images(self.cache_dir, IMAGE_SIZES, self.plan.photos)
         for key, case in self.models.items():
             self.results.model_titles[key] = case.title
-        self.results.stand_ins = {key: stand_in for key, stand_in in self.plan.stand_ins
-                                  if key not in self.models and stand_in in self.models}
+        self.results.stand_ins = {
+            key: stand_in for key, stand_in in self.plan.stand_ins if key not in self.models and stand_in in self.models
+        }
 
     @property
     def primary(self) -> str:
@@ -283,13 +338,15 @@ class BenchmarkRun:
             spec = measure.model_spec(runtime)
             self.specs[key] = spec
             self.results.model_inputs[key] = preprocessing_recipe(spec)
-            timings = measure.raw_inference(runtime, spec, self.plan.batch_sizes, min_seconds=self.plan.raw_min_s,
-                                            min_runs=self.plan.raw_min_runs)
+            timings = measure.raw_inference(
+                runtime, spec, self.plan.batch_sizes, min_seconds=self.plan.raw_min_s, min_runs=self.plan.raw_min_runs
+            )
             rows = [BatchRow(t.batch_size, t.seconds_per_batch * 1e3, t.images_per_second) for t in timings]
             raw = RawInference(key, case.title, rows, session_load_s=session_load_s)
             if key == self.primary:
-                default = measure.default_session_batch1(case.path, spec, min_seconds=self.plan.raw_min_s,
-                                                         min_runs=self.plan.raw_min_runs)
+                default = measure.default_session_batch1(
+                    case.path, spec, min_seconds=self.plan.raw_min_s, min_runs=self.plan.raw_min_runs
+                )
                 raw.default_session_batch1 = BatchRow(1, default.seconds_per_batch * 1e3, default.images_per_second)
             self.results.raw.append(raw)
             if spec.color_mode == "L" and spec.crop_size == 28:
@@ -317,16 +374,26 @@ class BenchmarkRun:
             for size in IMAGE_SIZES:
                 logger.info("preprocessing cost: %s, %s", recipe, size.label)
                 images = self.images[size.key]
-                full = measure.preprocessing(images, spec, jpeg_draft=False, min_seconds=self.plan.preprocess_min_s,
-                                             min_runs=self.plan.preprocess_min_runs)
+                full = measure.preprocessing(
+                    images,
+                    spec,
+                    jpeg_draft=False,
+                    min_seconds=self.plan.preprocess_min_s,
+                    min_runs=self.plan.preprocess_min_runs,
+                )
                 draft_ms = None
                 if full.draft_applies:
-                    draft = measure.preprocessing(images, spec, jpeg_draft=True,
-                                                  min_seconds=self.plan.preprocess_min_s,
-                                                  min_runs=self.plan.preprocess_min_runs)
+                    draft = measure.preprocessing(
+                        images,
+                        spec,
+                        jpeg_draft=True,
+                        min_seconds=self.plan.preprocess_min_s,
+                        min_runs=self.plan.preprocess_min_runs,
+                    )
                     draft_ms = draft.seconds_per_image * 1e3
                 self.results.preprocessing.append(
-                    PreprocessRow(recipe, size.key, size.label, full.seconds_per_image * 1e3, draft_ms))
+                    PreprocessRow(recipe, size.key, size.label, full.seconds_per_image * 1e3, draft_ms)
+                )
 
     def compute_ceilings(self) -> None:
         for key in self.models:
@@ -339,10 +406,24 @@ class BenchmarkRun:
                 if pre is None:
                     continue
                 value = measure.ceiling(pre.server_ms / 1e3, inference_s, self.cores)
-                without = (measure.ceiling(pre.full_decode_ms / 1e3, inference_s, self.cores)
-                           if pre.draft_ms is not None else None)
-                self.results.ceilings.append(CeilingRow(key, size.key, size.label, pre.server_ms, inference_s * 1e3,
-                                                        best.batch_size, self.cores, value, without))
+                without = (
+                    measure.ceiling(pre.full_decode_ms / 1e3, inference_s, self.cores)
+                    if pre.draft_ms is not None
+                    else None
+                )
+                self.results.ceilings.append(
+                    CeilingRow(
+                        key,
+                        size.key,
+                        size.label,
+                        pre.server_ms,
+                        inference_s * 1e3,
+                        best.batch_size,
+                        self.cores,
+                        value,
+                        without,
+                    )
+                )
 
     # ------------------------------------------------------------------------------------------------- load
 
@@ -351,16 +432,23 @@ class BenchmarkRun:
         if key not in self._tensors:
             spec = self.specs[key]
             self._tensors[key] = [
-                preprocess_image(image.data, spec, DecodeOptions(), image.size.content_type).tensor[None]
-                .astype("<f4").tobytes()
-                for image in self.images[SMALL]]
+                preprocess_image(image.data, spec, DecodeOptions(), image.size.content_type)
+                .tensor[None]
+                .astype("<f4")
+                .tobytes()
+                for image in self.images[SMALL]
+            ]
         return self._tensors[key]
 
     def _requests(self, server: RunningServer, size: str, protocol: str = V1) -> list:
         host, port, model = "127.0.0.1", server.port, server.model
         if protocol == V1:
-            return [loadgen.multipart_request(host, port, server.classify_path, image.data, image.name,
-                                              image.size.content_type) for image in self.images[size]]
+            return [
+                loadgen.multipart_request(
+                    host, port, server.classify_path, image.data, image.name, image.size.content_type
+                )
+                for image in self.images[size]
+            ]
         spec = self.specs[model.key]
         k = min(TOP_K, spec.num_classes)
         if protocol in (V2_BYTES, GRPC_BYTES):
@@ -370,26 +458,63 @@ class BenchmarkRun:
             shape = [1, spec.channels, spec.crop_size, spec.crop_size]
             inputs = [("FP32", shape, data) for data in self._fp32_tensors(model.key)]
         if protocol in (V2_BYTES, V2_FP32):
-            return [loadgen.v2_binary_request(host, port, model.name, input_name=spec.input_name, datatype=datatype,
-                                              shape=shape, data=data, output_name=spec.output_name, classification=k)
-                    for datatype, shape, data in inputs]
-        return [loadgen.grpc_infer_request(model.name, input_name=spec.input_name, datatype=datatype, shape=shape,
-                                           data=data, output_name=spec.output_name, classification=k)
-                for datatype, shape, data in inputs]
+            return [
+                loadgen.v2_binary_request(
+                    host,
+                    port,
+                    model.name,
+                    input_name=spec.input_name,
+                    datatype=datatype,
+                    shape=shape,
+                    data=data,
+                    output_name=spec.output_name,
+                    classification=k,
+                )
+                for datatype, shape, data in inputs
+            ]
+        return [
+            loadgen.grpc_infer_request(
+                model.name,
+                input_name=spec.input_name,
+                datatype=datatype,
+                shape=shape,
+                data=data,
+                output_name=spec.output_name,
+                classification=k,
+            )
+            for datatype, shape, data in inputs
+        ]
 
-    def closed(self, server: RunningServer, size: str, concurrency: int, *, protocol: str = V1,
-               record: bool = True) -> loadgen.LoadRun:
-        logger.info("closed loop: %s %s %s %s concurrency %d", server.key, server.model.key, size, protocol,
-                    concurrency)
+    def closed(
+        self, server: RunningServer, size: str, concurrency: int, *, protocol: str = V1, record: bool = True
+    ) -> loadgen.LoadRun:
+        logger.info(
+            "closed loop: %s %s %s %s concurrency %d", server.key, server.model.key, size, protocol, concurrency
+        )
         requests = self._requests(server, size, protocol)
         if protocol in (GRPC_BYTES, GRPC_FP32):
-            run = asyncio.run(loadgen.grpc_closed_loop(
-                server.grpc_target, requests, concurrency=concurrency, warmup_s=self.plan.warmup_s,
-                duration_s=self.plan.load_s, server_cpu=server.cpu_seconds))
+            run = asyncio.run(
+                loadgen.grpc_closed_loop(
+                    server.grpc_target,
+                    requests,
+                    concurrency=concurrency,
+                    warmup_s=self.plan.warmup_s,
+                    duration_s=self.plan.load_s,
+                    server_cpu=server.cpu_seconds,
+                )
+            )
         else:
-            run = asyncio.run(loadgen.closed_loop(
-                "127.0.0.1", server.port, requests, concurrency=concurrency, warmup_s=self.plan.warmup_s,
-                duration_s=self.plan.load_s, server_cpu=server.cpu_seconds))
+            run = asyncio.run(
+                loadgen.closed_loop(
+                    "127.0.0.1",
+                    server.port,
+                    requests,
+                    concurrency=concurrency,
+                    warmup_s=self.plan.warmup_s,
+                    duration_s=self.plan.load_s,
+                    server_cpu=server.cpu_seconds,
+                )
+            )
         if record:
             row = load_row(server.key, server.model.key, size, run, protocol)
             (self.results.load if protocol == V1 else self.results.protocol_load).append(row)
@@ -410,24 +535,43 @@ class BenchmarkRun:
 
         async def run_at(rate: float) -> loadgen.LoadRun:
             logger.info("open loop: %s %s %.1f/s", server.key, server.model.key, rate)
-            return await loadgen.open_loop("127.0.0.1", server.port, requests, rate=rate, warmup_s=self.plan.warmup_s,
-                                           duration_s=self.plan.rate_trial_s, server_cpu=server.cpu_seconds)
+            return await loadgen.open_loop(
+                "127.0.0.1",
+                server.port,
+                requests,
+                rate=rate,
+                warmup_s=self.plan.warmup_s,
+                duration_s=self.plan.rate_trial_s,
+                server_cpu=server.cpu_seconds,
+            )
 
         async def search() -> list[loadgen.RateTrial]:
-            return await loadgen.search_max_rate(run_at, low=0.3 * saturation.throughput,
-                                                 high=0.95 * saturation.throughput, steps=self.plan.rate_steps,
-                                                 p99_limit_s=P99_LIMIT_S)
+            return await loadgen.search_max_rate(
+                run_at,
+                low=0.3 * saturation.throughput,
+                high=0.95 * saturation.throughput,
+                steps=self.plan.rate_steps,
+                p99_limit_s=P99_LIMIT_S,
+            )
 
         trials = asyncio.run(search())
         rows = []
         for trial in trials:
             window = trial.run.in_window
             ok = trial.run.latencies(200)
-            rows.append(RateTrialRow(
-                rate=trial.rate, throughput=trial.run.throughput, p50_ms=_ms(loadgen.percentile(ok, 0.5)),
-                p99_ms=_ms(trial.p99_s), failures=sum(1 for s in window if s.status != 200), requests=len(window),
-                passed=trial.passed, client_cpu_cores=trial.run.client_cpu_fraction,
-                statuses=status_names(trial.run)))
+            rows.append(
+                RateTrialRow(
+                    rate=trial.rate,
+                    throughput=trial.run.throughput,
+                    p50_ms=_ms(loadgen.percentile(ok, 0.5)),
+                    p99_ms=_ms(trial.p99_s),
+                    failures=sum(1 for s in window if s.status != 200),
+                    requests=len(window),
+                    passed=trial.passed,
+                    client_cpu_cores=trial.run.client_cpu_fraction,
+                    statuses=status_names(trial.run),
+                )
+            )
         self.results.rate_searches.append(RateSearch(server.key, server.model.key, size, P99_LIMIT_S * 1e3, rows))
 
     def resources(self, server: RunningServer, settled_rss_mb: float, processes: int, *, idle: bool) -> None:
@@ -440,10 +584,20 @@ class BenchmarkRun:
             time.sleep(self.plan.idle_s)
             idle_percent = 100 * (server.cpu_seconds() - before) / (time.monotonic() - started)
         memory = server.memory()
-        self.results.resources.append(ServerResources(
-            server.key, server.model.key, server.ready_after_s or 0.0, memory.rss_bytes / 2**20,
-            memory.peak_rss_bytes / 2**20, idle_percent, self.plan.idle_s if idle else None,
-            settled_after_s=server.settled_after_s, rss_settled_mb=settled_rss_mb, processes=processes))
+        self.results.resources.append(
+            ServerResources(
+                server.key,
+                server.model.key,
+                server.ready_after_s or 0.0,
+                memory.rss_bytes / 2**20,
+                memory.peak_rss_bytes / 2**20,
+                idle_percent,
+                self.plan.idle_s if idle else None,
+                settled_after_s=server.settled_after_s,
+                rss_settled_mb=settled_rss_mb,
+                processes=processes,
+            )
+        )
 
     def profile(self, server: RunningServer, size: str, concurrency: int) -> None:
         if self.plan.profile_s <= 0 or profiling.py_spy() is None:
@@ -462,9 +616,14 @@ class BenchmarkRun:
                 recorder_holder["process"] = profiling.start_recording(server.pid, seconds, output)
 
             recorder_task = asyncio.ensure_future(start_recorder())
-            run = await loadgen.closed_loop("127.0.0.1", server.port, self._requests(server, size),
-                                            concurrency=concurrency, warmup_s=self.plan.warmup_s,
-                                            duration_s=max(plan_load, seconds + 1.0))
+            run = await loadgen.closed_loop(
+                "127.0.0.1",
+                server.port,
+                self._requests(server, size),
+                concurrency=concurrency,
+                warmup_s=self.plan.warmup_s,
+                duration_s=max(plan_load, seconds + 1.0),
+            )
             await recorder_task
             return run
 
@@ -479,10 +638,19 @@ class BenchmarkRun:
         groups = []
         for group, count in summary.by_group.most_common():
             frames = summary.self_frames[group]
-            groups.append(ProfileGroup(group, summary.cores(count), count / summary.samples,
-                                       [(frame, n / count) for frame, n in frames.most_common(6)]))
-        self.results.profiles.append(ProfileResult(server.key, server.model.key, size, concurrency, seconds,
-                                                   summary.samples, run.throughput, groups))
+            groups.append(
+                ProfileGroup(
+                    group,
+                    summary.cores(count),
+                    count / summary.samples,
+                    [(frame, n / count) for frame, n in frames.most_common(6)],
+                )
+            )
+        self.results.profiles.append(
+            ProfileResult(
+                server.key, server.model.key, size, concurrency, seconds, summary.samples, run.throughput, groups
+            )
+        )
 
     @contextlib.contextmanager
     def serving(self, variant_key: str, key: str, *, idle: bool = False) -> Iterator[RunningServer]:
@@ -491,8 +659,9 @@ class BenchmarkRun:
         variant = self.variants[variant_key]
         log = self.log_dir / f"{variant.key}-{key}.log"
         logger.info("starting %s with %s", variant.title, self.models[key].title)
-        server = RunningServer(variant.kind, self.models[key], log, variant.args, grpc=variant.kind is OURS,
-                               key=variant.key)
+        server = RunningServer(
+            variant.kind, self.models[key], log, variant.args, grpc=variant.kind is OURS, key=variant.key
+        )
         with server:
             server.wait_ready()
             server.wait_settled(self.plan.settle_window_s)
@@ -507,21 +676,35 @@ class BenchmarkRun:
         described = server.get_json(f"/v1/models/{server.model.name}")
         assert isinstance(described, dict)
         batching = described.get("batching") or {}
-        curve = [(int(point["batch_size"]), float(point["images_per_second"]))
-                 for point in batching.get("batch_curve") or []]
-        self.results.batching.append(BatchingRow(server.key, server.model.key, int(batching["max_batch_size"]),
-                                                 str(batching.get("max_batch_size_source", "")), curve))
+        curve = [
+            (int(point["batch_size"]), float(point["images_per_second"])) for point in batching.get("batch_curve") or []
+        ]
+        self.results.batching.append(
+            BatchingRow(
+                server.key,
+                server.model.key,
+                int(batching["max_batch_size"]),
+                str(batching.get("max_batch_size_source", "")),
+                curve,
+            )
+        )
 
     def c1_reference(self, key: str) -> tuple[float, float]:
         """Preprocessing and batch-1 inference of `key` on the small JPEG, timed now (the server idles meanwhile)."""
         spec = self.specs[key]
         runtime = OnnxModelRuntime(self.models[key].path)
-        (batch1,) = measure.raw_inference(runtime, spec, [1], min_seconds=self.plan.raw_min_s,
-                                          min_runs=self.plan.raw_min_runs)
+        (batch1,) = measure.raw_inference(
+            runtime, spec, [1], min_seconds=self.plan.raw_min_s, min_runs=self.plan.raw_min_runs
+        )
         del runtime
         gc.collect()
-        pre = measure.preprocessing(self.images[SMALL], spec, jpeg_draft=True, min_seconds=self.plan.preprocess_min_s,
-                                    min_runs=self.plan.preprocess_min_runs)
+        pre = measure.preprocessing(
+            self.images[SMALL],
+            spec,
+            jpeg_draft=True,
+            min_seconds=self.plan.preprocess_min_s,
+            min_runs=self.plan.preprocess_min_runs,
+        )
         return pre.seconds_per_image * 1e3, batch1.seconds_per_batch * 1e3
 
     def _small_concurrencies(self, server: RunningServer, key: str) -> None:
@@ -581,8 +764,11 @@ def _ms(seconds: float) -> float:
 
 def status_names(run: loadgen.LoadRun) -> dict[str, int]:
     """Non-200 outcomes of the window's requests, by HTTP status or client-side failure."""
-    return {loadgen.STATUS_NAMES.get(status, str(status)): count
-            for status, count in sorted(run.status_counts().items()) if status != 200}
+    return {
+        loadgen.STATUS_NAMES.get(status, str(status)): count
+        for status, count in sorted(run.status_counts().items())
+        if status != 200
+    }
 
 
 def load_row(server: str, model: str, size: str, run: loadgen.LoadRun, protocol: str = V1) -> LoadRow:
@@ -590,11 +776,19 @@ def load_row(server: str, model: str, size: str, run: loadgen.LoadRun, protocol:
     rejected = run.latencies(503)
     statuses = status_names(run)
     return LoadRow(
-        server=server, model=model, size=size, size_label=SIZES_BY_KEY[size].label,
-        concurrency=run.concurrency or 0, throughput=run.throughput,
-        p50_ms=_ms(loadgen.percentile(ok, 0.50)), p95_ms=_ms(loadgen.percentile(ok, 0.95)),
-        p99_ms=_ms(loadgen.percentile(ok, 0.99)), ok=len(ok), statuses=statuses,
-        server_cpu_cores=run.server_cpu_fraction, client_cpu_cores=run.client_cpu_fraction,
+        server=server,
+        model=model,
+        size=size,
+        size_label=SIZES_BY_KEY[size].label,
+        concurrency=run.concurrency or 0,
+        throughput=run.throughput,
+        p50_ms=_ms(loadgen.percentile(ok, 0.50)),
+        p95_ms=_ms(loadgen.percentile(ok, 0.95)),
+        p99_ms=_ms(loadgen.percentile(ok, 0.99)),
+        ok=len(ok),
+        statuses=statuses,
+        server_cpu_cores=run.server_cpu_fraction,
+        client_cpu_cores=run.client_cpu_fraction,
         rejected_p50_ms=_ms(loadgen.percentile(rejected, 0.50)) if rejected else None,
         rejected_p99_ms=_ms(loadgen.percentile(rejected, 0.99)) if rejected else None,
         rejected_max_ms=_ms(max(rejected)) if rejected else None,
@@ -605,8 +799,12 @@ def load_row(server: str, model: str, size: str, run: loadgen.LoadRun, protocol:
 def run_benchmark(plan: Plan, cache_dir: Path, command: str) -> BenchResults:
     started = time.monotonic()
     kinds = variants(plan)
-    results = BenchResults(environment=environment(plan, command), primary_model=plan.models[0], model_titles={},
-                           server_titles={key: variant.title for key, variant in kinds.items()})
+    results = BenchResults(
+        environment=environment(plan, command),
+        primary_model=plan.models[0],
+        model_titles={},
+        server_titles={key: variant.title for key, variant in kinds.items()},
+    )
     # The server's own parser: defaults plus the admission server's flags.
     admission = load_settings(list(kinds["ours-admission"].args))
     results.admission_max_queue_size = admission.max_queue_size
@@ -617,8 +815,10 @@ def run_benchmark(plan: Plan, cache_dir: Path, command: str) -> BenchResults:
         "ours": " ".join(("python -m service", *plan.ours_args, logging_flags)),
         "admission": " ".join(("python -m service", *kinds["ours-admission"].args, logging_flags)),
         "naive": "python -m bench.naive_server",
-        "load": (f"closed loop: {plan.warmup_s:g} s warm-up then {plan.load_s:g} s measured per run; open loop: "
-                 f"{plan.rate_trial_s:g} s measured per rate tried; idle CPU over {plan.idle_s:g} s"),
+        "load": (
+            f"closed loop: {plan.warmup_s:g} s warm-up then {plan.load_s:g} s measured per run; open loop: "
+            f"{plan.rate_trial_s:g} s measured per rate tried; idle CPU over {plan.idle_s:g} s"
+        ),
         "settle": f"{plan.settle_window_s:g} s",
         "photos": ", ".join(plan.photos),
         "python": sys.executable,
@@ -629,8 +829,10 @@ def run_benchmark(plan: Plan, cache_dir: Path, command: str) -> BenchResults:
     naive_c1 = run.resolved(workload.BENCH_MODELS)
     skipped = [key for key in workload.BENCH_MODELS if key not in plan.batch_models]
     if skipped:
-        results.notes.append(f"The fixed --max-batch-size runs were left out for {', '.join(skipped)} (--batch-models), "
-                             "to keep the run short: their auto batch size targets are not measured.")
+        results.notes.append(
+            f"The fixed --max-batch-size runs were left out for {', '.join(skipped)} (--batch-models), "
+            "to keep the run short: their auto batch size targets are not measured."
+        )
     run.measure_inference()
     run.measure_preprocessing()
     run.compute_ceilings()

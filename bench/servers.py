@@ -116,11 +116,35 @@ class ServerKind:
 
     def command(self, model: ModelCase, port: int, extra_args: tuple[str, ...], grpc_port: int = 0) -> list[str]:
         if self.key == "ours":
-            return [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), "--grpc-port",
-                    str(grpc_port), "--model-dir", str(model.folder), "--no-access-log", "--log-level", "warning",
-                    *extra_args]
-        return [sys.executable, "-m", "bench.naive_server", "--host", "127.0.0.1", "--port", str(port),
-                "--model", str(model.path), *extra_args]
+            return [
+                sys.executable,
+                "-m",
+                "service",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--grpc-port",
+                str(grpc_port),
+                "--model-dir",
+                str(model.folder),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                *extra_args,
+            ]
+        return [
+            sys.executable,
+            "-m",
+            "bench.naive_server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model",
+            str(model.path),
+            *extra_args,
+        ]
 
 
 OURS = ServerKind("ours", "ours (service)", "/readyz")
@@ -128,8 +152,7 @@ NAIVE = ServerKind("naive", "naive FastAPI", "/healthz")
 
 OURS_MAX_QUEUE_SIZE = 32
 OURS_MAX_QUEUE_WAIT_MS = 1500
-OURS_ADMISSION_ARGS = ("--max-queue-size", str(OURS_MAX_QUEUE_SIZE), "--max-queue-wait-ms",
-                       str(OURS_MAX_QUEUE_WAIT_MS))
+OURS_ADMISSION_ARGS = ("--max-queue-size", str(OURS_MAX_QUEUE_SIZE), "--max-queue-wait-ms", str(OURS_MAX_QUEUE_WAIT_MS))
 """The admission flags of the separately started server that the concurrency-64 targets are judged on (every other
 target is judged on a server at its defaults): at most 32 queued images, so that 64 concurrent clients overflow
 the queue and the benchmark sees how fast the excess is refused, and at most 1.5 s of expected wait, the setting
@@ -143,8 +166,17 @@ SETTLE_LIMIT_S = 60.0
 class RunningServer:
     """A server subprocess on a free loopback port, its output in a log file."""
 
-    def __init__(self, kind: ServerKind, model: ModelCase, log_path: Path, extra_args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None, *, grpc: bool = False, key: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: ServerKind,
+        model: ModelCase,
+        log_path: Path,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        *,
+        grpc: bool = False,
+        key: str | None = None,
+    ) -> None:
         self.kind = kind
         self.key = key or kind.key
         """How the benchmark's results name this server (a configuration of `kind`)."""
@@ -159,8 +191,9 @@ class RunningServer:
         environment.update(env or {})
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log:
-            self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, env=environment, stdout=log,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                self.command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT
+            )
         self._started_at = time.monotonic()
         self.ready_after_s: float | None = None
         """From starting the process to the readiness endpoint's first 200."""
@@ -195,8 +228,9 @@ class RunningServer:
                 raise ServerFailed(f"{self.kind.title} not ready after {READY_LIMIT_S:g} s:\n{self.log()[-4000:]}")
             time.sleep(POLL_INTERVAL_S)
 
-    def wait_settled(self, window_s: float = SETTLE_WINDOW_S, idle_cores: float = SETTLE_IDLE_CORES,
-                     limit_s: float = SETTLE_LIMIT_S) -> RunningServer:
+    def wait_settled(
+        self, window_s: float = SETTLE_WINDOW_S, idle_cores: float = SETTLE_IDLE_CORES, limit_s: float = SETTLE_LIMIT_S
+    ) -> RunningServer:
         """Wait, after readiness, until the server's processes stay the same and idle for `window_s`.
 
         Our server with `--workers auto` answers ready from its first worker, then may start one worker per core

@@ -100,8 +100,9 @@ def _bomb_png() -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 async def _exchange(host: str, port: int, data: bytes, read_limit_s: float = 30.0) -> str:
@@ -122,7 +123,7 @@ async def _exchange(host: str, port: int, data: bytes, read_limit_s: float = 30.
 
 async def _disconnecting_upload(host: str, port: int, path: str, data: bytes) -> str:
     try:
-        reader, writer = await asyncio.open_connection(host, port)
+        _reader, writer = await asyncio.open_connection(host, port)
     except OSError:
         return "connect failed"
     writer.write(attacks.raw_request(host, port, path, data, "image/jpeg")[: len(data) // 2])
@@ -136,14 +137,20 @@ def hostile_mix(host: str, port: int, path: str, jpeg: bytes) -> dict[str, objec
     head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\n".encode()
     sixteen = attacks.sixteen_bit_png(3000)
     return {
-        "smuggling": lambda: _exchange(host, port, head + b"Content-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n"
-                                       b"0\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"),
-        "huge chunk": lambda: _exchange(host, port, head + b"Content-Type: image/png\r\nTransfer-Encoding: "
-                                        b"chunked\r\n\r\n40000000\r\nab"),
+        "smuggling": lambda: _exchange(
+            host,
+            port,
+            head + b"Content-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"0\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+        "huge chunk": lambda: _exchange(
+            host, port, head + b"Content-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n40000000\r\nab"
+        ),
         "bomb": lambda: _exchange(host, port, attacks.raw_request(host, port, path, _bomb_png(), "image/png")),
         "16-bit png": lambda: _exchange(host, port, attacks.raw_request(host, port, path, sixteen, "image/png")),
-        "broken jpeg": lambda: _exchange(host, port, attacks.raw_request(host, port, path, jpeg[: len(jpeg) // 3],
-                                                                         "image/jpeg")),
+        "broken jpeg": lambda: _exchange(
+            host, port, attacks.raw_request(host, port, path, jpeg[: len(jpeg) // 3], "image/jpeg")
+        ),
         "text body": lambda: _exchange(host, port, attacks.raw_request(host, port, path, b"hello", "text/plain")),
         "disconnect": lambda: _disconnecting_upload(host, port, path, jpeg),
         "slow head": lambda: attacks.slow_request(host, port, "slow-head"),
@@ -194,27 +201,34 @@ def soak(cache_dir: Path, minutes: float) -> SoakResult:
     case = ensure_model(model_case("bundled", cache_dir))
     photos = ensure_images(cache_dir)["small-jpeg"]
     examples = sorted((REPO_ROOT / "examples").glob("*.png"))
-    uploads = ([(p.name, p.data, "image/jpeg") for p in photos]
-               + [(e.name, e.read_bytes(), "image/png") for e in examples])
+    uploads = [(p.name, p.data, "image/jpeg") for p in photos] + [
+        (e.name, e.read_bytes(), "image/png") for e in examples
+    ]
     log = cache_dir / "logs" / "soak.log"
     with RunningServer(OURS, case, log, MANIFEST_ARGS).wait_ready().wait_settled() as server:
         url = f"http://127.0.0.1:{server.port}"
         path = server.classify_path
         expected = _reference(url, path, uploads)
         requests = [loadgen.multipart_request_files("127.0.0.1", server.port, path, [upload]) for upload in uploads]
-        saturated = asyncio.run(loadgen.closed_loop("127.0.0.1", server.port, requests, concurrency=32,
-                                                    warmup_s=1.0, duration_s=8.0))
+        saturated = asyncio.run(
+            loadgen.closed_loop("127.0.0.1", server.port, requests, concurrency=32, warmup_s=1.0, duration_s=8.0)
+        )
         result = SoakResult(minutes=minutes, rate=0.8 * saturated.throughput, saturation=saturated.throughput)
-        logger.info("soak: saturation %.1f img/s; %g minutes at %.1f req/s", saturated.throughput, minutes,
-                    result.rate)
+        logger.info("soak: saturation %.1f img/s; %g minutes at %.1f req/s", saturated.throughput, minutes, result.rate)
         time.sleep(2.0)
         result.at_rest_before = _proc_counts(server.pid)
         asyncio.run(_soak_loop(server, requests, uploads, expected, result, minutes * 60.0))
     return result
 
 
-async def _soak_loop(server: RunningServer, requests: list[bytes], uploads: list[tuple[str, bytes, str]],
-                     expected: list[tuple[str, float]], result: SoakResult, duration_s: float) -> None:
+async def _soak_loop(
+    server: RunningServer,
+    requests: list[bytes],
+    uploads: list[tuple[str, bytes, str]],
+    expected: list[tuple[str, float]],
+    result: SoakResult,
+    duration_s: float,
+) -> None:
     started = time.monotonic()
     end = started + duration_s
     rng = random.Random(0)
@@ -274,7 +288,7 @@ async def _soak_loop(server: RunningServer, requests: list[bytes], uploads: list
     await asyncio.sleep(5)
     result.at_rest_after = _proc_counts(server.pid)
     result.valid_statuses = dict(sorted(statuses.items()))
-    metrics = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=30).text
+    metrics = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=30).text  # noqa: ASYNC210 - the load is over
     for line in metrics.splitlines():
         if line.startswith("resnet_serve_connections_refused_total{"):
             reason = line.split('reason="', 1)[1].split('"', 1)[0]
@@ -286,37 +300,60 @@ def render(result: SoakResult, command: str) -> str:
     first, last = settled[0], settled[-1]
     growth = last.rss_mb - first.rss_mb
     peak = max(s.rss_mb for s in settled)
-    lines = [SOAK_MARKER, "## Soak", "",
-             f"Written by `{command}`: {result.minutes:g} minutes of valid traffic at {result.rate:.1f} req/s (80% of "
-             f"the {result.saturation:.1f} img/s measured first) beside a hostile request about every 0.2 s, bundled "
-             "model, manifest settings. Growth is judged from the end of the first minute (warm-up) to the end.", ""]
+    lines = [
+        SOAK_MARKER,
+        "## Soak",
+        "",
+        f"Written by `{command}`: {result.minutes:g} minutes of valid traffic at {result.rate:.1f} req/s (80% of "
+        f"the {result.saturation:.1f} img/s measured first) beside a hostile request about every 0.2 s, bundled "
+        "model, manifest settings. Growth is judged from the end of the first minute (warm-up) to the end.",
+        "",
+    ]
     fds_before, threads_before = result.at_rest_before
     fds_after, threads_after = result.at_rest_after
-    verdict = growth < RSS_GROWTH_MB and fds_after <= fds_before and threads_after <= threads_before \
-        and result.valid_wrong == 0 and result.valid_lost == 0
-    lines += ["Descriptors and threads are summed over the supervisor and its workers; their change is from the "
-              "idle server before the soak to the idle server 5 s after the last connection closed (after warm-up "
-              "they include the connections open then).", "",
-              "| | before (idle) | after warm-up | at the end (idle) | change |", "|---|---|---|---|---|",
-              f"| RSS (MB) | | {first.rss_mb:.0f} | {last.rss_mb:.0f} (peak {peak:.0f}) | {growth:+.1f} from warm-up "
-              f"(target < {RSS_GROWTH_MB:g}) |",
-              f"| open file descriptors | {fds_before} | {first.fds} | {fds_after} | {fds_after - fds_before:+d} |",
-              f"| threads | {threads_before} | {first.threads} | {threads_after} | {threads_after - threads_before:+d} |",
-              "",
-              f"Valid requests: {result.valid_sent} sent ({result.valid_sent / max(result.valid_window_s, 1e-9):.1f} "
-              f"req/s achieved); answers {json.dumps(result.valid_statuses)}; "
-              f"{result.valid_ok} right, {result.valid_wrong} wrong (top label and score against the unloaded "
-              f"reference), {result.valid_lost} lost (no HTTP answer).", "",
-              "Connections the server's protocol guard refused, by reason (its own counter): "
-              + ", ".join(f"{reason} {count}" for reason, count in sorted(result.connections_refused.items())) + ".",
-              "",
-              "Hostile requests, by what the server answered:", "",
-              "| Attack | Answers |", "|---|---|",
-              *(f"| {name} | {', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))} |"
-                for name, counts in sorted(result.hostile.items())), "",
-              f"Verdict: **{'met' if verdict else 'missed'}** (RSS growth under {RSS_GROWTH_MB:g} MB, no growth in "
-              "descriptors or threads, every valid request answered and every answer right).", "",
-              "RSS samples (MB, every 10 s): " + ", ".join(f"{s.rss_mb:.0f}" for s in result.samples), ""]
+    verdict = (
+        growth < RSS_GROWTH_MB
+        and fds_after <= fds_before
+        and threads_after <= threads_before
+        and result.valid_wrong == 0
+        and result.valid_lost == 0
+    )
+    lines += [
+        "Descriptors and threads are summed over the supervisor and its workers; their change is from the "
+        "idle server before the soak to the idle server 5 s after the last connection closed (after warm-up "
+        "they include the connections open then).",
+        "",
+        "| | before (idle) | after warm-up | at the end (idle) | change |",
+        "|---|---|---|---|---|",
+        f"| RSS (MB) | | {first.rss_mb:.0f} | {last.rss_mb:.0f} (peak {peak:.0f}) | {growth:+.1f} from warm-up "
+        f"(target < {RSS_GROWTH_MB:g}) |",
+        f"| open file descriptors | {fds_before} | {first.fds} | {fds_after} | {fds_after - fds_before:+d} |",
+        f"| threads | {threads_before} | {first.threads} | {threads_after} | {threads_after - threads_before:+d} |",
+        "",
+        f"Valid requests: {result.valid_sent} sent ({result.valid_sent / max(result.valid_window_s, 1e-9):.1f} "
+        f"req/s achieved); answers {json.dumps(result.valid_statuses)}; "
+        f"{result.valid_ok} right, {result.valid_wrong} wrong (top label and score against the unloaded "
+        f"reference), {result.valid_lost} lost (no HTTP answer).",
+        "",
+        "Connections the server's protocol guard refused, by reason (its own counter): "
+        + ", ".join(f"{reason} {count}" for reason, count in sorted(result.connections_refused.items()))
+        + ".",
+        "",
+        "Hostile requests, by what the server answered:",
+        "",
+        "| Attack | Answers |",
+        "|---|---|",
+        *(
+            f"| {name} | {', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))} |"
+            for name, counts in sorted(result.hostile.items())
+        ),
+        "",
+        f"Verdict: **{'met' if verdict else 'missed'}** (RSS growth under {RSS_GROWTH_MB:g} MB, no growth in "
+        "descriptors or threads, every valid request answered and every answer right).",
+        "",
+        "RSS samples (MB, every 10 s): " + ", ".join(f"{s.rss_mb:.0f}" for s in result.samples),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -332,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(type("Plan", (), {"mode": "soak"})(), command)
     result = soak(args.cache_dir, args.minutes)
     section = render(result, command).replace(
-        "## Soak\n\n", f"## Soak\n\n{env.date}, commit {env.git_commit}, {env.cpu_model}, load average at start "
-        f"{env.load_average}. ", 1)
+        "## Soak\n\n",
+        f"## Soak\n\n{env.date}, commit {env.git_commit}, {env.cpu_model}, load average at start {env.load_average}. ",
+        1,
+    )
     previous = args.output.read_text() if args.output.is_file() else "# Reliability under bursts and attacks\n"
     kept = previous[: previous.index(SOAK_MARKER)] if SOAK_MARKER in previous else previous.rstrip() + "\n\n"
     args.output.write_text(kept + section)

@@ -105,8 +105,9 @@ BENCH_MODELS = ("bundled", "resnet18", "resnet50", "resnet50-int8")
 
 def model_case(key: str, cache_dir: Path) -> ModelCase:
     name = MODEL_NAMES[key]
-    return ModelCase(key, name, MODEL_TITLES[key], "int8" if key.endswith("int8") else "fp32",
-                     cache_dir / "models" / name)
+    return ModelCase(
+        key, name, MODEL_TITLES[key], "int8" if key.endswith("int8") else "fp32", cache_dir / "models" / name
+    )
 
 
 def int8_key(key: str) -> str | None:
@@ -124,8 +125,9 @@ def _run_export(args: list[str]) -> None:
     logger.info("exporting: %s", " ".join(command[1:]))
     completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     if completed.returncode != 0:
-        raise WorkloadError(f"`{' '.join(command[1:])}` failed ({completed.returncode}):\n"
-                            f"{completed.stdout}\n{completed.stderr}")
+        raise WorkloadError(
+            f"`{' '.join(command[1:])}` failed ({completed.returncode}):\n{completed.stdout}\n{completed.stderr}"
+        )
     logger.info("export done:\n%s", completed.stdout.strip())
 
 
@@ -141,7 +143,9 @@ def _quantize_bundled_without_checkpoint(target: Path) -> None:
     from service.modelspec import build_spec, fields_from_metadata_props
 
     session = ort.InferenceSession(str(BUNDLED_MODEL), providers=["CPUExecutionProvider"])
-    spec = build_spec(fields_from_metadata_props(session.get_modelmeta().custom_metadata_map), source=BUNDLED_MODEL.name)
+    spec = build_spec(
+        fields_from_metadata_props(session.get_modelmeta().custom_metadata_map), source=BUNDLED_MODEL.name
+    )
     train = data.load_split("train", FASHION_MNIST_DIR)
     rng = np.random.default_rng(0)
     chosen = train.images[rng.choice(len(train), size=512, replace=False)]
@@ -192,8 +196,9 @@ def encode_image(photo: Image.Image, size: ImageSize) -> bytes:
     return buffer.getvalue()
 
 
-def ensure_images(cache_dir: Path, sizes: tuple[ImageSize, ...] = IMAGE_SIZES,
-                  photos: tuple[str, ...] = PHOTOS) -> dict[str, list[EncodedImage]]:
+def ensure_images(
+    cache_dir: Path, sizes: tuple[ImageSize, ...] = IMAGE_SIZES, photos: tuple[str, ...] = PHOTOS
+) -> dict[str, list[EncodedImage]]:
     """The test images per size key, encoded once and cached as files."""
     folder = cache_dir / "images"
     folder.mkdir(parents=True, exist_ok=True)

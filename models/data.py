@@ -27,7 +27,14 @@ _FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 _HOW_TO_GET = "install it with `apt-get install dataset-fashion-mnist` or pass --data-dir / set FASHION_MNIST_DIR"
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 class DatasetError(RuntimeError):
@@ -139,8 +146,10 @@ def _random_erase(batch: torch.Tensor, generator: torch.Generator, probability: 
     ys = torch.arange(h, device=device)[None, :, None]
     xs = torch.arange(w, device=device)[None, None, :]
     inside = (
-        (ys >= top[:, None, None]) & (ys < (top + eh)[:, None, None]) & (xs >= left[:, None, None]) & (xs < (left + ew)[:, None, None])
+        (ys >= top[:, None, None])
+        & (ys < (top + eh)[:, None, None])
+        & (xs >= left[:, None, None])
+        & (xs < (left + ew)[:, None, None])
     )
     mask = (inside & apply[:, None, None])[:, None]
     return torch.where(mask, torch.full_like(batch, value), batch)
-

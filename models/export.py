@@ -48,7 +48,16 @@ PARITY_BATCH_SIZES = (1, 5)
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 # Photos that scikit-image ships, used as real images for parity checks and INT8 calibration of RGB models.
-SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "colorwheel", "retina")
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "colorwheel",
+    "retina",
+)
 
 
 class ExportError(RuntimeError):
@@ -68,28 +77,48 @@ class Exportable:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m models.export", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(
+        prog="python -m models.export",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a checkpoint written by `python -m models.train`")
     source.add_argument("--torchvision", choices=TORCHVISION_ARCHS, help="a torchvision ImageNet ResNet")
-    p.add_argument("--weights", default=None,
-                   help="with --torchvision: a local state_dict file, or a torchvision weights name such as "
-                        "IMAGENET1K_V2 (downloads; needs internet); omitted: random initialisation")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="with --torchvision: a local state_dict file, or a torchvision weights name such as "
+        "IMAGENET1K_V2 (downloads; needs internet); omitted: random initialisation",
+    )
     p.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
-    p.add_argument("--quantize", choices=("int8",), default=None,
-                   help="write an INT8 model (static quantization, calibrated on real training images)")
+    p.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="write an INT8 model (static quantization, calibrated on real training images)",
+    )
     p.add_argument("--fp16", action="store_true", help="write an fp16 model for GPU serving (float32 inputs/outputs)")
     p.add_argument("--calibration-images", type=int, default=512, help="training images used for INT8 calibration")
     p.add_argument("--resize-size", type=int, default=None, help="override the resize size stored in the metadata")
     p.add_argument("--crop-size", type=int, default=None, help="override the crop (input) size stored in the metadata")
     p.add_argument("--data-dir", type=Path, default=None, help="Fashion-MNIST IDX folder")
-    p.add_argument("--accuracy-limit", type=int, default=None,
-                   help="measure test accuracy on the first N test images only (default: all 10,000)")
+    p.add_argument(
+        "--accuracy-limit",
+        type=int,
+        default=None,
+        help="measure test accuracy on the first N test images only (default: all 10,000)",
+    )
     p.add_argument("--opset", type=int, default=OPSET)
-    p.add_argument("--serving", action="append", default=[], metavar="NAME=VALUE",
-                   help="a serving setting the server uses for this model instead of its flag, repeatable: "
-                        f"{', '.join(ServingOverrides.model_fields)} (for example max_batch_size=8)")
+    p.add_argument(
+        "--serving",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a serving setting the server uses for this model instead of its flag, repeatable: "
+        f"{', '.join(ServingOverrides.model_fields)} (for example max_batch_size=8)",
+    )
     args = p.parse_args(argv)
     args.serving_overrides = parse_serving(p, args.serving)
     if args.weights and not args.torchvision:
@@ -122,15 +151,22 @@ def from_checkpoint(path: Path, args: argparse.Namespace) -> Exportable:
     if not isinstance(state, dict) or "state_dict" not in state:
         raise ExportError(f"{path} is not a checkpoint written by models.train")
     if "config" not in state:
-        raise ExportError(f"{path} has no model config; for a torchvision state_dict use --torchvision ARCH --weights FILE")
+        raise ExportError(
+            f"{path} has no model config; for a torchvision state_dict use --torchvision ARCH --weights FILE"
+        )
     config = CifarResNetConfig(**state["config"])
     model = CifarResNet(config)
     model.load_state_dict(state["state_dict"])
     size = int(state.get("image_size", 28))
     spec = ModelSpec(
-        labels=list(state["labels"]), color_mode="L" if config.in_channels == 1 else "RGB",
-        resize_size=args.resize_size or size, crop_size=args.crop_size or size, interpolation="bilinear",
-        mean=list(state["mean"]), std=list(state["std"]), architecture=config.name,
+        labels=list(state["labels"]),
+        color_mode="L" if config.in_channels == 1 else "RGB",
+        resize_size=args.resize_size or size,
+        crop_size=args.crop_size or size,
+        interpolation="bilinear",
+        mean=list(state["mean"]),
+        std=list(state["std"]),
+        architecture=config.name,
         dataset=state.get("dataset", "fashion-mnist"),
     )
     test = data.load_split("test", args.data_dir)
@@ -143,7 +179,10 @@ def from_checkpoint(path: Path, args: argparse.Namespace) -> Exportable:
     rng = np.random.default_rng(0)
     calibration = train.images[rng.choice(len(train), size=min(args.calibration_images, len(train)), replace=False)]
     return Exportable(
-        model=model, spec=spec, check_images=prep(test.images[:8]), calibration_images=prep(calibration),
+        model=model,
+        spec=spec,
+        check_images=prep(test.images[:8]),
+        calibration_images=prep(calibration),
         test_set=(prep(test.images[:limit]), test.labels[:limit]),
     )
 
@@ -151,7 +190,9 @@ def from_checkpoint(path: Path, args: argparse.Namespace) -> Exportable:
 def from_torchvision(args: argparse.Namespace) -> Exportable:
     model = torchvision_resnet(args.torchvision, args.weights)
     num_classes = model.fc.out_features
-    labels = imagenet_categories(args.torchvision) if num_classes == 1000 else [f"class_{i}" for i in range(num_classes)]
+    labels = (
+        imagenet_categories(args.torchvision) if num_classes == 1000 else [f"class_{i}" for i in range(num_classes)]
+    )
     resize, crop = 256, 224
     if args.weights and not Path(args.weights).exists() and not str(args.weights).endswith((".pt", ".pth", ".bin")):
         # Named torchvision weights carry their own eval transforms (e.g. V2 weights resize to 232).
@@ -160,12 +201,22 @@ def from_torchvision(args: argparse.Namespace) -> Exportable:
         transforms = torchvision_weights_enum(args.torchvision)[str(args.weights)].transforms()
         resize, crop = int(transforms.resize_size[0]), int(transforms.crop_size[0])
     spec = ModelSpec(
-        labels=labels, color_mode="RGB", resize_size=args.resize_size or resize, crop_size=args.crop_size or crop,
-        interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD, architecture=args.torchvision,
+        labels=labels,
+        color_mode="RGB",
+        resize_size=args.resize_size or resize,
+        crop_size=args.crop_size or crop,
+        interpolation="bilinear",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        architecture=args.torchvision,
         dataset="imagenet-1k" if num_classes == 1000 else "unknown",
     )
     photos = preprocess_photos(spec)
-    notes = ["INT8 calibration used scikit-image's sample photos (no ImageNet training images here)"] if args.quantize else []
+    notes = (
+        ["INT8 calibration used scikit-image's sample photos (no ImageNet training images here)"]
+        if args.quantize
+        else []
+    )
     return Exportable(model=model, spec=spec, check_images=photos, calibration_images=photos, notes=notes)
 
 
@@ -174,10 +225,14 @@ def preprocess_photos(spec: ModelSpec) -> np.ndarray:
     import skimage.data
     from torchvision import transforms as T
 
-    pipeline = T.Compose([
-        T.Resize(spec.resize_size, interpolation=T.InterpolationMode(spec.interpolation), antialias=True),
-        T.CenterCrop(spec.crop_size), T.ToTensor(), T.Normalize(spec.mean, spec.std),
-    ])
+    pipeline = T.Compose(
+        [
+            T.Resize(spec.resize_size, interpolation=T.InterpolationMode(spec.interpolation), antialias=True),
+            T.CenterCrop(spec.crop_size),
+            T.ToTensor(),
+            T.Normalize(spec.mean, spec.std),
+        ]
+    )
     images = [Image.fromarray(getattr(skimage.data, name)()).convert(spec.color_mode) for name in SKIMAGE_PHOTOS]
     return torch.stack([pipeline(image) for image in images]).numpy()
 
@@ -192,8 +247,15 @@ def export_fp32(model: torch.nn.Module, spec: ModelSpec, path: Path, opset: int)
     # The exporter narrates every stage on stdout; keep our own output readable.
     with contextlib.redirect_stdout(io.StringIO()):
         program = torch.onnx.export(
-            model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},), opset_version=opset, external_data=False, verbose=False,
+            model,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
         )
     program.save(str(path))
 
@@ -218,8 +280,12 @@ def session(path: Path) -> ort.InferenceSession:
 
 
 def run_onnx(sess: ort.InferenceSession, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    return np.concatenate([sess.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch_size]})[0]
-                           for i in range(0, len(images), batch_size)])
+    return np.concatenate(
+        [
+            sess.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch_size]})[0]
+            for i in range(0, len(images), batch_size)
+        ]
+    )
 
 
 def check_parity(model: torch.nn.Module, sess: ort.InferenceSession, images: np.ndarray, atol: float) -> float:
@@ -266,8 +332,13 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration_images: np.ndarra
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
     # U8 activations with S8 weights: the combination x86's VNNI and AMX integer units run fastest.
     quantize_static(
-        str(prepared), str(out_path), _Calibration(calibration_images), quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+        str(prepared),
+        str(out_path),
+        _Calibration(calibration_images),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
         calibrate_method=CalibrationMethod.MinMax,
     )
     prepared.unlink(missing_ok=True)
@@ -329,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict:
     except (ExportError, data.DatasetError, FileNotFoundError) as exc:
         sys.exit(f"export failed: {exc}")
     for key, value in report.items():
-        if key.endswith("accuracy") or key.endswith("agreement_vs_fp32"):
+        if key.endswith(("accuracy", "agreement_vs_fp32")):
             value = f"{100 * value:.2f}%"
         print(f"{key:32s} {value}")
     return report

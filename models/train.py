@@ -37,8 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (SGD, Nesterov momentum)")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine",
-                   help="cosine: warm-up then cosine decay to 0; step: x0.1 at 50%% and 75%% of the epochs")
+    p.add_argument(
+        "--schedule",
+        choices=("cosine", "step", "constant"),
+        default="cosine",
+        help="cosine: warm-up then cosine decay to 0; step: x0.1 at 50%% and 75%% of the epochs",
+    )
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear learning-rate warm-up")
     p.add_argument("--padding", type=int, default=2, help="random-crop padding in pixels (0 turns crops off)")
     p.add_argument("--no-flip", action="store_true", help="turn off random horizontal flips")
@@ -46,11 +50,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--data-dir", type=Path, default=None, help=f"Fashion-MNIST IDX folder (default {data.DEFAULT_DATA_DIR})")
+    p.add_argument(
+        "--data-dir", type=Path, default=None, help=f"Fashion-MNIST IDX folder (default {data.DEFAULT_DATA_DIR})"
+    )
     p.add_argument("--out", type=Path, default=Path("runs/resnet20"), help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--stop-after-epoch", type=int, default=None,
-                   help="stop after this epoch (the schedule still spans --epochs); continue later with --resume")
+    p.add_argument(
+        "--stop-after-epoch",
+        type=int,
+        default=None,
+        help="stop after this epoch (the schedule still spans --epochs); continue later with --resume",
+    )
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images (smoke tests)")
     p.add_argument("--limit-test", type=int, default=None, help="use only the first N test images (smoke tests)")
     return p.parse_args(argv)
@@ -83,7 +93,9 @@ def learning_rate_factor(step: int, total_steps: int, warmup_steps: int, schedul
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
+def evaluate(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
+) -> tuple[float, float]:
     """(mean loss, top-1 accuracy) on uint8 images."""
     model.eval()
     total_loss, correct = 0.0, 0
@@ -120,8 +132,14 @@ def save_plot(history: list[dict], path: Path, title: str) -> None:
 
 
 def machine_description(device: torch.device) -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -147,7 +165,9 @@ def train(args: argparse.Namespace) -> dict:
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     optimizer = torch.optim.SGD(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, momentum=args.momentum, nesterov=True,
+        lr=args.lr,
+        momentum=args.momentum,
+        nesterov=True,
     )
     steps_per_epoch = math.ceil(len(train_labels) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
@@ -182,13 +202,15 @@ def train(args: argparse.Namespace) -> dict:
         order = torch.randperm(len(train_labels), generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", leave=False,
-                   disable=None)
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", leave=False, disable=None
+        )
         for step in bar:
             index = order[step * args.batch_size : (step + 1) * args.batch_size]
             x = data.normalise(train_images[index])
-            x = data.augment(x, generator, fill=fill, padding=args.padding, flip=not args.no_flip,
-                             erase_probability=args.erase_prob)
+            x = data.augment(
+                x, generator, fill=fill, padding=args.padding, flip=not args.no_flip, erase_probability=args.erase_prob
+            )
             y = train_labels[index]
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -213,7 +235,8 @@ def train(args: argparse.Namespace) -> dict:
         print(
             f"epoch {epoch + 1:3d}/{args.epochs}  train loss {record['train_loss']:.4f}  "
             f"train acc {100 * record['train_accuracy']:.2f}%  test acc {100 * test_accuracy:.2f}%  "
-            f"({train_seconds:.1f}s)", flush=True,
+            f"({train_seconds:.1f}s)",
+            flush=True,
         )
         torch.save(
             {

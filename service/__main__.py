@@ -40,11 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
             default = "unset"
         help_text = f"{field.description} [env {env}; default: {default}]".replace("%", "%%")
         if field.annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=help_text)
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
         elif typing.get_origin(field.annotation) is typing.Literal:
-            parser.add_argument(flag, dest=name, choices=typing.get_args(field.annotation), default=argparse.SUPPRESS,
-                                help=help_text)
+            parser.add_argument(
+                flag, dest=name, choices=typing.get_args(field.annotation), default=argparse.SUPPRESS, help=help_text
+            )
         else:
             # Strings go to pydantic, which validates and converts them exactly as it does environment values.
             parser.add_argument(flag, dest=name, metavar=name.upper(), default=argparse.SUPPRESS, help=help_text)

@@ -50,9 +50,17 @@ class Ticket:
     """A request's admission: its model, k and deadline, and what it holds (image room and upload bytes, released
     together by `close()`)."""
 
-    def __init__(self, model: ServableModel, *, received_at: float, deadline: float,
-                 images: ImageReservation[np.ndarray, np.ndarray], budget: ByteBudget, max_images: int,
-                 max_input_values: int) -> None:
+    def __init__(
+        self,
+        model: ServableModel,
+        *,
+        received_at: float,
+        deadline: float,
+        images: ImageReservation[np.ndarray, np.ndarray],
+        budget: ByteBudget,
+        max_images: int,
+        max_input_values: int,
+    ) -> None:
         self.model = model
         self.received_at = received_at
         self.deadline = deadline
@@ -83,8 +91,9 @@ class Ticket:
     def count_images(self, total: int) -> None:
         """The request carries at least `total` images: refuse it (413 or 503) unless they fit."""
         if total > self._max_images:
-            raise TooManyFiles(f"{total} images in one request; the limit is {self._max_images}, send at most "
-                               f"{self._max_images}")
+            raise TooManyFiles(
+                f"{total} images in one request; the limit is {self._max_images}, send at most {self._max_images}"
+            )
         self.images.grow_to(total)
         self.image_count = max(self.image_count, total)
 
@@ -104,8 +113,17 @@ class Admission:
     """A request's admission, not yet taken: calling it with the declared body size takes it (once) and returns the
     ticket; `close()` releases whatever the ticket holds, whether or not it was taken."""
 
-    def __init__(self, model: ServableModel, *, received_at: float, deadline: float, budget: ByteBudget,
-                 max_images: int, max_input_values: int, on_admitted: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        model: ServableModel,
+        *,
+        received_at: float,
+        deadline: float,
+        budget: ByteBudget,
+        max_images: int,
+        max_input_values: int,
+        on_admitted: Callable[[], None] | None = None,
+    ) -> None:
         self._model = model
         self._received_at = received_at
         self._deadline = deadline
@@ -120,9 +138,15 @@ class Admission:
         `Overloaded` or `ShuttingDown` (nothing held) when there is none."""
         if self.ticket is not None:
             raise RuntimeError("a request is admitted once")
-        ticket = Ticket(self._model, received_at=self._received_at, deadline=self._deadline,
-                        images=self._model.reserve(1), budget=self._budget, max_images=self._max_images,
-                        max_input_values=self._max_input_values)
+        ticket = Ticket(
+            self._model,
+            received_at=self._received_at,
+            deadline=self._deadline,
+            images=self._model.reserve(1),
+            budget=self._budget,
+            max_images=self._max_images,
+            max_input_values=self._max_input_values,
+        )
         try:
             if declared_bytes:
                 ticket.expect_bytes(declared_bytes)

@@ -11,13 +11,15 @@ already answers /healthz (200) and /readyz (503); when every model is warmed up 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
 
 from service import __version__
-from service.api import classify, health, metrics as metrics_api, models as models_api, page, v2
+from service.api import classify, health, page, v2
+from service.api import metrics as metrics_api
+from service.api import models as models_api
 from service.api.errors import install_error_handlers
 from service.api.middleware import ServingGateMiddleware
 from service.auth import ApiKeys
@@ -31,15 +33,28 @@ from service.registry import RuntimeFactory
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
-def create_app(settings: Settings | None = None, *, open_runtime: RuntimeFactory | None = None,
-               on_ready: ReadyHook | None = None, warm_before_serving: bool = False) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    open_runtime: RuntimeFactory | None = None,
+    on_ready: ReadyHook | None = None,
+    warm_before_serving: bool = False,
+) -> FastAPI:
     """A new server's HTTP app, serving `settings.model_dir` (see `ModelServer`)."""
     return ModelServer(settings, open_runtime=open_runtime, on_ready=on_ready).http_app(
-        warm_before_serving=warm_before_serving)
+        warm_before_serving=warm_before_serving
+    )
 
 
-def build_http_app(dataplane: DataPlane, *, lifecycle: Lifecycle, metrics: ServiceMetrics, api_keys: ApiKeys,
-                   settings: Settings, lifespan: Lifespan) -> FastAPI:
+def build_http_app(
+    dataplane: DataPlane,
+    *,
+    lifecycle: Lifecycle,
+    metrics: ServiceMetrics,
+    api_keys: ApiKeys,
+    settings: Settings,
+    lifespan: Lifespan,
+) -> FastAPI:
     app = FastAPI(
         title="resnet-serve",
         summary="Image classification with ONNX ResNets and dynamic batching.",
@@ -53,8 +68,12 @@ def build_http_app(dataplane: DataPlane, *, lifecycle: Lifecycle, metrics: Servi
     app.state.dataplane = dataplane
     app.state.metrics = metrics
     app.add_middleware(
-        ServingGateMiddleware, lifecycle=lifecycle, metrics=metrics, api_keys=api_keys,
-        metrics_require_key=settings.metrics_require_key, access_log=settings.access_log,
+        ServingGateMiddleware,
+        lifecycle=lifecycle,
+        metrics=metrics,
+        api_keys=api_keys,
+        metrics_require_key=settings.metrics_require_key,
+        access_log=settings.access_log,
     )
     install_error_handlers(app, metrics)
     app.include_router(classify.router)
@@ -62,6 +81,7 @@ def build_http_app(dataplane: DataPlane, *, lifecycle: Lifecycle, metrics: Servi
     app.include_router(health.router)
     app.include_router(metrics_api.router)
     app.include_router(v2.router)
-    app.include_router(page.build_router(openapi_url=app.openapi_url, title=app.title,
-                                         swagger_ui_parameters=app.swagger_ui_parameters))
+    app.include_router(
+        page.build_router(openapi_url=app.openapi_url, title=app.title, swagger_ui_parameters=app.swagger_ui_parameters)
+    )
     return app

@@ -26,8 +26,10 @@ from pathlib import Path
 
 logger = logging.getLogger("service")
 
-KEY_REQUIRED = ("this server requires an API key: send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY' (the "
-                "key given, if any, is not accepted)")
+KEY_REQUIRED = (
+    "this server requires an API key: send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY' (the "
+    "key given, if any, is not accepted)"
+)
 """What a request without an accepted key is told, by every front end (HTTP 401, gRPC UNAUTHENTICATED)."""
 RELOAD_EVERY_S = 1.0
 """How often, at most, a request makes the server look whether the keys file changed."""
@@ -71,7 +73,7 @@ def parse_keys(text: str, source: str, separator: str = "\n") -> list[_Key]:
         if not name or not secret:
             raise ApiKeysError(f"{source}: entry {number} has an empty name or key")
         if secret.startswith(_DIGEST_PREFIX):
-            hex_digest = secret[len(_DIGEST_PREFIX):]
+            hex_digest = secret[len(_DIGEST_PREFIX) :]
             try:
                 stored = bytes.fromhex(hex_digest)
             except ValueError:
@@ -90,8 +92,9 @@ def parse_keys(text: str, source: str, separator: str = "\n") -> list[_Key]:
 class ApiKeys:
     """The keys the server accepts now."""
 
-    def __init__(self, path: Path | None = None, inline: str | None = None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, path: Path | None = None, inline: str | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.path = path
         self._clock = clock
         self._inline = parse_keys(inline, "RESNET_SERVE_API_KEYS", ",") if inline else []
@@ -147,7 +150,11 @@ class ApiKeys:
             logger.error("cannot re-read the API keys file %s (%s); keeping the keys read before", self.path, exc)
             return
         if self._file_state is not None:
-            logger.info("API keys file %s changed: %d key(s) now (%s)", self.path, len(keys),
-                        ", ".join(key.name for key in keys))
+            logger.info(
+                "API keys file %s changed: %d key(s) now (%s)",
+                self.path,
+                len(keys),
+                ", ".join(key.name for key in keys),
+            )
         self._from_file = keys
         self._file_state = state

@@ -61,8 +61,14 @@ def choose(timings: Sequence[BatchTiming], min_gain: float = MIN_GAIN) -> int:
     return chosen.batch_size
 
 
-def fastest(run: Callable[[int], None], batch_size: int, *, runs: int, budget_s: float,
-            clock: Callable[[], float] = time.perf_counter) -> float:
+def fastest(
+    run: Callable[[int], None],
+    batch_size: int,
+    *,
+    runs: int,
+    budget_s: float,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
     """The fastest of up to `runs` timed runs of one batch (at least two), within about `budget_s`: robust to the
     stalls of a busy machine, and cheap for a cheap model, which is where it matters."""
     best = float("inf")
@@ -76,8 +82,13 @@ def fastest(run: Callable[[int], None], batch_size: int, *, runs: int, budget_s:
     return best
 
 
-def measure(run: Callable[[int], None], limit: int, *, clock: Callable[[], float] = time.perf_counter,
-            min_gain: float = MIN_GAIN) -> BatchCurve:
+def measure(
+    run: Callable[[int], None],
+    limit: int,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+    min_gain: float = MIN_GAIN,
+) -> BatchCurve:
     """Time `run(batch_size)` at 1, 2, 4, ... up to `limit`, stopping at the first size that does not pay."""
     timings: list[BatchTiming] = []
     size = 1

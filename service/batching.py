@@ -20,6 +20,7 @@ All times come from a monotonic clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 P = TypeVar("P")
 R = TypeVar("R")
+
 
 @dataclass(frozen=True)
 class ItemResult(Generic[R]):
@@ -137,8 +139,9 @@ class DynamicBatcher(Generic[P, R]):
         """Start the batch loop on the running event loop."""
         if self._task is not None:
             raise RuntimeError(f"batcher {self.name} already started")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{self.name}",
-                                            initializer=self._thread_initializer)
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"batcher-{self.name}", initializer=self._thread_initializer
+        )
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
 
     def has_room(self, count: int) -> bool:
@@ -189,8 +192,10 @@ class DynamicBatcher(Generic[P, R]):
         expected = self.expected_wait_s(count)
         ahead = f"{self.queue_depth} images are queued and {self.reserved} are being received or decoded"
         if self.max_wait_s is not None and expected is not None and expected > self.max_wait_s:
-            return (f"model {self.name} is overloaded: {ahead}, about {expected:.1f} s of work (limit "
-                    f"{self.max_wait_s:g} s); retry later")
+            return (
+                f"model {self.name} is overloaded: {ahead}, about {expected:.1f} s of work (limit "
+                f"{self.max_wait_s:g} s); retry later"
+            )
         return f"model {self.name} is overloaded: {ahead} (limit {self.max_queue_size}); retry later"
 
     async def close(self) -> None:
@@ -220,10 +225,8 @@ class DynamicBatcher(Generic[P, R]):
             delay = ready_at - self._clock()
             if delay > 0:
                 self._wakeup.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
                 continue
             batch = self._policy.take_batch(self._clock())
             self._report_dropped(batch)
@@ -260,7 +263,9 @@ class DynamicBatcher(Generic[P, R]):
             logger.exception("inference failed for a batch of %d on model %s", len(items), self.name)
             for item in items:
                 if not item.waiter.done():
-                    item.waiter.set_exception(InferenceFailed(f"inference failed on model {self.name}; see the server log"))
+                    item.waiter.set_exception(
+                        InferenceFailed(f"inference failed on model {self.name}; see the server log")
+                    )
             return
         finally:
             self._running_batch_size = 0
@@ -268,7 +273,7 @@ class DynamicBatcher(Generic[P, R]):
         self._policy.record_batch(len(items), inference_s)
         if self._observer:
             self._observer.batch_ran(len(items), inference_s)
-        for item, output in zip(items, outputs):
+        for item, output in zip(items, outputs, strict=False):
             if not item.waiter.done():
                 item.waiter.set_result(ItemResult(output, started - item.enqueued_at, inference_s, len(items)))
 

@@ -79,7 +79,6 @@ class ServerSettings(BaseModel):
     """With API keys on, require one for /metrics too (off: Prometheus scrapes without a key)."""
 
 
-
 class LimitsSettings(BaseModel):
     """What one request, one connection and all of them together may cost."""
 

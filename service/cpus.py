@@ -45,7 +45,9 @@ def _ancestors(root: Path, relative: str) -> list[Path]:
     return folders
 
 
-def cgroup_cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
+def cgroup_cpu_limit(
+    cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")
+) -> float | None:
     """CPUs' worth of time the cgroup quota allows this process (for example 1.5), or None when unlimited.
 
     Reads cgroup v2 ``cpu.max`` and cgroup v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` along the process's

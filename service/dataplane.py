@@ -73,15 +73,24 @@ class _Inferred:
 class DataPlane:
     """Serves inference for every protocol from the models of a `ModelSource`."""
 
-    def __init__(self, models: ModelSource, *, lifecycle: Lifecycle, metrics: ServiceMetrics, limits: LimitsSettings,
-                 decode_threads: int, decode_thread_initializer: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        models: ModelSource,
+        *,
+        lifecycle: Lifecycle,
+        metrics: ServiceMetrics,
+        limits: LimitsSettings,
+        decode_threads: int,
+        decode_thread_initializer: Callable[[], None] | None = None,
+    ) -> None:
         self._models = models
         self._lifecycle = lifecycle
         self._metrics = metrics
         self._limits = limits
         # Threads start on first use, not here: nothing runs until the server serves.
-        self._decode_pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode",
-                                               initializer=decode_thread_initializer)
+        self._decode_pool = ThreadPoolExecutor(
+            max_workers=decode_threads, thread_name_prefix="decode", initializer=decode_thread_initializer
+        )
         self.upload_bytes = ByteBudget(limits.max_inflight_bytes, metrics.inflight_upload_bytes.set)
         """Upload bytes all requests in flight hold together, over every front end."""
 
@@ -134,7 +143,10 @@ class DataPlane:
         outputs = None if request.outputs is None else self._checked_outputs(model, request.outputs)
         deadline = self._deadline(received_at, request.client_timeout_s, client_says="client's deadline")
         admission = Admission(
-            model, received_at=received_at, deadline=deadline.at, budget=self.upload_bytes,
+            model,
+            received_at=received_at,
+            deadline=deadline.at,
+            budget=self.upload_bytes,
             max_images=self._limits.max_files_per_request,
             max_input_values=self._limits.max_files_per_request * model.spec.input_values + _JSON_SLACK_VALUES,
             on_admitted=self._metrics.requests.labels(model.name, request.protocol).inc,
@@ -156,8 +168,14 @@ class DataPlane:
                 result = await work
         finally:
             admission.close()
-        return InferenceResult(model=model.name, version=model.version, outputs=result[0], timings=result[1],
-                               images=result[2], request_id=body.request_id)
+        return InferenceResult(
+            model=model.name,
+            version=model.version,
+            outputs=result[0],
+            timings=result[1],
+            images=result[2],
+            request_id=body.request_id,
+        )
 
     def _admissible(self, name: str | None, version: str | None) -> ServableModel:
         model = self._models.get(name, version)
@@ -179,8 +197,10 @@ class DataPlane:
             if output.ranked:
                 k = min(DEFAULT_TOP_K, spec.num_classes) if output.k is None else output.k
                 if not 1 <= k <= spec.num_classes:
-                    raise InvalidParameter(f"{output.asked_as} must be between 1 and {spec.num_classes} (the number "
-                                           f"of classes of model {model.name}), got {k}")
+                    raise InvalidParameter(
+                        f"{output.asked_as} must be between 1 and {spec.num_classes} (the number "
+                        f"of classes of model {model.name}), got {k}"
+                    )
                 output = RequestedOutput(spec.output_name, ranked=True, k=k, asked_as=output.asked_as)
             else:
                 output = RequestedOutput(spec.output_name)
@@ -193,31 +213,41 @@ class DataPlane:
         if inputs.input_name is not None and inputs.input_name != spec.input_name:
             raise InvalidTensor(f"unknown input {inputs.input_name!r}; the model's input is {spec.input_name!r}")
         if len(inputs) == 0:
-            raise InvalidParameter("the request carries no image: send multipart/form-data parts named 'file', a raw "
-                                   "image body, or a batch dimension of at least 1")
+            raise InvalidParameter(
+                "the request carries no image: send multipart/form-data parts named 'file', a raw "
+                "image body, or a batch dimension of at least 1"
+            )
         if isinstance(inputs, TensorBatch):
             expected = spec.input_shape
             if inputs.array.ndim != 4 or inputs.array.shape[1:] != expected:
-                raise InvalidTensor(f"input {spec.input_name!r}: FP32 data must have shape "
-                                    f"[N, {', '.join(map(str, expected))}] (preprocessed NCHW), got "
-                                    f"{list(inputs.array.shape)}")
+                raise InvalidTensor(
+                    f"input {spec.input_name!r}: FP32 data must have shape "
+                    f"[N, {', '.join(map(str, expected))}] (preprocessed NCHW), got "
+                    f"{list(inputs.array.shape)}"
+                )
         return inputs
 
     def _deadline(self, received_at: float, client_timeout_s: float | None, *, client_says: str) -> _Deadline:
         timeout_s = self._limits.request_timeout_s
         if client_timeout_s is not None and client_timeout_s < timeout_s:
-            return _Deadline(received_at + client_timeout_s, f"no answer within the {client_says} of "
-                             f"{client_timeout_s:.3g} s; its queued images were dropped")
-        return _Deadline(received_at + timeout_s, f"no answer within the request timeout of {timeout_s:g} s; the "
-                         f"server is busy, retry later or send fewer images")
+            return _Deadline(
+                received_at + client_timeout_s,
+                f"no answer within the {client_says} of {client_timeout_s:.3g} s; its queued images were dropped",
+            )
+        return _Deadline(
+            received_at + timeout_s,
+            f"no answer within the request timeout of {timeout_s:g} s; the "
+            f"server is busy, retry later or send fewer images",
+        )
 
     def _shortened(self, deadline: _Deadline, received_at: float, parameters: RequestParameters) -> _Deadline:
         if parameters.timeout_s is None or received_at + parameters.timeout_s >= deadline.at:
             return deadline
         return self._deadline(received_at, parameters.timeout_s, client_says="request's timeout parameter")
 
-    async def _run(self, ticket: Ticket, inputs: ModelInputs, outputs: Sequence[RequestedOutput],
-                   deadline: _Deadline) -> tuple[list[OutputResult], StageTimings, list[ImageInfo] | None]:
+    async def _run(
+        self, ticket: Ticket, inputs: ModelInputs, outputs: Sequence[RequestedOutput], deadline: _Deadline
+    ) -> tuple[list[OutputResult], StageTimings, list[ImageInfo] | None]:
         model = ticket.model
         images: list[ImageInfo] | None = None
         preprocess_s = 0.0
@@ -225,8 +255,10 @@ class DataPlane:
             async with asyncio.timeout(ticket.deadline - time.monotonic()):
                 if isinstance(inputs, EncodedImages):
                     prepared = await self._decode(model, inputs.uploads)
-                    images = [ImageInfo(upload.filename, image.width, image.height)
-                              for upload, image in zip(inputs.uploads, prepared, strict=True)]
+                    images = [
+                        ImageInfo(upload.filename, image.width, image.height)
+                        for upload, image in zip(inputs.uploads, prepared, strict=True)
+                    ]
                     preprocess_s = max(image.seconds for image in prepared)
                     tensors: Sequence[np.ndarray] = [image.tensor for image in prepared]
                 else:
@@ -237,12 +269,16 @@ class DataPlane:
         self._metrics.images_classified.labels(model.name).inc(len(tensors))
         results = [
             OutputResult(output.name or model.spec.output_name, ranked=model.postprocess(inferred.logits, output.k))
-            if output.ranked and output.k is not None else
-            OutputResult(output.name or model.spec.output_name, logits=inferred.logits)
+            if output.ranked and output.k is not None
+            else OutputResult(output.name or model.spec.output_name, logits=inferred.logits)
             for output in outputs
         ]
-        timings = StageTimings(preprocess_s=preprocess_s, queue_wait_s=inferred.queue_wait_s,
-                               inference_s=inferred.inference_s, total_s=time.monotonic() - ticket.received_at)
+        timings = StageTimings(
+            preprocess_s=preprocess_s,
+            queue_wait_s=inferred.queue_wait_s,
+            inference_s=inferred.inference_s,
+            total_s=time.monotonic() - ticket.received_at,
+        )
         return results, timings, images
 
     async def _decode(self, model: ServableModel, uploads: Sequence[ImageUpload]) -> list[PreprocessedImage]:

@@ -70,8 +70,9 @@ class Unauthorized(ServiceError):
     reason = "unauthorized"
 
     def __init__(self, message: str, *, filename: str | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message, filename=filename,
-                         headers={"WWW-Authenticate": 'Bearer realm="resnet-serve"', **(headers or {})})
+        super().__init__(
+            message, filename=filename, headers={"WWW-Authenticate": 'Bearer realm="resnet-serve"', **(headers or {})}
+        )
 
 
 class ModelNotFound(ServiceError):
@@ -125,8 +126,14 @@ class Overloaded(ServiceError):
     code = "overloaded"
     reason = "overloaded"
 
-    def __init__(self, message: str, *, retry_after_s: int = 1, filename: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: int = 1,
+        filename: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message, filename=filename, headers={"Retry-After": str(retry_after_s), **(headers or {})})
 
 
@@ -151,8 +158,10 @@ class ShuttingDown(ServiceError):
     @classmethod
     def draining(cls) -> ShuttingDown:
         """What every front end answers a new request with while the server drains."""
-        return cls("the server is shutting down; retry on another instance",
-                   headers={"Connection": "close", "Retry-After": "1"})
+        return cls(
+            "the server is shutting down; retry on another instance",
+            headers={"Connection": "close", "Retry-After": "1"},
+        )
 
 
 class DeadlineExceeded(ServiceError):
@@ -231,8 +240,9 @@ class ConnectionRefusal(StrEnum):
     MAX_CONNECTIONS = "max_connections"
 
 
-def error_body(status_code: int, code: str, message: str, filename: str | None = None,
-               request_id: str | None = None) -> dict[str, object]:
+def error_body(
+    status_code: int, code: str, message: str, filename: str | None = None, request_id: str | None = None
+) -> dict[str, object]:
     """The one JSON error shape every error response uses."""
     error: dict[str, object] = {"status": status_code, "code": code, "message": message}
     if filename is not None:

@@ -195,8 +195,11 @@ class RequestFramingScanner:
             elif name == b"transfer-encoding":
                 codings += [part.strip().lower() for part in value.split(b",") if part.strip()]
         if codings and lengths:
-            events.append(FramingViolation(
-                400, "the request has both Content-Length and Transfer-Encoding; send one (RFC 9112 section 6.1)"))
+            events.append(
+                FramingViolation(
+                    400, "the request has both Content-Length and Transfer-Encoding; send one (RFC 9112 section 6.1)"
+                )
+            )
             return
         if codings:
             if codings[-1] != b"chunked":
@@ -229,8 +232,9 @@ class RequestFramingScanner:
             return
         self._declared_total += size
         if self._declared_total > self.max_body_bytes:
-            events.append(FramingViolation(
-                413, f"the request body declares more than the limit of {self.max_body_bytes} bytes"))
+            events.append(
+                FramingViolation(413, f"the request body declares more than the limit of {self.max_body_bytes} bytes")
+            )
             return
         if size == 0:
             self._state = _State.TRAILERS

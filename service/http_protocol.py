@@ -39,8 +39,13 @@ REFUSAL_EXTENSION = "resnet_serve.refused"
 """Scope extension set on a request the guard refused while the app was reading it: {"status", "reason"}."""
 LINGER_S = 2.0
 """Longest a closed connection keeps reading and discarding what its client still sends (see above)."""
-_CODES = {400: "malformed_request", 408: "request_timeout", 413: "upload_too_large", 431: "headers_too_large",
-          503: "too_many_connections"}
+_CODES = {
+    400: "malformed_request",
+    408: "request_timeout",
+    413: "upload_too_large",
+    431: "headers_too_large",
+    503: "too_many_connections",
+}
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,10 @@ def refusal_bytes(status: int, message: str) -> bytes:
     """A complete HTTP/1.1 error response that closes the connection."""
     error = error_body(status, _CODES.get(status, "bad_request"), message)
     body = json.dumps(error, separators=(",", ":")).encode()
-    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n")
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n"
+    )
     if status == 503:
         head += "retry-after: 1\r\n"
     return head.encode("latin-1") + b"\r\n" + body
@@ -93,8 +100,9 @@ class _LingeringCloseTransport:
         return getattr(self._transport, name)
 
 
-def guarded_protocol(base: type[asyncio.Protocol], limits: ReceiptLimits, observer: ConnectionObserver
-                     ) -> type[asyncio.Protocol]:
+def guarded_protocol(
+    base: type[asyncio.Protocol], limits: ReceiptLimits, observer: ConnectionObserver
+) -> type[asyncio.Protocol]:
     """A subclass of uvicorn's `base` protocol class that enforces `limits` on every connection."""
 
     class GuardedProtocol(base):  # type: ignore[misc, valid-type]
@@ -114,8 +122,11 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: ReceiptLimits, observ
                 max_head_bytes=limits.max_head_bytes, max_body_bytes=limits.max_body_bytes
             )
             if len(self.connections) > limits.max_connections:
-                self._refuse(503, f"the server has {limits.max_connections} connections open, its limit; "
-                                  "retry shortly", ConnectionRefusal.MAX_CONNECTIONS)
+                self._refuse(
+                    503,
+                    f"the server has {limits.max_connections} connections open, its limit; retry shortly",
+                    ConnectionRefusal.MAX_CONNECTIONS,
+                )
                 return
             # A socket that never sends a request is bounded like one that sends its head slowly.
             self._arm(time.monotonic() + limits.header_timeout_s, ConnectionRefusal.HEADER_TIMEOUT)
@@ -156,8 +167,11 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: ReceiptLimits, observ
         def _close(self) -> None:
             """Close now, or linger when the client may still be sending the request it was answered for."""
             transport = self._socket_transport
-            if (self._lingering is not None or transport.is_closing()
-                    or (self._scanner.between_requests and not self._refused)):
+            if (
+                self._lingering is not None
+                or transport.is_closing()
+                or (self._scanner.between_requests and not self._refused)
+            ):
                 transport.close()
                 return
             self._disarm()
@@ -199,7 +213,9 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: ReceiptLimits, observ
 
         def send_400_response(self, msg: str) -> None:
             """The parser (h11 or httptools) refused the bytes: answer in the service's JSON shape."""
-            self._refuse(400, f"the request cannot be parsed as HTTP/1.1 ({msg.rstrip('.')})", ConnectionRefusal.FRAMING)
+            self._refuse(
+                400, f"the request cannot be parsed as HTTP/1.1 ({msg.rstrip('.')})", ConnectionRefusal.FRAMING
+            )
 
         def _refuse(self, status: int, message: str, reason: ConnectionRefusal) -> None:
             self._refused = True

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import itertools
 import json
 import logging
 import logging.handlers
+import os
 import queue
 import re
-import sys
-import itertools
-import os
 import secrets
+import sys
 import time
 from typing import Any
 
@@ -55,8 +55,19 @@ def request_id_from(given: str | None) -> str:
 
 
 ACCESS_LOGGER = "service.access"
-ACCESS_FIELDS = ("method", "path", "status", "model", "images", "bytes", "latency_ms", "timings_ms", "client",
-                 "api_key", "protocol")
+ACCESS_FIELDS = (
+    "method",
+    "path",
+    "status",
+    "model",
+    "images",
+    "bytes",
+    "latency_ms",
+    "timings_ms",
+    "client",
+    "api_key",
+    "protocol",
+)
 """What an access line may carry besides time, level and request ID (as `extra` on the record)."""
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(request_suffix)s"
 
@@ -76,8 +87,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

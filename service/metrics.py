@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -56,97 +55,151 @@ class ServiceMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.http_requests = Counter(
-            "resnet_serve_http_requests", "HTTP requests answered, by route template, method and status code.",
-            ["route", "method", "status"], registry=r,
+            "resnet_serve_http_requests",
+            "HTTP requests answered, by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=r,
         )
         self.http_request_seconds = Histogram(
-            "resnet_serve_http_request_duration_seconds", "Time from request start to the end of the response.",
-            ["route"], buckets=LATENCY_BUCKETS_S, registry=r,
+            "resnet_serve_http_request_duration_seconds",
+            "Time from request start to the end of the response.",
+            ["route"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.http_in_flight = Gauge(
-            "resnet_serve_http_requests_in_flight", "Requests being served now (health and metrics excluded).",
-            multiprocess_mode="livesum", registry=r,
+            "resnet_serve_http_requests_in_flight",
+            "Requests being served now (health and metrics excluded).",
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.grpc_requests = Counter(
             "resnet_serve_grpc_requests",
             "gRPC calls of inference.GRPCInferenceService answered, by method and status code (OK, "
             "INVALID_ARGUMENT, ...).",
-            ["method", "code"], registry=r,
+            ["method", "code"],
+            registry=r,
         )
         self.grpc_request_seconds = Histogram(
-            "resnet_serve_grpc_request_duration_seconds", "Time from a gRPC call's start to its answer.",
-            ["method"], buckets=LATENCY_BUCKETS_S, registry=r,
+            "resnet_serve_grpc_request_duration_seconds",
+            "Time from a gRPC call's start to its answer.",
+            ["method"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.grpc_in_flight = Gauge(
-            "resnet_serve_grpc_requests_in_flight", "gRPC calls being served now (health service excluded).",
-            multiprocess_mode="livesum", registry=r,
+            "resnet_serve_grpc_requests_in_flight",
+            "gRPC calls being served now (health service excluded).",
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.preprocess_seconds = Histogram(
-            "resnet_serve_preprocess_seconds", "Decode and preprocess time per image.",
-            ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+            "resnet_serve_preprocess_seconds",
+            "Decode and preprocess time per image.",
+            ["model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.queue_wait_seconds = Histogram(
-            "resnet_serve_queue_wait_seconds", "Time an image waited in the batcher queue before its batch ran.",
-            ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+            "resnet_serve_queue_wait_seconds",
+            "Time an image waited in the batcher queue before its batch ran.",
+            ["model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.inference_seconds = Histogram(
-            "resnet_serve_inference_seconds", "ONNX Runtime time per batch.",
-            ["model"], buckets=LATENCY_BUCKETS_S, registry=r,
+            "resnet_serve_inference_seconds",
+            "ONNX Runtime time per batch.",
+            ["model"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.batch_size = Histogram(
-            "resnet_serve_batch_size", "Images per batch run.", ["model"], buckets=BATCH_SIZE_BUCKETS, registry=r,
+            "resnet_serve_batch_size",
+            "Images per batch run.",
+            ["model"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
         )
         self.queue_depth = Gauge(
-            "resnet_serve_queue_depth", "Images waiting in the batcher queue.", ["model"], multiprocess_mode="livesum",
+            "resnet_serve_queue_depth",
+            "Images waiting in the batcher queue.",
+            ["model"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.api_key_requests = Counter(
-            "resnet_serve_api_key_requests", "Requests let in with an API key, by the key's name (never the key).",
-            ["key"], registry=r,
+            "resnet_serve_api_key_requests",
+            "Requests let in with an API key, by the key's name (never the key).",
+            ["key"],
+            registry=r,
         )
         self.requests = Counter(
-            "resnet_serve_requests", "Inference requests admitted, by model and protocol (v1, v2-http, v2-grpc).",
-            ["model", "protocol"], registry=r,
+            "resnet_serve_requests",
+            "Inference requests admitted, by model and protocol (v1, v2-http, v2-grpc).",
+            ["model", "protocol"],
+            registry=r,
         )
         self.images_classified = Counter(
-            "resnet_serve_images_classified", "Images classified successfully.", ["model"], registry=r,
+            "resnet_serve_images_classified",
+            "Images classified successfully.",
+            ["model"],
+            registry=r,
         )
         self.images_decoded = Counter(
-            "resnet_serve_images_decoded", "Images handed to the decode pool (decode and preprocess work started).",
-            ["model"], registry=r,
+            "resnet_serve_images_decoded",
+            "Images handed to the decode pool (decode and preprocess work started).",
+            ["model"],
+            registry=r,
         )
         self.images_inferred = Counter(
-            "resnet_serve_images_inferred", "Images run through the model (the sum of batch sizes).",
-            ["model"], registry=r,
+            "resnet_serve_images_inferred",
+            "Images run through the model (the sum of batch sizes).",
+            ["model"],
+            registry=r,
         )
         self.decode_memory_bytes = Gauge(
-            "resnet_serve_decode_memory_bytes", "Memory reserved by the decodes in progress (the decode budget in use).",
-            multiprocess_mode="livesum", registry=r,
+            "resnet_serve_decode_memory_bytes",
+            "Memory reserved by the decodes in progress (the decode budget in use).",
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.inflight_upload_bytes = Gauge(
-            "resnet_serve_inflight_upload_bytes", "Upload bytes held by requests in flight (the byte budget in use).",
-            multiprocess_mode="livesum", registry=r,
+            "resnet_serve_inflight_upload_bytes",
+            "Upload bytes held by requests in flight (the byte budget in use).",
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.rejections = Counter(
-            "resnet_serve_rejections", "Requests refused or failed, by reason.", ["reason"], registry=r,
+            "resnet_serve_rejections",
+            "Requests refused or failed, by reason.",
+            ["reason"],
+            registry=r,
         )
         self.dropped_images = Counter(
             "resnet_serve_dropped_images",
             f"Queued images dropped without inference: {', '.join(DropReason)}.",
-            ["model", "reason"], registry=r,
+            ["model", "reason"],
+            registry=r,
         )
         self.connections_refused = Counter(
             "resnet_serve_connections_refused",
             f"Connections answered and closed by the protocol guard: {', '.join(ConnectionRefusal)}.",
-            ["reason"], registry=r,
+            ["reason"],
+            registry=r,
         )
         self.open_connections = Gauge(
-            "resnet_serve_open_connections", "HTTP connections open now.", multiprocess_mode="livesum",
+            "resnet_serve_open_connections",
+            "HTTP connections open now.",
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.model_ready = Gauge(
-            "resnet_serve_model_ready", "1 when the model is loaded, warmed up and its batcher running.",
-            ["model"], multiprocess_mode="livemin", registry=r,
+            "resnet_serve_model_ready",
+            "1 when the model is loaded, warmed up and its batcher running.",
+            ["model"],
+            multiprocess_mode="livemin",
+            registry=r,
         )
         self.rejection_reasons = rejection_reasons()
         """Every reason an error class can be counted under, pre-created at zero so dashboards see every series."""
@@ -180,7 +233,6 @@ class ServiceMetrics:
         self.images_inferred.labels(model)
         self.model_ready.labels(model).set(0)
         return ModelBatchObserver(self, model)
-
 
     def render(self) -> bytes:
         """The exposition text; with several worker processes (PROMETHEUS_MULTIPROC_DIR set by the supervisor),

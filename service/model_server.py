@@ -34,20 +34,29 @@ ReadyHook = Callable[[dict[str, float]], None]
 class ModelServer:
     """One server process's parts. Nothing starts until `running()` is entered (by the HTTP app's lifespan)."""
 
-    def __init__(self, settings: Settings | None = None, *, open_runtime: RuntimeFactory | None = None,
-                 on_ready: ReadyHook | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        open_runtime: RuntimeFactory | None = None,
+        on_ready: ReadyHook | None = None,
+    ) -> None:
         """`open_runtime` replaces how model files are opened (tests); raises StartupError for unreadable keys."""
         self.settings = settings = settings if settings is not None else Settings()
         try:
-            self.api_keys = ApiKeys(settings.api_keys_file,
-                                    settings.api_keys.get_secret_value() if settings.api_keys is not None else None)
+            self.api_keys = ApiKeys(
+                settings.api_keys_file, settings.api_keys.get_secret_value() if settings.api_keys is not None else None
+            )
         except ApiKeysError as exc:
             raise StartupError(str(exc)) from None
         self.metrics = ServiceMetrics()
         self.lifecycle = Lifecycle()
         self.registry = ModelRegistry(settings, self.metrics, open_runtime)
         self.dataplane = DataPlane(
-            self.registry, lifecycle=self.lifecycle, metrics=self.metrics, limits=settings,
+            self.registry,
+            lifecycle=self.lifecycle,
+            metrics=self.metrics,
+            limits=settings,
             decode_threads=settings.decode_threads or available_cpus(),
             decode_thread_initializer=thread_initializer(settings.worker_nice),
         )
@@ -63,13 +72,26 @@ class ModelServer:
             async with self.running(warm_before_serving=warm_before_serving):
                 yield
 
-        return build_http_app(self.dataplane, lifecycle=self.lifecycle, metrics=self.metrics,
-                              api_keys=self.api_keys, settings=self.settings, lifespan=lifespan)
+        return build_http_app(
+            self.dataplane,
+            lifecycle=self.lifecycle,
+            metrics=self.metrics,
+            api_keys=self.api_keys,
+            settings=self.settings,
+            lifespan=lifespan,
+        )
 
     def grpc_front_end(self, *, address: str | None = None, share_port: bool = False) -> GrpcFrontEnd:
         """The V2 gRPC front end on the same data plane, admitted by the same keys."""
-        return GrpcFrontEnd(self.dataplane, lifecycle=self.lifecycle, metrics=self.metrics, settings=self.settings,
-                            address=address, share_port=share_port, api_keys=self.api_keys)
+        return GrpcFrontEnd(
+            self.dataplane,
+            lifecycle=self.lifecycle,
+            metrics=self.metrics,
+            settings=self.settings,
+            address=address,
+            share_port=share_port,
+            api_keys=self.api_keys,
+        )
 
     @asynccontextmanager
     async def running(self, *, warm_before_serving: bool = False) -> AsyncIterator[None]:

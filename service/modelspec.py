@@ -124,7 +124,9 @@ class ModelSpec(BaseModel):
         if self.crop_size > self.resize_size:
             raise ValueError(f"crop_size {self.crop_size} is larger than resize_size {self.resize_size}")
         if self.schema_version > SCHEMA_VERSION:
-            raise ValueError(f"schema_version {self.schema_version} is newer than this code understands ({SCHEMA_VERSION})")
+            raise ValueError(
+                f"schema_version {self.schema_version} is newer than this code understands ({SCHEMA_VERSION})"
+            )
         return self
 
 
@@ -218,7 +220,7 @@ def build_serving_overrides(
     for key, raw in (embedded or {}).items():
         if key.startswith(SERVING_METADATA_PREFIX):
             try:
-                merged[key[len(SERVING_METADATA_PREFIX):]] = json.loads(raw)
+                merged[key[len(SERVING_METADATA_PREFIX) :]] = json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise ModelSpecError(f"{source}: metadata key {key!r} is not valid JSON: {exc}") from None
     if sidecar is not None:

@@ -46,6 +46,6 @@ def rank(logits: np.ndarray, k: int, *, labels: Sequence[str]) -> list[list[Scor
     """The model contract's postprocess stage: per image, the k most probable labels, highest first."""
     indices, scores = top_k(softmax(logits), k)
     return [
-        [ScoredLabel(int(i), labels[int(i)], float(s)) for i, s in zip(row_indices, row_scores)]
-        for row_indices, row_scores in zip(indices.tolist(), scores.tolist())
+        [ScoredLabel(int(i), labels[int(i)], float(s)) for i, s in zip(row_indices, row_scores, strict=False)]
+        for row_indices, row_scores in zip(indices.tolist(), scores.tolist(), strict=False)
     ]

@@ -104,7 +104,7 @@ def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
 
 def center_crop_box(width: int, height: int, crop: int) -> tuple[int, int]:
     """torchvision's CenterCrop offsets (left, top) for a crop x crop square out of width x height."""
-    return int(round((width - crop) / 2.0)), int(round((height - crop) / 2.0))
+    return round((width - crop) / 2.0), round((height - crop) / 2.0)
 
 
 def draft_request(width: int, height: int, resize_size: int) -> tuple[int, int] | None:
@@ -140,8 +140,6 @@ def _open(data: bytes, declared_format: str | None, options: DecodeOptions) -> I
     return image
 
 
-
-
 def _to_model_mode(image: Image.Image, color_mode: str) -> Image.Image:
     """Convert any decoded 8-bit mode (palette, alpha, CMYK, 1-bit, ...) to 'RGB' or 'L' as `Image.convert` does.
 
@@ -174,12 +172,13 @@ def _header_orientation(image: Image.Image) -> int:
 def _orientation(image: Image.Image) -> int:
     try:
         return int(image.getexif().get(_EXIF_ORIENTATION, 1))
-    except Exception:  # noqa: BLE001 - a broken EXIF block only costs the orientation, not the image
+    except Exception:
         return 1
 
 
-def open_image(data: bytes, spec: ModelSpec, options: DecodeOptions, content_type: str | None = None
-               ) -> tuple[Image.Image, str, tuple[int, int]]:
+def open_image(
+    data: bytes, spec: ModelSpec, options: DecodeOptions, content_type: str | None = None
+) -> tuple[Image.Image, str, tuple[int, int]]:
     """Read the header of `data` (nothing is decoded yet) and choose a JPEG draft scale.
 
     Returns the opened image, its format and its full size before orientation.
@@ -195,13 +194,14 @@ def open_image(data: bytes, spec: ModelSpec, options: DecodeOptions, content_typ
                 # A grayscale model skips chroma decoding altogether: libjpeg hands out the stored luma (Y) plane.
                 draft_mode = "L" if spec.color_mode == "L" and image.mode == "RGB" else image.mode
                 image.draft(draft_mode, request)
-    except Exception as exc:  # noqa: BLE001 - whatever a hostile file makes a decoder raise is the file's fault
+    except Exception as exc:
         raise InvalidImage(f"the {image_format} image cannot be decoded ({type(exc).__name__}: {exc})") from None
     return image, image_format, full_size
 
 
-def decode_opened(image: Image.Image, image_format: str, full_size: tuple[int, int], spec: ModelSpec
-                  ) -> tuple[Image.Image, tuple[int, int]]:
+def decode_opened(
+    image: Image.Image, image_format: str, full_size: tuple[int, int], spec: ModelSpec
+) -> tuple[Image.Image, tuple[int, int]]:
     """Decode an opened image into the spec's colour mode (high-depth modes stay as they are), EXIF orientation
     applied; returns it and its full oriented size (width, height). Raises InvalidImage or ImageTooLarge."""
     try:
@@ -215,7 +215,7 @@ def decode_opened(image: Image.Image, image_format: str, full_size: tuple[int, i
         image = _to_model_mode(image, spec.color_mode)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"the image is too large to decode safely ({exc})") from None
-    except Exception as exc:  # noqa: BLE001 - whatever a hostile file makes a decoder raise is the file's fault
+    except Exception as exc:
         raise InvalidImage(f"the {image_format} image cannot be decoded ({type(exc).__name__}: {exc})") from None
     return image, full_size
 
@@ -262,8 +262,9 @@ def preprocess_upload(upload: ImageUpload, *, spec: ModelSpec, options: DecodeOp
         raise exc.for_file(upload.filename) from None
 
 
-def preprocess_image(data: bytes, spec: ModelSpec, options: DecodeOptions, content_type: str | None = None
-                     ) -> PreprocessedImage:
+def preprocess_image(
+    data: bytes, spec: ModelSpec, options: DecodeOptions, content_type: str | None = None
+) -> PreprocessedImage:
     """Bytes of one upload -> the model's input tensor and what the client should hear about the image."""
     started = time.perf_counter()
     opened, image_format, full_size = open_image(data, spec, options, content_type)

@@ -21,14 +21,14 @@ from service import repository
 from service.autotune import BatchCurve, largest_batch
 from service.batching import DynamicBatcher, ImageReservation
 from service.config import ServingSettings, Settings
-from service.contract import ModelContract, ModelDescription, ModelState
+from service.contract import ModelDescription, ModelState
+from service.decode_memory import DecodeMemory
 from service.errors import ModelNotFound
 from service.metrics import ServiceMetrics
 from service.modelspec import AUTO, ModelSpec, ModelSpecError
 from service.postprocess import ScoredLabel, rank
-from service.priority import call_in_lowered_thread, thread_initializer
-from service.decode_memory import DecodeMemory
 from service.preprocess import DecodeOptions, ImageUpload, PreprocessedImage, preprocess_upload
+from service.priority import call_in_lowered_thread, thread_initializer
 from service.runtime import InferenceRuntime, OnnxModelRuntime, available_cpus, run_batch
 
 logger = logging.getLogger("service")
@@ -84,8 +84,9 @@ class ServedModel:
         self.batcher = DynamicBatcher(
             self.run_batch,
             name=self.name,
-            max_batch_size=serving.max_batch_size if isinstance(serving.max_batch_size, int)
-            and self.runtime.supports_batches() else 1,
+            max_batch_size=serving.max_batch_size
+            if isinstance(serving.max_batch_size, int) and self.runtime.supports_batches()
+            else 1,
             max_queue_size=serving.max_queue_size,
             max_delay_s=serving.max_batch_delay_s,
             max_wait_s=serving.max_queue_wait_s,
@@ -102,8 +103,13 @@ class ServedModel:
 
     def describe(self) -> ModelDescription:
         return ModelDescription(
-            name=self.name, version=self.version, versions=(self.version,), state=self.state, error=self.error,
-            spec=self.spec, is_default=self.is_default,
+            name=self.name,
+            version=self.version,
+            versions=(self.version,),
+            state=self.state,
+            error=self.error,
+            spec=self.spec,
+            is_default=self.is_default,
             serving=ServingSettings(
                 max_batch_size=self.batcher.max_batch_size,
                 max_batch_delay_ms=self.serving.max_batch_delay_ms,
@@ -111,9 +117,12 @@ class ServedModel:
                 max_queue_wait_ms=self.serving.max_queue_wait_ms,
                 intra_op_threads=self.runtime.intra_op_threads,
             ),
-            overridden=self.overridden, execution_provider=self.runtime.provider,
-            intra_op_threads=self.runtime.intra_op_threads, queue_depth=self.batcher.queue_depth,
-            seconds_per_image=self.batcher.seconds_per_image, batch_size_source=self._batch_size_source(),
+            overridden=self.overridden,
+            execution_provider=self.runtime.provider,
+            intra_op_threads=self.runtime.intra_op_threads,
+            queue_depth=self.batcher.queue_depth,
+            seconds_per_image=self.batcher.seconds_per_image,
+            batch_size_source=self._batch_size_source(),
             batch_curve=self.batch_curve,
         )
 
@@ -142,8 +151,12 @@ class ServedModel:
                 self.batch_curve = curve
                 self.batcher.tune(curve.chosen, curve.seconds_per_image(curve.chosen))
                 warmed = ", ".join(f"{t.batch_size}: {t.images_per_second:.1f}" for t in curve.timings)
-                logger.info("model %s: images per second by batch size %s; batch size %d chosen", self.name,
-                            warmed, curve.chosen)
+                logger.info(
+                    "model %s: images per second by batch size %s; batch size %d chosen",
+                    self.name,
+                    warmed,
+                    curve.chosen,
+                )
             else:
                 sizes = warm_up_sizes(self.batcher.max_batch_size)
                 await asyncio.to_thread(self.runtime.warm_up, sizes, shape, spec.output_name)
@@ -204,8 +217,9 @@ class ModelRegistry:
             served = ", ".join(sorted(self._models)) or "none yet (the server is starting)"
             raise ModelNotFound(f"no model named {key!r}; served models: {served}")
         if version is not None and version != model.version:
-            raise ModelNotFound(f"model {model.name!r} has no version {version!r}; its only version is "
-                                f"{model.version!r}")
+            raise ModelNotFound(
+                f"model {model.name!r} has no version {version!r}; its only version is {model.version!r}"
+            )
         return model
 
     def all(self) -> list[ServedModel]:
@@ -248,17 +262,30 @@ class ModelRegistry:
         except ValueError as exc:
             raise StartupError(f"{model_file.path.name}: the graph does not match its metadata: {exc}") from None
         model = ServedModel(
-            name=model_file.name, path=model_file.path, spec=metadata.spec, serving=serving,
-            overridden=tuple(metadata.serving.as_dict()), runtime=runtime,
-            decode_options=DecodeOptions(max_image_pixels=settings.max_image_pixels, jpeg_draft=settings.jpeg_draft,
-                                         memory=self.decode_memory),
-            metrics=self._metrics, worker_nice=settings.worker_nice,
+            name=model_file.name,
+            path=model_file.path,
+            spec=metadata.spec,
+            serving=serving,
+            overridden=tuple(metadata.serving.as_dict()),
+            runtime=runtime,
+            decode_options=DecodeOptions(
+                max_image_pixels=settings.max_image_pixels, jpeg_draft=settings.jpeg_draft, memory=self.decode_memory
+            ),
+            metrics=self._metrics,
+            worker_nice=settings.worker_nice,
         )
         spec = metadata.spec
         logger.info(
             "loaded model %s from %s: %d classes, %s %dx%d input, provider %s, %d intra-op threads, batch size %s%s",
-            model.name, model_file.path, spec.num_classes, spec.color_mode, spec.crop_size, spec.crop_size,
-            runtime.provider, runtime.intra_op_threads, serving.max_batch_size,
+            model.name,
+            model_file.path,
+            spec.num_classes,
+            spec.color_mode,
+            spec.crop_size,
+            spec.crop_size,
+            runtime.provider,
+            runtime.intra_op_threads,
+            serving.max_batch_size,
             f" (own serving settings: {', '.join(model.overridden)})" if model.overridden else "",
         )
         return model

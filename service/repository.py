@@ -126,4 +126,3 @@ def choose_default_model(names: list[str], requested: str | None) -> str:
             raise RepositoryError(f"default model {requested!r} is not in the repository (models: {', '.join(names)})")
         return requested
     return sorted(names)[0]
-

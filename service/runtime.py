@@ -18,8 +18,14 @@ from service import autotune
 from service.config import PROVIDER_ALIASES
 from service.cpus import available_cpus, cgroup_cpu_limit
 
-__all__ = ["InferenceRuntime", "OnnxModelRuntime", "available_cpus", "cgroup_cpu_limit", "resolve_providers",
-           "run_batch"]
+__all__ = [
+    "InferenceRuntime",
+    "OnnxModelRuntime",
+    "available_cpus",
+    "cgroup_cpu_limit",
+    "resolve_providers",
+    "run_batch",
+]
 from service.modelspec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -35,17 +41,17 @@ def resolve_providers(requested: Iterable[str], available: Sequence[str]) -> lis
     """
     chosen: list[str] = []
     for name in requested:
-        if name == "auto":
-            candidates = [CUDA_PROVIDER]
-        else:
-            candidates = [PROVIDER_ALIASES.get(name.lower(), name)]
+        candidates = [CUDA_PROVIDER] if name == "auto" else [PROVIDER_ALIASES.get(name.lower(), name)]
         for provider in candidates:
             if provider in available:
                 if provider not in chosen:
                     chosen.append(provider)
             elif name != "auto":
-                logger.warning("execution provider %s is not available in this onnxruntime build (has %s); skipping it",
-                               provider, ", ".join(available))
+                logger.warning(
+                    "execution provider %s is not available in this onnxruntime build (has %s); skipping it",
+                    provider,
+                    ", ".join(available),
+                )
     if CPU_PROVIDER not in chosen:
         chosen.append(CPU_PROVIDER)
     return chosen
@@ -69,11 +75,13 @@ class InferenceRuntime(Protocol):
 
     def run(self, batch: np.ndarray, output_name: str | None = None) -> np.ndarray: ...
 
-    def warm_up(self, batch_sizes: Iterable[int], sample_shape: Sequence[int], output_name: str | None = None
-                ) -> None: ...
+    def warm_up(
+        self, batch_sizes: Iterable[int], sample_shape: Sequence[int], output_name: str | None = None
+    ) -> None: ...
 
-    def measure_batches(self, limit: int, sample_shape: Sequence[int], output_name: str | None = None
-                        ) -> autotune.BatchCurve: ...
+    def measure_batches(
+        self, limit: int, sample_shape: Sequence[int], output_name: str | None = None
+    ) -> autotune.BatchCurve: ...
 
     def batch1_seconds(self, sample_shape: Sequence[int], output_name: str | None = None) -> float: ...
 
@@ -82,7 +90,9 @@ def run_batch(tensors: Sequence[np.ndarray], *, runtime: InferenceRuntime, spec:
     """The model contract's inference stage: CHW tensors -> logits of shape (len(tensors), classes)."""
     logits = runtime.run(np.stack(tensors), spec.output_name)
     if logits.shape != (len(tensors), spec.num_classes):
-        raise ValueError(f"model returned logits of shape {logits.shape}, expected ({len(tensors)}, {spec.num_classes})")
+        raise ValueError(
+            f"model returned logits of shape {logits.shape}, expected ({len(tensors)}, {spec.num_classes})"
+        )
     return logits
 
 
@@ -149,7 +159,7 @@ class OnnxModelRuntime:
         if len(shape) != 4:
             problems.append(f"graph input has rank {len(shape)}, expected 4 (NCHW)")
         else:
-            for axis, (declared, wanted) in enumerate(zip(shape, expected)):
+            for axis, (declared, wanted) in enumerate(zip(shape, expected, strict=False)):
                 if wanted is not None and isinstance(declared, int) and declared != wanted:
                     problems.append(f"input axis {axis} is {declared}, metadata implies {wanted}")
             if isinstance(shape[0], int) and shape[0] != 1:
@@ -175,8 +185,9 @@ class OnnxModelRuntime:
         for size in batch_sizes:
             self.run(np.zeros((size, *sample_shape), dtype=np.float32), output_name)
 
-    def measure_batches(self, limit: int, sample_shape: Sequence[int], output_name: str | None = None
-                        ) -> autotune.BatchCurve:
+    def measure_batches(
+        self, limit: int, sample_shape: Sequence[int], output_name: str | None = None
+    ) -> autotune.BatchCurve:
         """Time batch sizes 1, 2, 4, ... up to `limit` (warming each) and choose one (service.autotune)."""
         inputs = {size: np.zeros((size, *sample_shape), dtype=np.float32) for size in (1,)}
 

@@ -80,13 +80,21 @@ class DrainingServer(uvicorn.Server):
     lifecycle's requests in flight, which the drain waits for), and is closed before the lifespan closes the
     batchers."""
 
-    def __init__(self, config: uvicorn.Config, *, lifecycle: Lifecycle, grace_s: float,
-                 grpc: GrpcFrontEnd | None = None, retire_patience_s: float | None = None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        lifecycle: Lifecycle,
+        grace_s: float,
+        grpc: GrpcFrontEnd | None = None,
+        retire_patience_s: float | None = None,
+    ) -> None:
         super().__init__(config)
         self._lifecycle = lifecycle
         self._grace_s = grace_s
-        self._retire_patience_s = (retire_patience_s if retire_patience_s is not None
-                                   else config.timeout_keep_alive + grace_s)
+        self._retire_patience_s = (
+            retire_patience_s if retire_patience_s is not None else config.timeout_keep_alive + grace_s
+        )
         self._grpc = grpc
         self.startup_failed = False
         """True when HTTP started but the gRPC listener could not (the server then stops at once)."""
@@ -109,8 +117,10 @@ class DrainingServer(uvicorn.Server):
         if self._drain_requested:
             return
         self._drain_requested = True
-        logger.info("retiring: no new connections; %d open connection(s) close after their next answer",
-                    len(self.server_state.connections))
+        logger.info(
+            "retiring: no new connections; %d open connection(s) close after their next answer",
+            len(self.server_state.connections),
+        )
         for listener in getattr(self, "servers", []):
             listener.close()
         self._lifecycle.retiring = True
@@ -121,7 +131,8 @@ class DrainingServer(uvicorn.Server):
 
     async def _retired(self) -> None:
         give_up = time.monotonic() + self._retire_patience_s
-        while self.server_state.connections and time.monotonic() < give_up:
+        # uvicorn keeps its connections in a plain set that says nothing when it empties: look now and then.
+        while self.server_state.connections and time.monotonic() < give_up:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         if self._retiring is not None:
             await self._retiring
@@ -156,7 +167,9 @@ class DrainingServer(uvicorn.Server):
     def _begin_drain(self, signal_name: str) -> None:
         logger.info(
             "%s received: draining (readiness 503, new requests refused); %d request(s) in flight, grace %g s",
-            signal_name, self._lifecycle.in_flight, self._grace_s,
+            signal_name,
+            self._lifecycle.in_flight,
+            self._grace_s,
         )
         self._lifecycle.begin_drain()
         if self._grpc is not None:
@@ -169,7 +182,8 @@ class DrainingServer(uvicorn.Server):
         else:
             logger.warning(
                 "grace period of %g s is over with %d request(s) still in flight; stopping anyway",
-                self._grace_s, self._lifecycle.in_flight,
+                self._grace_s,
+                self._lifecycle.in_flight,
             )
         self.should_exit = True
 
@@ -202,12 +216,17 @@ def return_freed_memory_to_the_os() -> bool:
 def _check_file_limit(settings: Settings) -> None:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < settings.max_connections + 64:
-        logger.warning("the file-descriptor limit (%d) leaves little room above max_connections (%d); raise it "
-                       "(ulimit -n) or lower --max-connections", soft, settings.max_connections)
+        logger.warning(
+            "the file-descriptor limit (%d) leaves little room above max_connections (%d); raise it "
+            "(ulimit -n) or lower --max-connections",
+            soft,
+            settings.max_connections,
+        )
 
 
-def serve(server: ModelServer, sockets: list[socket.socket] | None = None, *, warm_before_serving: bool = False
-          ) -> bool:
+def serve(
+    server: ModelServer, sockets: list[socket.socket] | None = None, *, warm_before_serving: bool = False
+) -> bool:
     """Serve HTTP, and gRPC when its port is set, until stopped (on `sockets` when a worker supervisor bound them);
     False if start-up failed."""
     settings = server.settings
@@ -232,9 +251,15 @@ def serve(server: ModelServer, sockets: list[socket.socket] | None = None, *, wa
     grpc = server.grpc_front_end(share_port=sockets is not None) if settings.grpc_port else None
     # A retiring worker waits as long as any connection it holds may legitimately take (a head, a slow upload
     # and its answer, within their deadlines, then the keep-alive): cut sooner, an honest client got a 500.
-    retire_patience_s = (settings.header_timeout_s + settings.body_timeout_s + settings.request_timeout_s
-                         + settings.keep_alive_timeout_s)
-    listener = DrainingServer(config, lifecycle=server.lifecycle, grace_s=settings.shutdown_grace_s, grpc=grpc,
-                              retire_patience_s=retire_patience_s)
+    retire_patience_s = (
+        settings.header_timeout_s + settings.body_timeout_s + settings.request_timeout_s + settings.keep_alive_timeout_s
+    )
+    listener = DrainingServer(
+        config,
+        lifecycle=server.lifecycle,
+        grace_s=settings.shutdown_grace_s,
+        grpc=grpc,
+        retire_patience_s=retire_patience_s,
+    )
     listener.run(sockets=sockets)
     return listener.started and not listener.startup_failed

@@ -59,17 +59,20 @@ def split_settings(settings: Settings, count: int, cpus: int) -> Settings:
     and wait bound: latency is bounded per worker."""
     if count == 1:
         return settings
+
     def split(threads: int | None) -> int:
         return max(1, (threads or cpus) // count)
 
-    return settings.model_copy(update={
-        "workers": 1,
-        "intra_op_threads": split(settings.intra_op_threads),
-        "decode_threads": split(settings.decode_threads),
-        "max_connections": max(1, math.ceil(settings.max_connections / count)),
-        "max_inflight_bytes": max(settings.max_upload_bytes, settings.max_inflight_bytes // count),
-        "max_decode_bytes": max(1024 * 1024, settings.max_decode_bytes // count),
-    })
+    return settings.model_copy(
+        update={
+            "workers": 1,
+            "intra_op_threads": split(settings.intra_op_threads),
+            "decode_threads": split(settings.decode_threads),
+            "max_connections": max(1, math.ceil(settings.max_connections / count)),
+            "max_inflight_bytes": max(settings.max_upload_bytes, settings.max_inflight_bytes // count),
+            "max_decode_bytes": max(1024 * 1024, settings.max_decode_bytes // count),
+        }
+    )
 
 
 def workers_for(seconds_per_image: dict[str, float], cpus: int) -> int:
@@ -111,8 +114,13 @@ def _die_with(supervisor: int) -> None:
         os._exit(1)
 
 
-def worker_main(settings_values: dict[str, Any], sock: socket.socket, index: int, report: Connection | None,
-                warm_before_serving: bool) -> None:
+def worker_main(
+    settings_values: dict[str, Any],
+    sock: socket.socket,
+    index: int,
+    report: Connection | None,
+    warm_before_serving: bool,
+) -> None:
     """A worker process: the app on the shared socket; reports its models' costs once ready (worker 0, auto)."""
     os.setpgrp()  # terminal signals go to the supervisor, which forwards them once
     _die_with(supervisor=os.getppid())
@@ -155,10 +163,12 @@ class Supervisor:
         self.signals = 0
         self.retiring: set[int] = set()
 
-    def _start(self, index: int, settings: Settings, sock: socket.socket, report: Connection | None,
-               warm_before_serving: bool) -> None:
+    def _start(
+        self, index: int, settings: Settings, sock: socket.socket, report: Connection | None, warm_before_serving: bool
+    ) -> None:
         process = self.context.Process(
-            target=worker_main, args=(settings.model_dump(), sock, index, report, warm_before_serving),
+            target=worker_main,
+            args=(settings.model_dump(), sock, index, report, warm_before_serving),
             name=f"resnet-serve-worker-{index}",
         )
         process.start()
@@ -177,8 +187,13 @@ class Supervisor:
         sock = _bind(settings.host, settings.port)
         port = sock.getsockname()[1]
         self.settings = settings = settings.model_copy(update={"port": port})
-        logger.info("resnet-serve running on http://%s:%d with %s worker process(es) (pid %d supervises)",
-                    settings.host, port, settings.workers, os.getpid())
+        logger.info(
+            "resnet-serve running on http://%s:%d with %s worker process(es) (pid %d supervises)",
+            settings.host,
+            port,
+            settings.workers,
+            os.getpid(),
+        )
         signal.signal(signal.SIGTERM, self._forward)
         signal.signal(signal.SIGINT, self._forward)
         try:
@@ -199,13 +214,17 @@ class Supervisor:
         if costs is None:
             return self._wait()
         count = workers_for(costs, self.cpus)
-        logger.info("workers auto: inference per image at batch 1: %s; %d worker(s)",
-                    ", ".join(f"{name} {seconds * 1000:.2f} ms" for name, seconds in costs.items()) or "none", count)
+        logger.info(
+            "workers auto: inference per image at batch 1: %s; %d worker(s)",
+            ", ".join(f"{name} {seconds * 1000:.2f} ms" for name, seconds in costs.items()) or "none",
+            count,
+        )
         if count > 1 and not self.signals:
             # Per-core workers warm up before they take connections; then the first, which has every core, drains.
             share = split_settings(settings, count, self.cpus)
-            reports = [self._start_reporting(index, share, sock, warm_before_serving=True)
-                       for index in range(1, count + 1)]
+            reports = [
+                self._start_reporting(index, share, sock, warm_before_serving=True) for index in range(1, count + 1)
+            ]
             if all(self._await_report(report) is not None for report in reports):
                 first = self.processes[0]
                 if first.is_alive() and first.pid is not None:
@@ -214,8 +233,9 @@ class Supervisor:
                     os.kill(first.pid, signal.SIGUSR1)  # service.server.RETIRE_SIGNAL
         return self._wait()
 
-    def _start_reporting(self, index: int, settings: Settings, sock: socket.socket, *, warm_before_serving: bool
-                         ) -> tuple[int, Connection]:
+    def _start_reporting(
+        self, index: int, settings: Settings, sock: socket.socket, *, warm_before_serving: bool
+    ) -> tuple[int, Connection]:
         receive, send = self.context.Pipe(duplex=False)
         self._start(index, settings, sock, send, warm_before_serving)
         send.close()

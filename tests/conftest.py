@@ -48,8 +48,9 @@ def _no_server_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
             monkeypatch.delenv(name)
 
 
-def build_classifier_onnx(path: Path, spec: ModelSpec, *, seed: int = 0, embed_metadata: bool = True,
-                          fixed_batch: int | None = None) -> Path:
+def build_classifier_onnx(
+    path: Path, spec: ModelSpec, *, seed: int = 0, embed_metadata: bool = True, fixed_batch: int | None = None
+) -> Path:
     """Write a small real classifier (Conv -> Relu -> Flatten -> Gemm, random weights) for `spec` to `path`.
 
     Every input pixel reaches every logit, so distinct images get distinct scores.

@@ -49,12 +49,18 @@ TopK = Annotated[
 ]
 
 
-async def _classify(request: Request, dataplane: DataPlane, model_name: str | None, top_k: int | None
-                    ) -> ClassifyResponse:
-    result = await dataplane.infer(InferenceRequest(
-        model_name, UploadedImages(request, UploadLimits(dataplane.max_upload_bytes)),
-        outputs=[RequestedOutput(ranked=True, k=top_k, asked_as="top_k")], protocol="v1", received_at=time.monotonic(),
-    ))
+async def _classify(
+    request: Request, dataplane: DataPlane, model_name: str | None, top_k: int | None
+) -> ClassifyResponse:
+    result = await dataplane.infer(
+        InferenceRequest(
+            model_name,
+            UploadedImages(request, UploadLimits(dataplane.max_upload_bytes)),
+            outputs=[RequestedOutput(ranked=True, k=top_k, asked_as="top_k")],
+            protocol="v1",
+            received_at=time.monotonic(),
+        )
+    )
     response = ClassifyResponse.from_result(result)
     request.state.timings_ms = response.timings_ms.model_dump()
     return response
@@ -83,6 +89,7 @@ async def classify_with_model(
     openapi_extra=_UPLOAD_BODY,
     summary="Classify images with the default model",
 )
-async def classify_with_default_model(request: Request, dataplane: DataPlaneDep, top_k: TopK = None
-                                      ) -> ClassifyResponse:
+async def classify_with_default_model(
+    request: Request, dataplane: DataPlaneDep, top_k: TopK = None
+) -> ClassifyResponse:
     return await _classify(request, dataplane, None, top_k)

@@ -53,7 +53,9 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     def refuse(request: Request, exc: ServiceError) -> JSONResponse:
         metrics.count_rejection(exc)
         if exc.status_code >= 500 and exc.status_code != 503:
-            logger.warning("%s %s -> %d %s: %s", request.method, request.url.path, exc.status_code, exc.code, exc.message)
+            logger.warning(
+                "%s %s -> %d %s: %s", request.method, request.url.path, exc.status_code, exc.code, exc.message
+            )
         return error_response(exc, request.scope)
 
     async def service_error(request: Request, exc: Exception) -> JSONResponse:

@@ -53,8 +53,16 @@ def _has_body(scope: Scope) -> bool:
 
 
 class ServingGateMiddleware:
-    def __init__(self, app: ASGIApp, *, lifecycle: Lifecycle, metrics: ServiceMetrics, api_keys: ApiKeys,
-                 metrics_require_key: bool = False, access_log: bool = True) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        lifecycle: Lifecycle,
+        metrics: ServiceMetrics,
+        api_keys: ApiKeys,
+        metrics_require_key: bool = False,
+        access_log: bool = True,
+    ) -> None:
         self.app = app
         self.lifecycle = lifecycle
         self.metrics = metrics
@@ -152,11 +160,19 @@ class ServingGateMiddleware:
         target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
         latency_ms = round(elapsed * 1000, 2)
         extra = {
-            "method": scope["method"], "path": target, "status": status, "latency_ms": latency_ms,
-            "bytes": {"received": received, "sent": sent}, "client": address,
-            "model": state.get("model"), "images": state.get("images"), "timings_ms": state.get("timings_ms"),
-            "api_key": state.get("api_key"), "protocol": state.get("protocol"),
+            "method": scope["method"],
+            "path": target,
+            "status": status,
+            "latency_ms": latency_ms,
+            "bytes": {"received": received, "sent": sent},
+            "client": address,
+            "model": state.get("model"),
+            "images": state.get("images"),
+            "timings_ms": state.get("timings_ms"),
+            "api_key": state.get("api_key"),
+            "protocol": state.get("protocol"),
         }
         model = f" model={state['model']} images={state.get('images')}" if state.get("model") else ""
-        access_logger.info('%s "%s %s" %d %.1f ms%s', address or "-", scope["method"], target, status, latency_ms,
-                           model, extra=extra)
+        access_logger.info(
+            '%s "%s %s" %d %.1f ms%s', address or "-", scope["method"], target, status, latency_ms, model, extra=extra
+        )

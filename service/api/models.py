@@ -14,8 +14,10 @@ router = APIRouter(tags=["models"])
 
 @router.get("/v1/models", response_model=ModelListOut, summary="List the served models")
 async def list_models(dataplane: DataPlaneDep) -> ModelListOut:
-    return ModelListOut(default_model=dataplane.default_model or "",
-                        models=[ModelOut.from_description(model) for model in dataplane.models()])
+    return ModelListOut(
+        default_model=dataplane.default_model or "",
+        models=[ModelOut.from_description(model) for model in dataplane.models()],
+    )
 
 
 @router.get(

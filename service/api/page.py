@@ -79,7 +79,7 @@ class Asset:
 
 
 def _asset(body: bytes, name: str) -> Asset:
-    suffix = name[name.rfind("."):]
+    suffix = name[name.rfind(".") :]
     media_type = _MEDIA_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
     return Asset(body, media_type, hashlib.sha256(body).hexdigest()[:16])
 
@@ -130,8 +130,9 @@ def _relative(url: str) -> str:
     return url.lstrip("/")
 
 
-def build_router(*, openapi_url: str | None, title: str, swagger_ui_parameters: dict[str, Any] | None = None
-                 ) -> APIRouter:
+def build_router(
+    *, openapi_url: str | None, title: str, swagger_ui_parameters: dict[str, Any] | None = None
+) -> APIRouter:
     """The page at /, Swagger UI at /docs (when the app has an OpenAPI schema) and their assets at /static/."""
     assets, templates = load_assets()
     router = APIRouter(include_in_schema=False)
@@ -143,10 +144,15 @@ def build_router(*, openapi_url: str | None, title: str, swagger_ui_parameters: 
 
     if openapi_url is not None:
         # The same settings FastAPI's own /docs passes, as JSON data that docs.js reads: nothing inline runs.
-        config = {**swagger_ui_default_parameters, **(swagger_ui_parameters or {}), "url": _relative(openapi_url),
-                  "validatorUrl": None}
-        docs_html = render(templates["docs.html"], assets,
-                           {"title": f"{title}: API docs", "swagger_config": json.dumps(config)})
+        config = {
+            **swagger_ui_default_parameters,
+            **(swagger_ui_parameters or {}),
+            "url": _relative(openapi_url),
+            "validatorUrl": None,
+        }
+        docs_html = render(
+            templates["docs.html"], assets, {"title": f"{title}: API docs", "swagger_config": json.dumps(config)}
+        )
 
         @router.get("/docs", response_class=HTMLResponse)
         async def swagger_ui() -> HTMLResponse:

@@ -151,8 +151,12 @@ class ModelOut(_Schema):
             ),
             output_name=spec.output_name,
             preprocessing=PreprocessingOut(
-                color_mode=spec.color_mode, resize_size=spec.resize_size, crop_size=spec.crop_size,
-                interpolation=spec.interpolation, mean=list(spec.mean), std=list(spec.std),
+                color_mode=spec.color_mode,
+                resize_size=spec.resize_size,
+                crop_size=spec.crop_size,
+                interpolation=spec.interpolation,
+                mean=list(spec.mean),
+                std=list(spec.std),
             ),
             architecture=spec.architecture,
             dataset=spec.dataset,
@@ -163,7 +167,9 @@ class ModelOut(_Schema):
             batching=BatchingOut(
                 max_batch_size=serving.max_batch_size,
                 max_batch_size_source=model.batch_size_source,
-                batch_curve=None if model.batch_curve is None else [
+                batch_curve=None
+                if model.batch_curve is None
+                else [
                     BatchSizeTimingOut(batch_size=t.batch_size, images_per_second=t.images_per_second)
                     for t in model.batch_curve.timings
                 ],

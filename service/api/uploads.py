@@ -24,17 +24,17 @@ from starlette.requests import ClientDisconnect, Request
 
 from service.admission import Ticket
 from service.api.disconnect import client_gone
-from service.http_protocol import REFUSAL_EXTENSION
-from service.inference import Admit, EncodedImages, ReceivedBody
-from service.preprocess import ImageUpload
 from service.errors import (
     ClientDisconnected,
-    RequestReceiptTimeout,
     InvalidParameter,
     MalformedRequest,
+    RequestReceiptTimeout,
     UnsupportedMediaType,
     UploadTooLarge,
 )
+from service.http_protocol import REFUSAL_EXTENSION
+from service.inference import Admit, EncodedImages, ReceivedBody
+from service.preprocess import ImageUpload
 
 FILE_FIELD = "file"
 
@@ -144,8 +144,9 @@ class _MultipartCollector:
         self.finished = True
 
 
-async def _read_multipart(request: Request, boundary: bytes | None, limits: UploadLimits,
-                          accounting: UploadAccounting) -> list[ImageUpload]:
+async def _read_multipart(
+    request: Request, boundary: bytes | None, limits: UploadLimits, accounting: UploadAccounting
+) -> list[ImageUpload]:
     if not boundary:
         raise MalformedRequest("multipart/form-data without a boundary parameter in Content-Type")
     collector = _MultipartCollector(accounting)
@@ -227,15 +228,17 @@ def check_content_encoding(request: Request) -> str | None:
     return encoding
 
 
-async def read_body(request: Request, limits: UploadLimits, accounting: UploadAccounting,
-                    encoding: str | None) -> bytes:
+async def read_body(
+    request: Request, limits: UploadLimits, accounting: UploadAccounting, encoding: str | None
+) -> bytes:
     """The whole body, decompressed as it streams when `encoding` says so; the upload limit applies to the
     decompressed size (a zip bomb is a 413 as soon as it passes the limit, never an allocation past it)."""
     parts: list[bytes] = []
     size = 0
     decompressor = zlib.decompressobj(_DECOMPRESSORS[encoding]) if encoding else None
-    async with aclosing(_chunks(request, limits, _CompressedAccounting(accounting) if decompressor else accounting)
-                        ) as chunks:
+    async with aclosing(
+        _chunks(request, limits, _CompressedAccounting(accounting) if decompressor else accounting)
+    ) as chunks:
         async for chunk in chunks:
             if decompressor is None:
                 parts.append(chunk)
@@ -246,8 +249,10 @@ async def read_body(request: Request, limits: UploadLimits, accounting: UploadAc
                     out = decompressor.decompress(chunk, room)
                     size += len(out)
                     if size > limits.max_upload_bytes:
-                        raise UploadTooLarge(f"the request body is larger than the limit of {limits.max_upload_bytes} "
-                                             f"bytes once decompressed")
+                        raise UploadTooLarge(
+                            f"the request body is larger than the limit of {limits.max_upload_bytes} "
+                            f"bytes once decompressed"
+                        )
                     accounting.count_bytes(len(out))
                     parts.append(out)
                     chunk = decompressor.unconsumed_tail

@@ -37,8 +37,10 @@ _INFER_BODY: dict[str, Any] = {
         "JPEG/PNG/WebP/GIF/BMP/TIFF images, each with a 4-byte little-endian length prefix in binary form (base64 "
         "strings in JSON); or FP32 of shape [N, C, H, W], preprocessed. `Content-Encoding: gzip` or `deflate` is "
         "accepted.",
-        "content": {"application/json": {"schema": {"type": "object"}},
-                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
     }
 }
 
@@ -116,8 +118,9 @@ def _compress(body: bytes, request: Request) -> tuple[bytes, dict[str, str]]:
 
 async def _infer(request: Request, dataplane: DataPlaneDep, name: str, version: str | None) -> Response:
     body = V2HttpBody(request, UploadLimits(dataplane.max_upload_bytes))
-    result = await dataplane.infer(InferenceRequest(name, body, version=version, protocol="v2-http",
-                                                    received_at=time.monotonic()))
+    result = await dataplane.infer(
+        InferenceRequest(name, body, version=version, protocol="v2-http", received_at=time.monotonic())
+    )
     assert body.parsed is not None
     content, json_length = encode_response(result, body.parsed, request.state.request_id)
     content, headers = _compress(content, request)
@@ -132,7 +135,6 @@ async def infer(request: Request, dataplane: DataPlaneDep, name: ModelName) -> R
     return await _infer(request, dataplane, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer", openapi_extra=_INFER_BODY,
-             summary="Inference, for a version")
+@router.post("/models/{name}/versions/{version}/infer", openapi_extra=_INFER_BODY, summary="Inference, for a version")
 async def infer_version(request: Request, dataplane: DataPlaneDep, name: ModelName, version: Version) -> Response:
     return await _infer(request, dataplane, name, version)

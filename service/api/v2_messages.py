@@ -11,7 +11,7 @@ data extension), as each output asked.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
@@ -42,7 +42,7 @@ class V2HttpRequest:
     outputs: list[WantedOutput] | None
     """None: every output of the model, in the request's default form."""
     binary_output: bool = False
-    parameters: RequestParameters = RequestParameters()
+    parameters: RequestParameters = field(default_factory=RequestParameters)
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -85,8 +85,10 @@ def parse_request(body: bytes, header_length: int | None) -> V2HttpRequest:
         size = _object(item.get("parameters"), f"inputs[{index}].parameters").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-                raise InvalidTensor(f"input {name!r}: binary_data_size {size!r} does not fit the {len(binary) - offset} "
-                                    f"binary bytes left in the body")
+                raise InvalidTensor(
+                    f"input {name!r}: binary_data_size {size!r} does not fit the {len(binary) - offset} "
+                    f"binary bytes left in the body"
+                )
             inputs.append(InputTensor(name, datatype, tuple(shape), raw=binary[offset : offset + size]))
             offset += size
         elif "data" in item:
@@ -102,9 +104,13 @@ def parse_request(body: bytes, header_length: int | None) -> V2HttpRequest:
             raise InvalidTensor("'outputs' must be a list")
         outputs = [_wanted_output(index, item) for index, item in enumerate(header["outputs"])]
     request_id = header.get("id")
-    return V2HttpRequest(id=None if request_id is None else str(request_id), inputs=inputs, outputs=outputs,
-                         binary_output=bool(parameters.get("binary_data_output", False)),
-                         parameters=codec.request_parameters(parameters))
+    return V2HttpRequest(
+        id=None if request_id is None else str(request_id),
+        inputs=inputs,
+        outputs=outputs,
+        binary_output=bool(parameters.get("binary_data_output", False)),
+        parameters=codec.request_parameters(parameters),
+    )
 
 
 def _wanted_output(index: int, item: Any) -> WantedOutput:
@@ -112,9 +118,12 @@ def _wanted_output(index: int, item: Any) -> WantedOutput:
     parameters = _object(item.get("parameters"), f"outputs[{index}].parameters")
     k = parameters.get(codec.CLASSIFICATION)
     name = item.get("name")
-    output = RequestedOutput(None if name is None else str(name), ranked=k is not None,
-                             k=None if k is None else codec.classification_k(k, f"outputs[{index}].parameters"),
-                             asked_as=codec.CLASSIFICATION)
+    output = RequestedOutput(
+        None if name is None else str(name),
+        ranked=k is not None,
+        k=None if k is None else codec.classification_k(k, f"outputs[{index}].parameters"),
+        asked_as=codec.CLASSIFICATION,
+    )
     binary = parameters.get("binary_data")
     return WantedOutput(output, None if binary is None else bool(binary))
 
@@ -136,8 +145,13 @@ class V2HttpBody:
         inputs = codec.model_inputs(parsed.inputs, ticket)
         request.state.images = len(inputs)
         outputs = None if parsed.outputs is None else [wanted.output for wanted in parsed.outputs]
-        return ReceivedBody(inputs, outputs=outputs, request_id=parsed.id, parameters=parsed.parameters,
-                            client_gone=client_gone(request))
+        return ReceivedBody(
+            inputs,
+            outputs=outputs,
+            request_id=parsed.id,
+            parameters=parsed.parameters,
+            client_gone=client_gone(request),
+        )
 
 
 def encode_response(result: InferenceResult, parsed: V2HttpRequest, request_id: str) -> tuple[bytes, int | None]:
@@ -155,8 +169,12 @@ def encode_response(result: InferenceResult, parsed: V2HttpRequest, request_id: 
         else:
             entry["data"] = tensor.values()
         described.append(entry)
-    header: dict[str, Any] = {"model_name": result.model, "model_version": result.version, "outputs": described,
-                              "id": result.request_id or request_id}
+    header: dict[str, Any] = {
+        "model_name": result.model,
+        "model_version": result.version,
+        "outputs": described,
+        "id": result.request_id or request_id,
+    }
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     if not binary_parts:
         return header_bytes, None

@@ -38,12 +38,18 @@ class GrpcInferRequest:
 def infer_request(message: pb.ModelInferRequest) -> GrpcInferRequest:
     raw = message.raw_input_contents
     if raw and len(raw) != len(message.inputs):
-        raise InvalidTensor(f"the request has {len(raw)} raw_input_contents for {len(message.inputs)} input(s); "
-                            f"send every input's data there, in the order of the inputs, or none")
+        raise InvalidTensor(
+            f"the request has {len(raw)} raw_input_contents for {len(message.inputs)} input(s); "
+            f"send every input's data there, in the order of the inputs, or none"
+        )
     inputs = [_input_tensor(tensor, raw[index] if raw else None) for index, tensor in enumerate(message.inputs)]
     outputs = [_requested_output(index, output) for index, output in enumerate(message.outputs)] or None
-    return GrpcInferRequest(id=message.id or None, inputs=inputs, outputs=outputs,
-                            parameters=codec.request_parameters(_values(message.parameters)))
+    return GrpcInferRequest(
+        id=message.id or None,
+        inputs=inputs,
+        outputs=outputs,
+        parameters=codec.request_parameters(_values(message.parameters)),
+    )
 
 
 class GrpcBody:
@@ -57,8 +63,12 @@ class GrpcBody:
         # budget shared with HTTP while the request holds it.
         ticket = admit(self._message.ByteSize())
         parsed = infer_request(self._message)
-        return ReceivedBody(codec.model_inputs(parsed.inputs, ticket), outputs=parsed.outputs,
-                            request_id=parsed.id, parameters=parsed.parameters)
+        return ReceivedBody(
+            codec.model_inputs(parsed.inputs, ticket),
+            outputs=parsed.outputs,
+            request_id=parsed.id,
+            parameters=parsed.parameters,
+        )
 
 
 def _input_tensor(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> InputTensor:
@@ -91,12 +101,16 @@ def _values(parameters: Mapping[str, pb.InferParameter]) -> dict[str, object]:
 
 def _requested_output(index: int, output: pb.ModelInferRequest.InferRequestedOutputTensor) -> RequestedOutput:
     if _SHARED_MEMORY in output.parameters:
-        raise InvalidParameter(f"output {output.name!r}: shared memory is not supported; the output is sent in the "
-                               f"response")
+        raise InvalidParameter(
+            f"output {output.name!r}: shared memory is not supported; the output is sent in the response"
+        )
     k = _values(output.parameters).get(codec.CLASSIFICATION)
-    return RequestedOutput(output.name, ranked=k is not None,
-                           k=None if k is None else codec.classification_k(k, f"outputs[{index}].parameters"),
-                           asked_as=codec.CLASSIFICATION)
+    return RequestedOutput(
+        output.name,
+        ranked=k is not None,
+        k=None if k is None else codec.classification_k(k, f"outputs[{index}].parameters"),
+        asked_as=codec.CLASSIFICATION,
+    )
 
 
 def infer_response(result: InferenceResult, request_id: str | None) -> pb.ModelInferResponse:
@@ -107,8 +121,12 @@ def infer_response(result: InferenceResult, request_id: str | None) -> pb.ModelI
         model_name=result.model,
         model_version=result.version,
         id=result.request_id or request_id or "",
-        outputs=[pb.ModelInferResponse.InferOutputTensor(name=tensor.name, datatype=tensor.datatype,
-                                                         shape=list(tensor.shape)) for tensor in outputs],
+        outputs=[
+            pb.ModelInferResponse.InferOutputTensor(
+                name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape)
+            )
+            for tensor in outputs
+        ],
         raw_output_contents=[tensor.raw() for tensor in outputs],
     )
 

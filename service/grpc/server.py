@@ -58,8 +58,17 @@ def server_options(settings: Settings, *, share_port: bool = False) -> list[tupl
 class GrpcFrontEnd:
     """The V2 gRPC front end of one app; create it anywhere, `start` it inside the running event loop."""
 
-    def __init__(self, dataplane: DataPlane, *, lifecycle: Lifecycle, metrics: ServiceMetrics, settings: Settings,
-                 address: str | None = None, share_port: bool = False, api_keys: ApiKeys | None = None) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        *,
+        lifecycle: Lifecycle,
+        metrics: ServiceMetrics,
+        settings: Settings,
+        address: str | None = None,
+        share_port: bool = False,
+        api_keys: ApiKeys | None = None,
+    ) -> None:
         self.address = address if address is not None else listen_address(settings.host, settings.grpc_port)
         self._share_port = share_port
         self._gate = ServingGate(lifecycle, metrics, api_keys)
@@ -72,16 +81,20 @@ class GrpcFrontEnd:
 
     async def start(self) -> int:
         """Listen and serve; raises GrpcStartError when the address cannot be bound."""
-        server = grpc.aio.server(options=server_options(self._settings, share_port=self._share_port),
-                                 interceptors=[self._gate],
-                                 maximum_concurrent_rpcs=self._settings.grpc_max_concurrent_rpcs)
+        server = grpc.aio.server(
+            options=server_options(self._settings, share_port=self._share_port),
+            interceptors=[self._gate],
+            maximum_concurrent_rpcs=self._settings.grpc_max_concurrent_rpcs,
+        )
         add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
             port = server.add_insecure_port(self.address)
         except RuntimeError as exc:
-            raise GrpcStartError(f"gRPC cannot listen on {self.address} (is the port in use? set --grpc-port, or "
-                                 f"0 to turn gRPC off): {exc}") from None
+            raise GrpcStartError(
+                f"gRPC cannot listen on {self.address} (is the port in use? set --grpc-port, or "
+                f"0 to turn gRPC off): {exc}"
+            ) from None
         await server.start()
         self._server, self.port = server, port
         host = self.address.rpartition(":")[0]

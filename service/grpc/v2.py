@@ -63,14 +63,14 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     # ------------------------------------------------------------------------------------------ every call
 
-    async def _call(self, method: str, context: ServicerContext, serve: Callable[[], Awaitable[Response]]
-                    ) -> Response:
+    async def _call(self, method: str, context: ServicerContext, serve: Callable[[], Awaitable[Response]]) -> Response:
         """Serve one call: its request ID (the client's `x-request-id`, or a new one) in every log line about it and
         echoed in the trailing metadata, counted in the metrics, an access line, its errors as status codes."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
-        metadata = {key.lower(): value for key, value in (context.invocation_metadata() or ())
-                    if isinstance(value, str)}
+        metadata = {
+            key.lower(): value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)
+        }
         request_id = logs.request_id_from(metadata.get("x-request-id"))
         token = logs.request_id.set(request_id)
         context.set_trailing_metadata((("x-request-id", request_id),))
@@ -96,8 +96,9 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             # The traceback goes to the log; the client only learns that it was our fault.
             logger.exception("gRPC %s failed", method)
             code = grpc.StatusCode.INTERNAL
-            await self._refuse(method, context, InternalError("internal server error; the details are in the "
-                                                              "server log"), code)
+            await self._refuse(
+                method, context, InternalError("internal server error; the details are in the server log"), code
+            )
             raise AssertionError("unreachable: abort raises") from None
         finally:
             elapsed = time.perf_counter() - started
@@ -106,9 +107,20 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             self._metrics.grpc_request_seconds.labels(method).observe(elapsed)
             if self._access_log and method not in ("ServerLive", "ServerReady"):
                 peer = context.peer()
-                access_logger.info('%s "gRPC %s" %s %.1f ms', peer, method, code.name, elapsed * 1000, extra={
-                    "method": f"gRPC {method}", "status": code.name, "latency_ms": round(elapsed * 1000, 2),
-                    "client": peer, "protocol": PROTOCOL})
+                access_logger.info(
+                    '%s "gRPC %s" %s %.1f ms',
+                    peer,
+                    method,
+                    code.name,
+                    elapsed * 1000,
+                    extra={
+                        "method": f"gRPC {method}",
+                        "status": code.name,
+                        "latency_ms": round(elapsed * 1000, 2),
+                        "client": peer,
+                        "protocol": PROTOCOL,
+                    },
+                )
             logs.request_id.reset(token)
 
     async def _refuse(self, method: str, context: ServicerContext, exc: ServiceError, code: grpc.StatusCode) -> None:
@@ -143,16 +155,19 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
         return await self._call("ModelReady", context, serve)
 
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: ServicerContext
-                             ) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: ServicerContext
+    ) -> pb.ServerMetadataResponse:
         async def serve() -> pb.ServerMetadataResponse:
-            return pb.ServerMetadataResponse(name=codec.SERVER_NAME, version=__version__,
-                                             extensions=list(codec.EXTENSIONS))
+            return pb.ServerMetadataResponse(
+                name=codec.SERVER_NAME, version=__version__, extensions=list(codec.EXTENSIONS)
+            )
 
         return await self._call("ServerMetadata", context, serve)
 
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: ServicerContext
-                            ) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: ServicerContext
+    ) -> pb.ModelMetadataResponse:
         async def serve() -> pb.ModelMetadataResponse:
             return messages.model_metadata(self._dataplane.model(request.name, request.version or None))
 
@@ -166,8 +181,14 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest, context: ServicerContext) -> pb.ModelInferResponse:
         # The client's gRPC deadline becomes the request's, when it comes before the server's own: images still
         # queued when it passes are dropped unrun.
-        result = await self._dataplane.infer(InferenceRequest(
-            request.model_name, messages.GrpcBody(request), version=request.model_version or None,
-            protocol=PROTOCOL, received_at=time.monotonic(), client_timeout_s=context.time_remaining(),
-        ))
+        result = await self._dataplane.infer(
+            InferenceRequest(
+                request.model_name,
+                messages.GrpcBody(request),
+                version=request.model_version or None,
+                protocol=PROTOCOL,
+                received_at=time.monotonic(),
+                client_timeout_s=context.time_remaining(),
+            )
+        )
         return messages.infer_response(result, logs.request_id.get())

@@ -103,18 +103,22 @@ def model_inputs(tensors: Sequence[InputTensor], counter: ImageCounter) -> Model
     shape = _shape(tensor.shape, tensor.name)
     if tensor.datatype == BYTES:
         if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
-            raise InvalidTensor(f"input {tensor.name!r}: BYTES (encoded images) take shape [N] or [N, 1], got "
-                                f"{list(shape)}")
+            raise InvalidTensor(
+                f"input {tensor.name!r}: BYTES (encoded images) take shape [N] or [N, 1], got {list(shape)}"
+            )
         counter.count_images(shape[0])
         return EncodedImages([ImageUpload(data) for data in _bytes_elements(tensor, shape[0])], tensor.name)
     if tensor.datatype == FP32:
         if len(shape) != 4:
-            raise InvalidTensor(f"input {tensor.name!r}: FP32 data must have shape [N, C, H, W] (preprocessed NCHW), "
-                                f"got {list(shape)}")
+            raise InvalidTensor(
+                f"input {tensor.name!r}: FP32 data must have shape [N, C, H, W] (preprocessed NCHW), got {list(shape)}"
+            )
         counter.count_images(shape[0])
         return TensorBatch(_fp32_batch(tensor, shape), tensor.name)
-    raise InvalidTensor(f"input {tensor.name!r}: datatype {tensor.datatype!r} is not supported; send BYTES (encoded "
-                        f"JPEG/PNG images) or FP32 (preprocessed [N, C, H, W])")
+    raise InvalidTensor(
+        f"input {tensor.name!r}: datatype {tensor.datatype!r} is not supported; send BYTES (encoded "
+        f"JPEG/PNG images) or FP32 (preprocessed [N, C, H, W])"
+    )
 
 
 def _bytes_elements(tensor: InputTensor, count: int) -> list[bytes]:
@@ -134,8 +138,9 @@ def element_bytes(value: Any, name: str) -> bytes:
         try:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise InvalidTensor(f"input {name!r}: a BYTES element in JSON must be a base64 string (or send the "
-                                f"images as binary data)") from None
+            raise InvalidTensor(
+                f"input {name!r}: a BYTES element in JSON must be a base64 string (or send the images as binary data)"
+            ) from None
     raise InvalidTensor(f"input {name!r}: BYTES elements must be strings, got {type(value).__name__}")
 
 
@@ -146,18 +151,22 @@ def split_bytes_elements(raw: memoryview | bytes, count: int, name: str) -> list
     offset = 0
     for index in range(count):
         if offset + 4 > len(view):
-            raise InvalidTensor(f"input {name!r}: the binary data ends before element {index}'s length prefix "
-                                f"({len(view)} bytes for {count} elements)")
+            raise InvalidTensor(
+                f"input {name!r}: the binary data ends before element {index}'s length prefix "
+                f"({len(view)} bytes for {count} elements)"
+            )
         (length,) = _LENGTH_PREFIX.unpack_from(view, offset)
         offset += 4
         if offset + length > len(view):
-            raise InvalidTensor(f"input {name!r}: element {index} declares {length} bytes but only "
-                                f"{len(view) - offset} remain")
+            raise InvalidTensor(
+                f"input {name!r}: element {index} declares {length} bytes but only {len(view) - offset} remain"
+            )
         elements.append(bytes(view[offset : offset + length]))
         offset += length
     if offset != len(view):
-        raise InvalidTensor(f"input {name!r}: {len(view) - offset} bytes follow the {count} elements of shape "
-                            f"[{count}]")
+        raise InvalidTensor(
+            f"input {name!r}: {len(view) - offset} bytes follow the {count} elements of shape [{count}]"
+        )
     return elements
 
 
@@ -165,16 +174,19 @@ def _fp32_batch(tensor: InputTensor, shape: tuple[int, ...]) -> np.ndarray:
     size = int(np.prod(shape, dtype=object))
     if tensor.raw is not None:
         if len(tensor.raw) != size * 4:
-            raise InvalidTensor(f"input {tensor.name!r}: FP32 shape {list(shape)} needs {size * 4} bytes, the binary "
-                                f"data has {len(tensor.raw)}")
+            raise InvalidTensor(
+                f"input {tensor.name!r}: FP32 shape {list(shape)} needs {size * 4} bytes, the binary "
+                f"data has {len(tensor.raw)}"
+            )
         return np.frombuffer(tensor.raw, dtype="<f4").reshape(shape)
     try:
         array = np.asarray(tensor.values, dtype=np.float32)
     except (TypeError, ValueError):
         raise InvalidTensor(f"input {tensor.name!r}: FP32 data must be numbers") from None
     if array.size != size:
-        raise InvalidTensor(f"input {tensor.name!r}: shape {list(shape)} has {size} elements, the data has "
-                            f"{array.size}")
+        raise InvalidTensor(
+            f"input {tensor.name!r}: shape {list(shape)} has {size} elements, the data has {array.size}"
+        )
     return array.reshape(shape)
 
 
@@ -182,8 +194,9 @@ def check_json_size(raw: bytes | memoryview, max_values: int) -> None:
     """Refuse JSON that holds more values than the model's largest request (`Ticket.max_input_values`), before
     parsing makes Python objects of them (a 32 MiB list of numbers would take several hundred MB)."""
     if bytes(raw).count(b",") > max_values:
-        raise UploadTooLarge(f"the JSON holds more values than the model's largest request ({max_values}); send "
-                             f"tensors as binary data")
+        raise UploadTooLarge(
+            f"the JSON holds more values than the model's largest request ({max_values}); send tensors as binary data"
+        )
 
 
 def classification_k(value: object, where: str) -> int:
@@ -210,10 +223,15 @@ def request_parameters(parameters: Mapping[str, object]) -> RequestParameters:
 
 def output_tensors(result: InferenceResult) -> list[OutputTensor]:
     """The result's outputs as the protocol sends them: FP32 logits, or the classification extension's strings."""
-    return [_classification(output.name, output.ranked) if output.ranked is not None else
-            OutputTensor(output.name, FP32, tuple(output.logits.shape),
-                         array=output.logits.astype(np.float32, copy=False))
-            for output in result.outputs if output.ranked is not None or output.logits is not None]
+    return [
+        _classification(output.name, output.ranked)
+        if output.ranked is not None
+        else OutputTensor(
+            output.name, FP32, tuple(output.logits.shape), array=output.logits.astype(np.float32, copy=False)
+        )
+        for output in result.outputs
+        if output.ranked is not None or output.logits is not None
+    ]
 
 
 def _classification(name: str, ranked: list[list[ScoredLabel]]) -> OutputTensor:

@@ -55,8 +55,10 @@ TARGET_NAMES = [
     "Concurrency 1 latency, Fashion-MNIST ResNet-20 fp32 (bundled)",
     *(f"Concurrency 1 vs naive, {model}" for model in MODELS),
     "Saturation vs ceiling, Fashion-MNIST ResNet-20 INT8",  # standing in for ResNet-50 INT8
-    *(f"Image kind vs ceiling, {kind}" for kind in ("500x375 JPEG", "1920x1080 JPEG", "4000x3000 JPEG",
-                                                    "1000x1000 PNG")),
+    *(
+        f"Image kind vs ceiling, {kind}"
+        for kind in ("500x375 JPEG", "1920x1080 JPEG", "4000x3000 JPEG", "1000x1000 PNG")
+    ),
     "Ready time",
     "RSS after load",
     *(f"Auto batch size, throughput, {model}" for model in MODELS),
@@ -70,9 +72,22 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("bench")
     report, results = folder / "BENCHMARKS.md", folder / "results.json"
     completed = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--output", str(report), "--json", str(results),
-         "--cache-dir", str(folder / "cache")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=RUN_LIMIT_S,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--output",
+            str(report),
+            "--json",
+            str(results),
+            "--cache-dir",
+            str(folder / "cache"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_LIMIT_S,
     )
     assert completed.returncode == 0, f"python -m bench --quick failed:\n{completed.stdout}\n{completed.stderr[-6000:]}"
     return {"markdown": report.read_text(), "results": json.loads(results.read_text()), "stdout": completed.stdout}
@@ -81,7 +96,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def tables(markdown: str) -> list[list[list[str]]]:
     """Every markdown table as rows of cells (header first, separator dropped)."""
     found, current = [], []
-    for line in markdown.splitlines() + [""]:
+    for line in [*markdown.splitlines(), ""]:
         if line.startswith("|"):
             current.append(line)
         elif current:
@@ -107,7 +122,7 @@ def section(markdown: str, heading: str) -> str:
 def test_report_has_every_section_in_order(quick_run: dict) -> None:
     markdown = quick_run["markdown"]
     positions = [markdown.find(heading + "\n") for heading in SECTIONS]
-    assert -1 not in positions, f"missing sections: {[h for h, p in zip(SECTIONS, positions) if p == -1]}"
+    assert -1 not in positions, f"missing sections: {[h for h, p in zip(SECTIONS, positions, strict=False) if p == -1]}"
     assert positions == sorted(positions)
 
 
@@ -118,9 +133,17 @@ def test_every_table_is_well_formed_and_holds_no_nan(quick_run: dict) -> None:
 
 
 def test_machine_section_names_cpu_cores_versions_and_commit(quick_run: dict) -> None:
-    rows = dict((row[0], row[1]) for row in tables(section(quick_run["markdown"], "## Machine"))[0][1:])
-    for key in ("CPU", "Cores (this process may use / online)", "Date", "Git commit", "python", "onnxruntime",
-                "numpy", "pillow"):
+    rows = {row[0]: row[1] for row in tables(section(quick_run["markdown"], "## Machine"))[0][1:]}
+    for key in (
+        "CPU",
+        "Cores (this process may use / online)",
+        "Date",
+        "Git commit",
+        "python",
+        "onnxruntime",
+        "numpy",
+        "pillow",
+    ):
         assert rows.get(key), f"machine table lacks {key!r}: {rows}"
     assert re.fullmatch(r"\d+ / \d+", rows["Cores (this process may use / online)"])
 
@@ -141,8 +164,11 @@ def test_every_server_answered_at_its_concurrencies(quick_run: dict) -> None:
     load = quick_run["results"]["load"]
 
     def concurrencies(server: str, model: str = "bundled") -> set[int]:
-        return {row["concurrency"] for row in load
-                if row["server"] == server and row["model"] == model and row["size"] == "small-jpeg"}
+        return {
+            row["concurrency"]
+            for row in load
+            if row["server"] == server and row["model"] == model and row["size"] == "small-jpeg"
+        }
 
     assert concurrencies("ours") == {1, 8, 32}  # at its defaults
     assert concurrencies("ours-admission") == {64}
@@ -162,12 +188,17 @@ def test_every_server_answered_at_its_concurrencies(quick_run: dict) -> None:
 def test_every_protocol_was_run_on_the_default_server(quick_run: dict) -> None:
     rows = quick_run["results"]["protocol_load"]
     assert {(row["protocol"], row["server"], row["model"], row["concurrency"]) for row in rows} == {
-        (protocol, "ours", "bundled", 32) for protocol in PROTOCOLS}
+        (protocol, "ours", "bundled", 32) for protocol in PROTOCOLS
+    }
     assert all(row["client_cpu_cores"] >= 0 and row["server_cpu_cores"] > 0 for row in rows)
     (table,) = tables(section(quick_run["markdown"], "## Protocols"))
-    assert {row[1] for row in table[1:]} == {"/v1 multipart, JPEG", "V2 HTTP binary, BYTES (JPEG)",
-                                             "V2 HTTP binary, FP32 tensor", "gRPC ModelInfer, BYTES (JPEG)",
-                                             "gRPC ModelInfer, FP32 tensor"}
+    assert {row[1] for row in table[1:]} == {
+        "/v1 multipart, JPEG",
+        "V2 HTTP binary, BYTES (JPEG)",
+        "V2 HTTP binary, FP32 tensor",
+        "gRPC ModelInfer, BYTES (JPEG)",
+        "gRPC ModelInfer, FP32 tensor",
+    }
 
 
 def test_what_auto_chose_and_how_every_server_was_started_are_reported(quick_run: dict) -> None:
@@ -176,10 +207,17 @@ def test_what_auto_chose_and_how_every_server_was_started_are_reported(quick_run
     assert set(auto) == {"bundled", "bundled-int8"}
     for row in auto.values():
         assert row["source"] == "auto" and row["curve"] and row["max_batch_size"] in {size for size, _ in row["curve"]}
-    fixed = {(row["server"], row["model"]): row["max_batch_size"] for row in results["batching"]
-             if row["server"].startswith("ours-batch-")}
-    assert fixed == {("ours-batch-1", "bundled"): 1, ("ours-batch-32", "bundled"): 32,
-                     ("ours-batch-1", "bundled-int8"): 1, ("ours-batch-32", "bundled-int8"): 32}
+    fixed = {
+        (row["server"], row["model"]): row["max_batch_size"]
+        for row in results["batching"]
+        if row["server"].startswith("ours-batch-")
+    }
+    assert fixed == {
+        ("ours-batch-1", "bundled"): 1,
+        ("ours-batch-32", "bundled"): 32,
+        ("ours-batch-1", "bundled-int8"): 1,
+        ("ours-batch-32", "bundled-int8"): 32,
+    }
     commands = {(row["server"], row["model"]): row["command"] for row in results["servers"]}
     assert len(commands) == len(results["servers"]) == len(results["resources"])
     default = commands[("ours", "bundled")]

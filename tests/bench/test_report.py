@@ -22,10 +22,25 @@ REFUSAL_TARGET = "Concurrency 64, requests beyond the queue"
 
 
 def _results(*load: LoadRow, primary: str = "bundled", titles: dict[str, str] | None = None) -> BenchResults:
-    environment = Environment(cpu_model="test", simd="", cores=2, online_cpus=2, date="", versions={}, git_commit="",
-                              mode="test", command="", load_average="")
-    return BenchResults(environment=environment, primary_model=primary, model_titles=dict(titles or {}),
-                        server_titles={}, load=list(load))
+    environment = Environment(
+        cpu_model="test",
+        simd="",
+        cores=2,
+        online_cpus=2,
+        date="",
+        versions={},
+        git_commit="",
+        mode="test",
+        command="",
+        load_average="",
+    )
+    return BenchResults(
+        environment=environment,
+        primary_model=primary,
+        model_titles=dict(titles or {}),
+        server_titles={},
+        load=list(load),
+    )
 
 
 def _outcome(results: BenchResults, prefix: str) -> TargetOutcome:
@@ -38,9 +53,21 @@ def _c64(**changes: object) -> LoadRow:
 
 
 def _row(**changes: object) -> LoadRow:
-    fields: dict = dict(server="ours", model="bundled", size="small-jpeg", size_label="500x375 JPEG", concurrency=32,
-                        throughput=100.0, p50_ms=100.0, p95_ms=150.0, p99_ms=200.0, ok=100, statuses={},
-                        server_cpu_cores=1.0, client_cpu_cores=0.1)
+    fields: dict = {
+        "server": "ours",
+        "model": "bundled",
+        "size": "small-jpeg",
+        "size_label": "500x375 JPEG",
+        "concurrency": 32,
+        "throughput": 100.0,
+        "p50_ms": 100.0,
+        "p95_ms": 150.0,
+        "p99_ms": 200.0,
+        "ok": 100,
+        "statuses": {},
+        "server_cpu_cores": 1.0,
+        "client_cpu_cores": 0.1,
+    }
     return LoadRow(**(fields | changes))
 
 
@@ -61,14 +88,21 @@ def test_refusals_are_judged_when_there_were_some_and_reported_absent_otherwise(
     assert (outcome.measured, outcome.met, outcome.margin) == ("no request was refused in the run", None, "—")
 
 
-FULL_TITLES = {"resnet50": "ResNet-50 fp32", "resnet50-int8": "ResNet-50 INT8", "resnet18": "ResNet-18 fp32",
-               "bundled": "Fashion-MNIST ResNet-20 fp32 (bundled)"}
+FULL_TITLES = {
+    "resnet50": "ResNet-50 fp32",
+    "resnet50-int8": "ResNet-50 INT8",
+    "resnet18": "ResNet-18 fp32",
+    "bundled": "Fashion-MNIST ResNet-20 fp32 (bundled)",
+}
 
 
 def test_protocol_targets_compare_rows_of_the_same_model_and_concurrency_and_say_which() -> None:
-    results = _results(_row(model="resnet50", throughput=25.0), _row(model="resnet50", concurrency=8,
-                                                                      throughput=26.0),
-                       primary="resnet50", titles=FULL_TITLES)
+    results = _results(
+        _row(model="resnet50", throughput=25.0),
+        _row(model="resnet50", concurrency=8, throughput=26.0),
+        primary="resnet50",
+        titles=FULL_TITLES,
+    )
     results.protocol_load += [
         _row(model="resnet50", protocol=V2_BYTES, throughput=24.5),
         _row(model="resnet50", protocol=V2_BYTES, concurrency=8, throughput=99.0),  # not the one compared
@@ -79,8 +113,9 @@ def test_protocol_targets_compare_rows_of_the_same_model_and_concurrency_and_say
         _row(model="bundled", protocol=V2_BYTES, throughput=800.0),
         _row(model="bundled", protocol=GRPC_BYTES, throughput=780.0),
     ]
-    results.raw.append(RawInference("resnet50", "ResNet-50 fp32", [BatchRow(1, 40.0, 25.0), BatchRow(32, 1185.0,
-                                                                                                      27.0)]))
+    results.raw.append(
+        RawInference("resnet50", "ResNet-50 fp32", [BatchRow(1, 40.0, 25.0), BatchRow(32, 1185.0, 27.0)])
+    )
 
     v2 = _outcome(results, "Protocols, V2 BYTES vs /v1 multipart")
     assert v2.name.endswith("ResNet-50 fp32")
@@ -103,13 +138,17 @@ def test_protocol_targets_compare_rows_of_the_same_model_and_concurrency_and_say
 
 
 def test_auto_batch_targets_take_the_best_fixed_setting_and_name_a_stand_in() -> None:
-    results = _results(_row(throughput=500.0), _row(concurrency=1, p50_ms=2.0), _row(concurrency=8, p50_ms=9.0),
-                       _row(server=fixed_batch_key(1), throughput=510.0),
-                       _row(server=fixed_batch_key(8), throughput=480.0),
-                       _row(server=fixed_batch_key(32), throughput=450.0),
-                       _row(server=fixed_batch_key(32), concurrency=1, p50_ms=2.5),
-                       _row(server=fixed_batch_key(32), concurrency=8, p50_ms=8.0),
-                       titles={"bundled": "Bundled"})
+    results = _results(
+        _row(throughput=500.0),
+        _row(concurrency=1, p50_ms=2.0),
+        _row(concurrency=8, p50_ms=9.0),
+        _row(server=fixed_batch_key(1), throughput=510.0),
+        _row(server=fixed_batch_key(8), throughput=480.0),
+        _row(server=fixed_batch_key(32), throughput=450.0),
+        _row(server=fixed_batch_key(32), concurrency=1, p50_ms=2.5),
+        _row(server=fixed_batch_key(32), concurrency=8, p50_ms=8.0),
+        titles={"bundled": "Bundled"},
+    )
     results.fixed_batch_sizes = [1, 8, 32]
     results.stand_ins = {"resnet50": "bundled"}
     results.batching.append(BatchingRow("ours", "bundled", 2, "auto", [(1, 1000.0), (2, 1100.0)]))
@@ -129,10 +168,26 @@ def test_auto_batch_targets_take_the_best_fixed_setting_and_name_a_stand_in() ->
 def test_start_up_targets_compare_ready_time_and_memory_with_the_naive_server() -> None:
     results = _results(primary="resnet50", titles={"bundled": "Bundled"})
     results.resources += [
-        ServerResources("ours", "bundled", ready_after_s=1.2, rss_mb=300.0, peak_rss_mb=320.0, settled_after_s=3.0,
-                        rss_settled_mb=250.0, processes=3),
-        ServerResources("naive", "bundled", ready_after_s=0.6, rss_mb=180.0, peak_rss_mb=900.0, settled_after_s=0.9,
-                        rss_settled_mb=95.0, processes=1),
+        ServerResources(
+            "ours",
+            "bundled",
+            ready_after_s=1.2,
+            rss_mb=300.0,
+            peak_rss_mb=320.0,
+            settled_after_s=3.0,
+            rss_settled_mb=250.0,
+            processes=3,
+        ),
+        ServerResources(
+            "naive",
+            "bundled",
+            ready_after_s=0.6,
+            rss_mb=180.0,
+            peak_rss_mb=900.0,
+            settled_after_s=0.9,
+            rss_settled_mb=95.0,
+            processes=1,
+        ),
     ]
     results.raw.append(RawInference("bundled", "Bundled", [BatchRow(1, 1.0, 1000.0)], session_load_s=0.02))
     ready = _outcome(results, "Ready time, Bundled")
@@ -145,8 +200,11 @@ def test_start_up_targets_compare_ready_time_and_memory_with_the_naive_server() 
 
 
 def test_concurrency_1_against_the_naive_server_per_model() -> None:
-    results = _results(_row(concurrency=1, throughput=400.0), _row(server="naive", concurrency=1, throughput=300.0),
-                       titles={"bundled": "Bundled"})
+    results = _results(
+        _row(concurrency=1, throughput=400.0),
+        _row(server="naive", concurrency=1, throughput=300.0),
+        titles={"bundled": "Bundled"},
+    )
     outcome = _outcome(results, "Concurrency 1 vs naive, Bundled")
     assert outcome.met is True and "ours 400.0 img/s" in outcome.measured and "naive 300.0 img/s" in outcome.measured
 
@@ -156,8 +214,10 @@ def test_a_report_renders_from_hand_made_results_with_a_protocols_and_a_batch_si
     results.server_titles = {"ours": "ours", "naive": "naive", fixed_batch_key(32): "ours, --max-batch-size 32"}
     results.fixed_batch_sizes = [32]
     results.protocol_load.append(_row(protocol=GRPC_BYTES))
-    results.batching += [BatchingRow("ours", "bundled", 4, "auto", [(1, 1.0), (2, 2.0), (4, 3.0)]),
-                         BatchingRow(fixed_batch_key(32), "bundled", 32, "flag")]
+    results.batching += [
+        BatchingRow("ours", "bundled", 4, "auto", [(1, 1.0), (2, 2.0), (4, 3.0)]),
+        BatchingRow(fixed_batch_key(32), "bundled", 32, "flag"),
+    ]
     markdown = render(results)
     assert "## Protocols" in markdown and "| Bundled | gRPC ModelInfer, BYTES (JPEG) | 32 |" in markdown
     assert "## Batch sizes: auto against fixed" in markdown

@@ -65,9 +65,17 @@ def test_v2_bytes_tensor_is_what_the_codec_splits() -> None:
 
 
 def test_v2_binary_request_with_encoded_images_is_what_the_server_parses(spec) -> None:
-    request = loadgen.v2_binary_request("127.0.0.1", 8000, "fashion-mnist-resnet20", input_name=spec.input_name,
-                                        datatype="BYTES", shape=[2], data=loadgen.v2_bytes_tensor([JPEG_A, JPEG_B]),
-                                        output_name=spec.output_name, classification=5)
+    request = loadgen.v2_binary_request(
+        "127.0.0.1",
+        8000,
+        "fashion-mnist-resnet20",
+        input_name=spec.input_name,
+        datatype="BYTES",
+        shape=[2],
+        data=loadgen.v2_bytes_tensor([JPEG_A, JPEG_B]),
+        output_name=spec.output_name,
+        classification=5,
+    )
     start, headers, body = _split_http(request)
     assert start == "POST /v2/models/fashion-mnist-resnet20/infer HTTP/1.1"
     assert int(headers["content-length"]) == len(body)
@@ -78,14 +86,23 @@ def test_v2_binary_request_with_encoded_images_is_what_the_server_parses(spec) -
     assert codec.split_bytes_elements(tensor.raw, 2, tensor.name) == [JPEG_A, JPEG_B]
     assert _images(parsed) == [JPEG_A, JPEG_B]
     assert parsed.outputs == [
-        WantedOutput(RequestedOutput(spec.output_name, ranked=True, k=5, asked_as="classification"), binary=True)]
+        WantedOutput(RequestedOutput(spec.output_name, ranked=True, k=5, asked_as="classification"), binary=True)
+    ]
 
 
 def test_v2_binary_request_with_a_tensor_is_what_the_server_parses(spec) -> None:
-    batch = np.random.default_rng(0).standard_normal((1, spec.channels, spec.crop_size, spec.crop_size),
-                                                     dtype=np.float32)
-    request = loadgen.v2_binary_request("127.0.0.1", 8000, "m", input_name=spec.input_name, datatype="FP32",
-                                        shape=list(batch.shape), data=batch.astype("<f4").tobytes())
+    batch = np.random.default_rng(0).standard_normal(
+        (1, spec.channels, spec.crop_size, spec.crop_size), dtype=np.float32
+    )
+    request = loadgen.v2_binary_request(
+        "127.0.0.1",
+        8000,
+        "m",
+        input_name=spec.input_name,
+        datatype="FP32",
+        shape=list(batch.shape),
+        data=batch.astype("<f4").tobytes(),
+    )
     _, headers, body = _split_http(request)
     parsed = parse_request(body, int(headers[HEADER_LENGTH.lower()]))
     assert parsed.outputs is None and parsed.binary_output  # the model's output, as binary data
@@ -97,23 +114,33 @@ def test_v2_binary_request_body_matches_tritonclient_s(spec) -> None:
     triton_input = triton_http.InferInput(spec.input_name, [1], "BYTES")
     triton_input.set_data_from_numpy(np.array([JPEG_A], dtype=object), binary_data=True)
     triton_body, triton_json_size = triton_http.InferenceServerClient.generate_request_body([triton_input])
-    ours = loadgen.v2_binary_request("h", 1, "m", input_name=spec.input_name, datatype="BYTES", shape=[1],
-                                     data=loadgen.v2_bytes_tensor([JPEG_A]))
+    ours = loadgen.v2_binary_request(
+        "h", 1, "m", input_name=spec.input_name, datatype="BYTES", shape=[1], data=loadgen.v2_bytes_tensor([JPEG_A])
+    )
     _, headers, body = _split_http(ours)
     ours_json_size = int(headers[HEADER_LENGTH.lower()])
     assert body[ours_json_size:] == triton_body[triton_json_size:]
     theirs_parsed = parse_request(triton_body, triton_json_size)
     ours_parsed = parse_request(body, ours_json_size)
     assert [(t.name, t.datatype, t.shape, bytes(t.raw)) for t in ours_parsed.inputs] == [
-        (t.name, t.datatype, t.shape, bytes(t.raw)) for t in theirs_parsed.inputs]
-    assert json.loads(body[:ours_json_size])["inputs"][0]["parameters"] == {"binary_data_size": len(body)
-                                                                            - ours_json_size}
+        (t.name, t.datatype, t.shape, bytes(t.raw)) for t in theirs_parsed.inputs
+    ]
+    assert json.loads(body[:ours_json_size])["inputs"][0]["parameters"] == {
+        "binary_data_size": len(body) - ours_json_size
+    }
 
 
 def test_grpc_infer_request_is_what_the_server_parses(spec) -> None:
     raw = loadgen.v2_bytes_tensor([JPEG_B])
-    message = loadgen.grpc_infer_request("fashion-mnist-resnet20", input_name=spec.input_name, datatype="BYTES",
-                                         shape=[1], data=raw, output_name=spec.output_name, classification=3)
+    message = loadgen.grpc_infer_request(
+        "fashion-mnist-resnet20",
+        input_name=spec.input_name,
+        datatype="BYTES",
+        shape=[1],
+        data=raw,
+        output_name=spec.output_name,
+        classification=3,
+    )
     message = pb.ModelInferRequest.FromString(message.SerializeToString())  # as it crosses the wire
     assert message.model_name == "fashion-mnist-resnet20"
     parsed = messages.infer_request(message)
@@ -121,8 +148,9 @@ def test_grpc_infer_request_is_what_the_server_parses(spec) -> None:
     assert parsed.outputs == [RequestedOutput(spec.output_name, ranked=True, k=3, asked_as="classification")]
 
     batch = np.ones((1, spec.channels, spec.crop_size, spec.crop_size), dtype=np.float32)
-    message = loadgen.grpc_infer_request("m", input_name=spec.input_name, datatype="FP32", shape=list(batch.shape),
-                                         data=batch.tobytes())
+    message = loadgen.grpc_infer_request(
+        "m", input_name=spec.input_name, datatype="FP32", shape=list(batch.shape), data=batch.tobytes()
+    )
     parsed = messages.infer_request(message)
     assert parsed.outputs is None
     np.testing.assert_array_equal(_batch(parsed), batch)
@@ -162,8 +190,12 @@ def test_grpc_closed_loop_counts_answers_and_refusals_and_its_own_cpu() -> None:
         try:
             target = f"127.0.0.1:{port}"
             await loadgen.grpc_wait_ready(target)
-            requests = [loadgen.grpc_infer_request(name, input_name="input", datatype="BYTES", shape=[1],
-                                                   data=loadgen.v2_bytes_tensor([JPEG_A])) for name in ("a", "b")]
+            requests = [
+                loadgen.grpc_infer_request(
+                    name, input_name="input", datatype="BYTES", shape=[1], data=loadgen.v2_bytes_tensor([JPEG_A])
+                )
+                for name in ("a", "b")
+            ]
             return await loadgen.grpc_closed_loop(target, requests, concurrency=3, warmup_s=0.0, duration_s=0.3)
         finally:
             await server.stop(None)

@@ -37,13 +37,34 @@ PORT_ENV = "RESNET_SERVE_PORT"
 # Fields KServe adds beside the PodSpec in a component (ComponentExtensionSpec, serving.kserve.io/v1beta1), and
 # the model-format implementations a predictor may name instead of containers.
 KSERVE_COMPONENT_FIELDS = {
-    "minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "scaleMetricType", "autoScaling",
-    "containerConcurrency", "timeout", "canaryTrafficPercent", "logger", "batcher", "labels", "annotations",
-    "deploymentStrategy", "workerSpec",
+    "minReplicas",
+    "maxReplicas",
+    "scaleTarget",
+    "scaleMetric",
+    "scaleMetricType",
+    "autoScaling",
+    "containerConcurrency",
+    "timeout",
+    "canaryTrafficPercent",
+    "logger",
+    "batcher",
+    "labels",
+    "annotations",
+    "deploymentStrategy",
+    "workerSpec",
 }
 KSERVE_PREDICTOR_IMPLEMENTATIONS = {
-    "model", "sklearn", "xgboost", "tensorflow", "pytorch", "triton", "onnx", "huggingface", "pmml",
-    "lightgbm", "paddle",
+    "model",
+    "sklearn",
+    "xgboost",
+    "tensorflow",
+    "pytorch",
+    "triton",
+    "onnx",
+    "huggingface",
+    "pmml",
+    "lightgbm",
+    "paddle",
 }
 
 
@@ -138,7 +159,9 @@ def check_k8s(rendered: Path) -> list[str]:
     for obj in objects:
         by_kind.setdefault(obj["kind"], []).append(obj)
     for kind in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"):
-        failures.check(len(by_kind.get(kind, [])) == 1, f"expected exactly one {kind}, found {len(by_kind.get(kind, []))}")
+        failures.check(
+            len(by_kind.get(kind, [])) == 1, f"expected exactly one {kind}, found {len(by_kind.get(kind, []))}"
+        )
     if failures.messages:
         return failures.messages
 
@@ -159,9 +182,13 @@ def check_k8s(rendered: Path) -> list[str]:
 
     ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
     service = by_kind["Service"][0]
-    failures.check(service["spec"]["selector"].items() <= pod_labels.items(), "Service selector does not match the pods")
+    failures.check(
+        service["spec"]["selector"].items() <= pod_labels.items(), "Service selector does not match the pods"
+    )
     for port in service["spec"]["ports"]:
-        failures.check(port["targetPort"] in ports, f"Service targetPort {port['targetPort']!r} is not a container port")
+        failures.check(
+            port["targetPort"] in ports, f"Service targetPort {port['targetPort']!r} is not a container port"
+        )
 
     hpa = by_kind["HorizontalPodAutoscaler"][0]
     target = hpa["spec"]["scaleTargetRef"]
@@ -177,14 +204,18 @@ def check_k8s(rendered: Path) -> list[str]:
     )
 
     pdb = by_kind["PodDisruptionBudget"][0]
-    failures.check(pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(), "PDB selector does not match the pods")
+    failures.check(
+        pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(), "PDB selector does not match the pods"
+    )
     return failures.messages
 
 
 def check_kserve(path: Path) -> list[str]:
     failures = Failures()
     isvc = yaml.safe_load(path.read_text())
-    failures.check(isvc.get("apiVersion") == "serving.kserve.io/v1beta1", "apiVersion must be serving.kserve.io/v1beta1")
+    failures.check(
+        isvc.get("apiVersion") == "serving.kserve.io/v1beta1", "apiVersion must be serving.kserve.io/v1beta1"
+    )
     failures.check(isvc.get("kind") == "InferenceService", "kind must be InferenceService")
     predictor = dict(isvc.get("spec", {}).get("predictor", {}))
     failures.check(bool(predictor.get("containers")), "a custom predictor lists its containers")
@@ -204,10 +235,14 @@ def check_kserve(path: Path) -> list[str]:
         return failures.messages
 
     container = pod_spec["containers"][0]
-    failures.check(container["name"] == KSERVE_CONTAINER, f"KServe finds the server container by the name {KSERVE_CONTAINER}")
+    failures.check(
+        container["name"] == KSERVE_CONTAINER, f"KServe finds the server container by the name {KSERVE_CONTAINER}"
+    )
     port_env = (_env_value(container, PORT_ENV) or {}).get("value")
     container_ports = [p["containerPort"] for p in container.get("ports", [])]
-    failures.check(port_env is not None and container_ports == [int(port_env)], f"{PORT_ENV} must equal the one container port")
+    failures.check(
+        port_env is not None and container_ports == [int(port_env)], f"{PORT_ENV} must equal the one container port"
+    )
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         probe_port = container.get(probe, {}).get("httpGet", {}).get("port")
         failures.check(port_env is not None and probe_port == int(port_env), f"{probe} must use port {port_env}")
@@ -236,11 +271,23 @@ def check_kserve_v2(path: Path) -> list[str]:
         runtime_container = spec["containers"][0]
         grpc_port = (_env_value(runtime_container, "RESNET_SERVE_GRPC_PORT") or {}).get("value")
         h2c = [p["containerPort"] for p in runtime_container.get("ports", []) if p.get("name") == "h2c"]
-        failures.check(grpc_port is not None and h2c == [int(grpc_port)],
-                       "with grpc-v2, RESNET_SERVE_GRPC_PORT must be the container port named h2c (KServe's gRPC)")
+        failures.check(
+            grpc_port is not None and h2c == [int(grpc_port)],
+            "with grpc-v2, RESNET_SERVE_GRPC_PORT must be the container port named h2c (KServe's gRPC)",
+        )
     # Everything but KServe's runtime fields is a PodSpec: validate it as a Pod, strictly.
-    runtime_fields = {"supportedModelFormats", "protocolVersions", "multiModel", "disabled", "builtInAdapter",
-                      "grpcEndpoint", "grpcDataEndpoint", "storageHelper", "replicas", "httpDataEndpoint"}
+    runtime_fields = {
+        "supportedModelFormats",
+        "protocolVersions",
+        "multiModel",
+        "disabled",
+        "builtInAdapter",
+        "grpcEndpoint",
+        "grpcDataEndpoint",
+        "storageHelper",
+        "replicas",
+        "httpDataEndpoint",
+    }
     pod_spec = {k: v for k, v in spec.items() if k not in runtime_fields}
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kserve-runtime"}, "spec": pod_spec}
     try:
@@ -249,12 +296,18 @@ def check_kserve_v2(path: Path) -> list[str]:
         failures.check(False, f"runtime pod spec: {'.'.join(map(str, exc.path))}: {exc.message}")
         return failures.messages
     container = pod_spec["containers"][0]
-    failures.check(container["name"] == KSERVE_CONTAINER, f"KServe finds the server container by the name {KSERVE_CONTAINER}")
-    failures.check((_env_value(container, "RESNET_SERVE_MODEL_DIR") or {}).get("value") == "/mnt/models",
-                   "the storage initializer puts the model in /mnt/models: RESNET_SERVE_MODEL_DIR must point there")
+    failures.check(
+        container["name"] == KSERVE_CONTAINER, f"KServe finds the server container by the name {KSERVE_CONTAINER}"
+    )
+    failures.check(
+        (_env_value(container, "RESNET_SERVE_MODEL_DIR") or {}).get("value") == "/mnt/models",
+        "the storage initializer puts the model in /mnt/models: RESNET_SERVE_MODEL_DIR must point there",
+    )
     port_env = (_env_value(container, PORT_ENV) or {}).get("value")
-    failures.check(port_env is not None and int(port_env) in [p["containerPort"] for p in container.get("ports", [])],
-                   f"{PORT_ENV} must be a container port")
+    failures.check(
+        port_env is not None and int(port_env) in [p["containerPort"] for p in container.get("ports", [])],
+        f"{PORT_ENV} must be a container port",
+    )
     for probe, path_ in (("livenessProbe", "/v2/health/live"), ("readinessProbe", "/v2/health/ready")):
         failures.check(_probe_path(container, probe) == path_, f"{probe} must probe {path_}")
     security = container.get("securityContext", {})
@@ -264,11 +317,15 @@ def check_kserve_v2(path: Path) -> list[str]:
     failures.check(model.get("runtime") == runtime["metadata"]["name"], "the InferenceService must name the runtime")
     failures.check(model.get("protocolVersion") == "v2", "the InferenceService must ask for protocolVersion v2")
     formats = {f["name"] for f in spec.get("supportedModelFormats", [])}
-    failures.check(model.get("modelFormat", {}).get("name") in formats, "the model format must be one the runtime supports")
+    failures.check(
+        model.get("modelFormat", {}).get("name") in formats, "the model format must be one the runtime supports"
+    )
     timeout_env = (_env_value(container, TIMEOUT_ENV) or {}).get("value")
     if "timeout" in isvc["spec"]["predictor"] and timeout_env is not None:
-        failures.check(isvc["spec"]["predictor"]["timeout"] > float(timeout_env),
-                       "KServe's timeout must exceed the server's request timeout")
+        failures.check(
+            isvc["spec"]["predictor"]["timeout"] > float(timeout_env),
+            "KServe's timeout must exceed the server's request timeout",
+        )
     return failures.messages
 
 
@@ -297,7 +354,9 @@ def check_dashboard(dashboard_path: Path, datasources_path: Path) -> list[str]:
         failures.check(bool(targets), f"panel {title!r} has no query")
         for target in targets:
             failures.check(bool(target.get("expr")), f"panel {title!r}: a target without expr")
-            failures.check(target.get("datasource", {}).get("uid", uid) in datasource_uids, f"panel {title!r}: target datasource")
+            failures.check(
+                target.get("datasource", {}).get("uid", uid) in datasource_uids, f"panel {title!r}: target datasource"
+            )
             queried += 1
     failures.check(queried > 0, "the dashboard has no queries")
     return failures.messages

@@ -107,7 +107,7 @@ def fashion_mnist_test_pngs(count: int) -> list[tuple[bytes, int]]:
     if not images_path.exists():
         raise CheckFailed(f"{images_path} is missing: apt-get install dataset-fashion-mnist")
     with gzip.open(images_path) as f:
-        magic, n, rows, cols = np.frombuffer(f.read(16), dtype=">u4")
+        magic, _n, rows, cols = np.frombuffer(f.read(16), dtype=">u4")
         if magic != 2051:
             raise CheckFailed(f"{images_path}: not an IDX image file")
         pixels = np.frombuffer(f.read(int(count * rows * cols)), dtype=np.uint8).reshape(count, rows, cols)
@@ -309,8 +309,12 @@ def drain(url: str, container: str, docker: str, deadline_s: float) -> dict[str,
         raise CheckFailed(f"the server exited {exit_code} after SIGTERM; logs:\n{logs}")
     if "Traceback" in logs:
         raise CheckFailed(f"a traceback in the logs of a clean shutdown:\n{logs}")
-    return {"in_flight_status": response.status, "label": label, "exit_code": exit_code,
-            "sigterm_to_exit_s": round(stopped_after_s, 2)}
+    return {
+        "in_flight_status": response.status,
+        "label": label,
+        "exit_code": exit_code,
+        "sigterm_to_exit_s": round(stopped_after_s, 2),
+    }
 
 
 def prom_target(prom_url: str, target: str, deadline_s: float) -> dict[str, Any]:
@@ -320,8 +324,12 @@ def prom_target(prom_url: str, target: str, deadline_s: float) -> dict[str, Any]
             return None
         for active in json.loads(body)["data"]["activeTargets"]:
             if active["labels"].get("instance") == target and active["health"] == "up":
-                return {"job": active["labels"]["job"], "instance": target, "health": "up",
-                        "last_scrape_duration_s": active.get("lastScrapeDuration")}
+                return {
+                    "job": active["labels"]["job"],
+                    "instance": target,
+                    "health": "up",
+                    "last_scrape_duration_s": active.get("lastScrapeDuration"),
+                }
         return None
 
     return poll(f"Prometheus reporting {target} up", deadline_s, attempt)

@@ -22,8 +22,14 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     # No network beyond the loopback: every other host name fails to resolve.
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 ]
@@ -55,21 +61,29 @@ class BrowserPage:
         the page tries again as the answer's Retry-After asks)."""
         assert self.outside_requests == [], "the page tried to reach beyond the server"
         expected = {*answered, 503}
-        errors = [error for error in self.console_errors
-                  if not ((match := _ANSWERED.match(error)) and int(match.group(1)) in expected)]
+        errors = [
+            error
+            for error in self.console_errors
+            if not ((match := _ANSWERED.match(error)) and int(match.group(1)) in expected)
+        ]
         assert errors == [], "the page reported errors"
 
 
 @contextmanager
-def open_page(origin: str, *, width: int = 1100, height: int = 900, color_scheme: str = "light"
-              ) -> Iterator[BrowserPage]:
+def open_page(
+    origin: str, *, width: int = 1100, height: int = 900, color_scheme: str = "light"
+) -> Iterator[BrowserPage]:
     """A new tab in a fresh headless chromium, for pages served at `origin` (http://127.0.0.1:PORT)."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (the page tests drive Debian's chromium)")
     with sync_playwright() as playwright, tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
-            viewport={"width": width, "height": height}, color_scheme=color_scheme,
+            profile,
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport={"width": width, "height": height},
+            color_scheme=color_scheme,
         )
         context.set_default_timeout(WAIT_LIMIT_MS)
         try:
@@ -79,7 +93,7 @@ def open_page(origin: str, *, width: int = 1100, height: int = 900, color_scheme
             def on_request(request) -> None:
                 url = request.url
                 watched.events.append(f"request {request.method} {url}")
-                if not (url.startswith(origin + "/") or url.startswith(("blob:", "data:"))):
+                if not (url.startswith((origin + "/", "blob:", "data:"))):
                     watched.outside_requests.append(url)
 
             def on_console(message) -> None:
@@ -89,8 +103,10 @@ def open_page(origin: str, *, width: int = 1100, height: int = 900, color_scheme
 
             page.on("request", on_request)
             page.on("response", lambda response: watched.events.append(f"response {response.status} {response.url}"))
-            page.on("requestfailed", lambda request: watched.events.append(
-                f"failed {request.method} {request.url}: {request.failure}"))
+            page.on(
+                "requestfailed",
+                lambda request: watched.events.append(f"failed {request.method} {request.url}: {request.failure}"),
+            )
             page.on("console", on_console)
             page.on("pageerror", lambda error: watched.console_errors.append(str(error)))
             try:
@@ -113,8 +129,9 @@ def _report(watched: BrowserPage) -> None:
 
 def _data_transfer(page: Page, paths: list[Path]):
     """A DataTransfer in the page holding the files, as a file manager's drag or the clipboard would."""
-    files = [{"name": path.name, "type": "image/png", "data": base64.b64encode(path.read_bytes()).decode()}
-             for path in paths]
+    files = [
+        {"name": path.name, "type": "image/png", "data": base64.b64encode(path.read_bytes()).decode()} for path in paths
+    ]
     return page.evaluate_handle(
         """(files) => {
             const transfer = new DataTransfer();
@@ -137,5 +154,8 @@ def drop_files(page: Page, selector: str, paths: list[Path]) -> None:
 
 def paste_files(page: Page, paths: list[Path]) -> None:
     """Paste files into the page, as Ctrl+V with an image copied does."""
-    page.evaluate("(transfer) => document.activeElement.dispatchEvent(new ClipboardEvent('paste', "
-                  "{clipboardData: transfer, bubbles: true, cancelable: true}))", _data_transfer(page, paths))
+    page.evaluate(
+        "(transfer) => document.activeElement.dispatchEvent(new ClipboardEvent('paste', "
+        "{clipboardData: transfer, bubbles: true, cancelable: true}))",
+        _data_transfer(page, paths),
+    )

@@ -29,8 +29,8 @@ import uvicorn
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.model_server import ModelServer
 from service.config import BUNDLED_MODEL_DIR, Settings
+from service.model_server import ModelServer
 from service.runtime import OnnxModelRuntime
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -81,9 +81,11 @@ class ServerProcess:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 # gRPC is off unless a test asks for it (--grpc-port N): its default port would be shared.
-                [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0",
-                 *self.args],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+                [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0", *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO_ROOT,
             )
         return self
 
@@ -171,10 +173,14 @@ def tiny_server(serving_repository: Path, tmp_path_factory: pytest.TempPathFacto
     log = tmp_path_factory.mktemp("tiny-server") / "server.log"
     server = ServerProcess(
         [
-            "--model-dir", str(serving_repository),
-            "--max-upload-bytes", str(TINY_SERVER_LIMITS["max_upload_bytes"]),
-            "--max-files-per-request", str(TINY_SERVER_LIMITS["max_files_per_request"]),
-            "--max-batch-size", "8",
+            "--model-dir",
+            str(serving_repository),
+            "--max-upload-bytes",
+            str(TINY_SERVER_LIMITS["max_upload_bytes"]),
+            "--max-files-per-request",
+            str(TINY_SERVER_LIMITS["max_files_per_request"]),
+            "--max-batch-size",
+            "8",
             "--no-access-log",
         ],
         log,
@@ -190,8 +196,10 @@ def tiny_server(serving_repository: Path, tmp_path_factory: pytest.TempPathFacto
 def bundled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The server exactly as a newcomer starts it: no --model-dir, so the bundled repository."""
     if not BUNDLED_MODEL.is_file():
-        pytest.fail(f"the bundled model {BUNDLED_MODEL.relative_to(REPO_ROOT)} is missing; export it first "
-                    f"(see models/ and the README)")
+        pytest.fail(
+            f"the bundled model {BUNDLED_MODEL.relative_to(REPO_ROOT)} is missing; export it first "
+            f"(see models/ and the README)"
+        )
     log = tmp_path_factory.mktemp("bundled-server") / "server.log"
     server = ServerProcess(["--no-access-log"], log).start()
     try:
@@ -377,12 +385,14 @@ def bundled_offline_probabilities() -> Callable[[np.ndarray], np.ndarray]:
         pytest.fail(f"the bundled model {BUNDLED_MODEL.relative_to(REPO_ROOT)} is missing")
     session = ort.InferenceSession(str(BUNDLED_MODEL), providers=["CPUExecutionProvider"])
     spec = build_spec(fields_from_metadata_props(session.get_modelmeta().custom_metadata_map), source="bundled")
-    pipeline = transforms.Compose([
-        transforms.Resize(spec.resize_size, antialias=True),
-        transforms.CenterCrop(spec.crop_size),
-        transforms.ToTensor(),
-        transforms.Normalize(spec.mean, spec.std),
-    ])
+    pipeline = transforms.Compose(
+        [
+            transforms.Resize(spec.resize_size, antialias=True),
+            transforms.CenterCrop(spec.crop_size),
+            transforms.ToTensor(),
+            transforms.Normalize(spec.mean, spec.std),
+        ]
+    )
 
     def probabilities(images: np.ndarray) -> np.ndarray:
         with torch.no_grad():

@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from service.config import Settings
-
 from tests.images import random_png
 
 
@@ -30,9 +29,14 @@ def queue_depth(url: str) -> int:
 
 
 def test_full_queue_answers_503_with_retry_after_at_once(in_thread_server, single_model_dir, metrics_of, wait_until):
-    server = in_thread_server(Settings(
-        model_dir=single_model_dir, max_batch_size=1, max_queue_size=2, max_files_per_request=2,
-    )).start()
+    server = in_thread_server(
+        Settings(
+            model_dir=single_model_dir,
+            max_batch_size=1,
+            max_queue_size=2,
+            max_files_per_request=2,
+        )
+    ).start()
     runtime = server.runtimes["gray"]
     wait_until(lambda: httpx.get(server.url + "/readyz", timeout=30).status_code == 200, "readiness")
     runtime.run_gate.clear()  # the model is now "busy" until the test says otherwise
@@ -59,8 +63,9 @@ def test_full_queue_answers_503_with_retry_after_at_once(in_thread_server, singl
     assert rejections == 2
 
 
-def test_deadline_passed_while_queued_answers_504_and_the_image_never_runs(in_thread_server, single_model_dir,
-                                                                          wait_until):
+def test_deadline_passed_while_queued_answers_504_and_the_image_never_runs(
+    in_thread_server, single_model_dir, wait_until
+):
     server = in_thread_server(Settings(model_dir=single_model_dir, max_batch_size=4, request_timeout_s=3.0)).start()
     runtime = server.runtimes["gray"]
     wait_until(lambda: httpx.get(server.url + "/readyz", timeout=30).status_code == 200, "readiness")
@@ -81,8 +86,9 @@ def test_deadline_passed_while_queued_answers_504_and_the_image_never_runs(in_th
     assert runtime.batch_sizes == [1, 1]  # the held batch and the one after: the timed-out image was dropped
 
 
-def test_client_that_disconnects_while_queued_is_dropped_before_inference(in_thread_server, single_model_dir,
-                                                                         wait_until, metrics_of):
+def test_client_that_disconnects_while_queued_is_dropped_before_inference(
+    in_thread_server, single_model_dir, wait_until, metrics_of
+):
     server = in_thread_server(Settings(model_dir=single_model_dir, max_batch_size=4)).start()
     runtime = server.runtimes["gray"]
     wait_until(lambda: httpx.get(server.url + "/readyz", timeout=30).status_code == 200, "readiness")
@@ -92,10 +98,15 @@ def test_client_that_disconnects_while_queued_is_dropped_before_inference(in_thr
         runtime.wait_for_batch()
 
         image = random_png(2)
-        body = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"gone.png\"\r\n\r\n" + image
-                + b"\r\n--b--\r\n")
-        head = (f"POST /v1/models/gray/classify HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; "
-                f"boundary=b\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        body = (
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="gone.png"\r\n\r\n'
+            + image
+            + b"\r\n--b--\r\n"
+        )
+        head = (
+            f"POST /v1/models/gray/classify HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; "
+            f"boundary=b\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
         with socket.create_connection(("127.0.0.1", server.port)) as leaving:
             leaving.sendall(head + body)
             wait_until(lambda: queue_depth(server.url) == 1, "the image to be queued")

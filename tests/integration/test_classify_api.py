@@ -28,15 +28,19 @@ def encode(image: Image.Image, format: str, **params: object) -> bytes:
 
 
 def offline_probabilities(model_path, spec: ModelSpec, encoded: list[bytes]) -> np.ndarray:
-    interpolation = {"bilinear": transforms.InterpolationMode.BILINEAR,
-                     "bicubic": transforms.InterpolationMode.BICUBIC,
-                     "nearest": transforms.InterpolationMode.NEAREST}[spec.interpolation]
-    pipeline = transforms.Compose([
-        transforms.Resize(spec.resize_size, interpolation=interpolation, antialias=True),
-        transforms.CenterCrop(spec.crop_size),
-        transforms.ToTensor(),
-        transforms.Normalize(spec.mean, spec.std),
-    ])
+    interpolation = {
+        "bilinear": transforms.InterpolationMode.BILINEAR,
+        "bicubic": transforms.InterpolationMode.BICUBIC,
+        "nearest": transforms.InterpolationMode.NEAREST,
+    }[spec.interpolation]
+    pipeline = transforms.Compose(
+        [
+            transforms.Resize(spec.resize_size, interpolation=interpolation, antialias=True),
+            transforms.CenterCrop(spec.crop_size),
+            transforms.ToTensor(),
+            transforms.Normalize(spec.mean, spec.std),
+        ]
+    )
     with torch.no_grad():
         batch = torch.stack([pipeline(Image.open(io.BytesIO(data)).convert(spec.color_mode)) for data in encoded])
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
@@ -80,7 +84,7 @@ def test_multi_file_upload_answers_each_image_in_upload_order(tiny_server, servi
     assert [r["filename"] for r in body["results"]] == [u[0] for u in uploads]
     assert [(r["width"], r["height"]) for r in body["results"]] == [(512, 512), (100, 66), (600, 400), (100, 66)]
     expected = offline_probabilities(serving_repository / "tiny-rgb.onnx", rgb_spec, [u[1] for u in uploads])
-    for result, probabilities in zip(body["results"], expected):
+    for result, probabilities in zip(body["results"], expected, strict=False):
         assert_ranked(result, rgb_spec.labels, 5)
         np.testing.assert_allclose(probabilities_from(result, 5), probabilities, atol=SCORE_TOLERANCE)
     timings = body["timings_ms"]
@@ -110,8 +114,9 @@ def test_raw_body_upload(tiny_server, serving_repository, gray_spec, photos, for
 
 def test_default_model_is_the_first_by_name_and_top_k_defaults_to_five(tiny_server, to_png):
     pixels = np.random.default_rng(3).integers(0, 256, (28, 28), dtype=np.uint8)
-    response = httpx.post(f"{tiny_server.url}/v1/classify", files={"file": ("x.png", to_png(pixels), "image/png")},
-                          timeout=60)
+    response = httpx.post(
+        f"{tiny_server.url}/v1/classify", files={"file": ("x.png", to_png(pixels), "image/png")}, timeout=60
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model"] == "tiny-gray"
@@ -120,8 +125,12 @@ def test_default_model_is_the_first_by_name_and_top_k_defaults_to_five(tiny_serv
 
 def test_sidecar_only_model_is_served_with_the_sidecar_labels(tiny_server, to_png):
     pixels = np.random.default_rng(4).integers(0, 256, (28, 28), dtype=np.uint8)
-    response = httpx.post(f"{tiny_server.url}/v1/models/tiny-sidecar/classify", params={"top_k": 3},
-                          files={"file": ("x.png", to_png(pixels), "image/png")}, timeout=60)
+    response = httpx.post(
+        f"{tiny_server.url}/v1/models/tiny-sidecar/classify",
+        params={"top_k": 3},
+        files={"file": ("x.png", to_png(pixels), "image/png")},
+        timeout=60,
+    )
     assert response.status_code == 200, response.text
     assert all(e["label"].startswith("sidecar-") for e in response.json()["results"][0]["top_k"])
 
@@ -145,8 +154,12 @@ def test_model_list_describes_every_model(tiny_server, rgb_spec):
     assert rgb["labels"] == rgb_spec.labels
     assert rgb["input"] == {"name": "input", "shape": [None, 3, 32, 32], "dtype": "float32"}
     assert rgb["preprocessing"] == {
-        "color_mode": "RGB", "resize_size": 36, "crop_size": 32, "interpolation": "bicubic",
-        "mean": rgb_spec.mean, "std": rgb_spec.std,
+        "color_mode": "RGB",
+        "resize_size": 36,
+        "crop_size": 32,
+        "interpolation": "bicubic",
+        "mean": rgb_spec.mean,
+        "std": rgb_spec.std,
     }
 
 

@@ -21,7 +21,7 @@ def distinct_images(images: np.ndarray, probabilities, count: int) -> tuple[list
     vectors: list[np.ndarray] = []
     candidates = list(range(1000, 1400))
     expected = probabilities(images[candidates])
-    for index, vector in zip(candidates, expected):
+    for index, vector in zip(candidates, expected, strict=False):
         if all(np.max(np.abs(vector - other)) > 100 * TOLERANCE for other in vectors):
             chosen.append(index)
             vectors.append(vector)
@@ -30,8 +30,9 @@ def distinct_images(images: np.ndarray, probabilities, count: int) -> tuple[list
     raise AssertionError("not enough distinct test images")
 
 
-def test_32_concurrent_clients_each_get_their_own_answer(bundled_server, fashion_mnist_test,
-                                                         bundled_offline_probabilities, metrics_of):
+def test_32_concurrent_clients_each_get_their_own_answer(
+    bundled_server, fashion_mnist_test, bundled_offline_probabilities, metrics_of
+):
     images, _ = fashion_mnist_test
     indices, expected = distinct_images(images, bundled_offline_probabilities, CLIENTS)
     before = metrics_of(bundled_server.url)
@@ -41,15 +42,18 @@ def test_32_concurrent_clients_each_get_their_own_answer(bundled_server, fashion
         data = encode_png(images[indices[slot]])
         with httpx.Client(timeout=120) as http:
             start_together.wait()
-            response = http.post(f"{bundled_server.url}/v1/classify", params={"top_k": 10},
-                                 files={"file": (f"client-{slot}.png", data, "image/png")})
+            response = http.post(
+                f"{bundled_server.url}/v1/classify",
+                params={"top_k": 10},
+                files={"file": (f"client-{slot}.png", data, "image/png")},
+            )
         assert response.status_code == 200, response.text
         return response.json()
 
     with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
         answers = list(pool.map(client, range(CLIENTS)))
 
-    for slot, (answer, own) in enumerate(zip(answers, expected)):
+    for slot, (answer, own) in enumerate(zip(answers, expected, strict=False)):
         (result,) = answer["results"]
         assert result["filename"] == f"client-{slot}.png"
         served = np.full(10, np.nan)

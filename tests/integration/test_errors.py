@@ -50,10 +50,13 @@ def test_bad_image_fails_its_own_request_only(tiny_server):
 
     neighbour = threading.Thread(target=good_client)
     neighbour.start()
-    bad = classify(tiny_server, files=[
-        ("file", ("fine.png", GOOD, "image/png")),
-        ("file", ("broken.png", b"\x89PNG\r\n\x1a\n" + b"garbage" * 50, "image/png")),
-    ])
+    bad = classify(
+        tiny_server,
+        files=[
+            ("file", ("fine.png", GOOD, "image/png")),
+            ("file", ("broken.png", b"\x89PNG\r\n\x1a\n" + b"garbage" * 50, "image/png")),
+        ],
+    )
     neighbour.join()
     error = assert_error(bad, 400, "invalid_image", "broken.png", "header cannot be read")
     assert error["filename"] == "broken.png"
@@ -73,7 +76,7 @@ def test_empty_file_is_invalid(tiny_server):
 
 
 def test_broken_multipart_framing_is_malformed(tiny_server):
-    body = b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n" + GOOD  # no end
+    body = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n' + GOOD  # no end
     response = classify(tiny_server, content=body, headers={"Content-Type": "multipart/form-data; boundary=xyz"})
     assert_error(response, 400, "malformed_request", "closing boundary")
 
@@ -97,7 +100,9 @@ def test_unknown_route_and_wrong_method_use_the_same_shape(tiny_server):
     assert_error(httpx.get(f"{tiny_server.url}/v1/classify", timeout=30), 405, "method_not_allowed")
     # Under /v2 the Open Inference Protocol's own shape: {"error": "<message>"}.
     response = httpx.get(f"{tiny_server.url}/v2/whatever", timeout=30)
-    assert response.status_code == 404 and response.json()["error"] == "no route GET /v2/whatever; see /docs for the API"
+    assert (
+        response.status_code == 404 and response.json()["error"] == "no route GET /v2/whatever; see /docs for the API"
+    )
     assert response.json()["request_id"] == response.headers["x-request-id"]
 
 
@@ -116,10 +121,10 @@ def test_declared_body_over_the_limit_is_refused_before_it_is_sent(tiny_server, 
 
 def test_streamed_body_over_the_limit_is_refused_while_it_streams(tiny_server, http_raw):
     head = (
-        "POST /v1/models/tiny-gray/classify HTTP/1.1\r\nHost: test\r\n"
-        "Content-Type: multipart/form-data; boundary=xyz\r\nTransfer-Encoding: chunked\r\n\r\n"
-    ).encode()
-    part = b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n\r\n"
+        b"POST /v1/models/tiny-gray/classify HTTP/1.1\r\nHost: test\r\n"
+        b"Content-Type: multipart/form-data; boundary=xyz\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    part = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n\r\n'
     payload = part + b"\0" * (LIMIT + 4096)
     chunk = f"{len(payload):x}\r\n".encode() + payload + b"\r\n"
     # The body is never finished (no closing chunk): an answer can only come from counting bytes as they arrive.
@@ -167,11 +172,14 @@ def test_unrecognised_bytes_without_a_type(tiny_server):
 # --- 422 --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("top_k,message", [
-    ("0", "top_k"),
-    ("11", "top_k must be between 1 and 10"),
-    ("many", "top_k"),
-])
+@pytest.mark.parametrize(
+    "top_k,message",
+    [
+        ("0", "top_k"),
+        ("11", "top_k must be between 1 and 10"),
+        ("many", "top_k"),
+    ],
+)
 def test_bad_top_k(tiny_server, top_k, message):
     response = classify(tiny_server, params={"top_k": top_k}, files={"file": ("a.png", GOOD, "image/png")})
     assert_error(response, 422, "invalid_parameter", message)
@@ -183,7 +191,9 @@ def test_unexpected_form_field(tiny_server):
 
 
 def test_multipart_without_any_file(tiny_server):
-    response = classify(tiny_server, content=b"--xyz--\r\n", headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    response = classify(
+        tiny_server, content=b"--xyz--\r\n", headers={"Content-Type": "multipart/form-data; boundary=xyz"}
+    )
     assert_error(response, 422, "invalid_parameter", "carries no image")
 
 

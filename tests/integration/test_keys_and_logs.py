@@ -65,8 +65,12 @@ def test_every_protected_route_refuses_a_missing_or_wrong_key(keyed_server, meth
 
 def test_both_header_forms_are_accepted_and_counted_by_name(keyed_server, metrics_of):
     for headers in ({"Authorization": f"Bearer {GOOD}"}, {"authorization": f"bearer {GOOD}"}, {"X-API-Key": GOOD}):
-        response = httpx.post(f"{keyed_server.url}/v1/classify", headers=headers, timeout=30,
-                              files={"file": ("x.png", random_png(2), "image/png")})
+        response = httpx.post(
+            f"{keyed_server.url}/v1/classify",
+            headers=headers,
+            timeout=30,
+            files={"file": ("x.png", random_png(2), "image/png")},
+        )
         assert response.status_code == 200, response.text
     metrics = metrics_of(keyed_server.url)  # /metrics is open by default, keys or not
     assert metrics[("resnet_serve_api_key_requests_total", (("key", "ci"),))] >= 3
@@ -94,8 +98,9 @@ def test_the_keys_file_rotates_without_a_restart(keyed_server, wait_until):
 def test_metrics_can_require_a_key(start_server, tiny_model_dir, tmp_path):
     keys = tmp_path / "keys"
     keys.write_text(f"ci:{GOOD}\n")
-    server = start_server("--model-dir", str(tiny_model_dir), "--api-keys-file", str(keys),
-                          "--metrics-require-key").wait_ready()
+    server = start_server(
+        "--model-dir", str(tiny_model_dir), "--api-keys-file", str(keys), "--metrics-require-key"
+    ).wait_ready()
     assert httpx.get(server.url + "/metrics", timeout=30).status_code == 401
     assert httpx.get(server.url + "/metrics", headers={"X-API-Key": GOOD}, timeout=30).status_code == 200
     assert httpx.get(server.url + "/readyz", timeout=30).status_code == 200
@@ -103,14 +108,19 @@ def test_metrics_can_require_a_key(start_server, tiny_model_dir, tmp_path):
 
 def test_a_request_is_traced_from_its_header_to_its_json_log_line(keyed_server, wait_until):
     rid = "trace-me-42"
-    response = httpx.post(f"{keyed_server.url}/v1/models/tiny-gray/classify?top_k=2", timeout=30,
-                          headers={"X-API-Key": GOOD, "X-Request-ID": rid},
-                          files={"file": ("x.png", random_png(3), "image/png")})
+    response = httpx.post(
+        f"{keyed_server.url}/v1/models/tiny-gray/classify?top_k=2",
+        timeout=30,
+        headers={"X-API-Key": GOOD, "X-Request-ID": rid},
+        files={"file": ("x.png", random_png(3), "image/png")},
+    )
     assert response.status_code == 200 and response.headers["x-request-id"] == rid
 
     def access_line() -> dict | None:
-        return next((e for e in log_entries(keyed_server)
-                     if e.get("request_id") == rid and e["logger"] == "service.access"), None)
+        return next(
+            (e for e in log_entries(keyed_server) if e.get("request_id") == rid and e["logger"] == "service.access"),
+            None,
+        )
 
     line = wait_until(access_line, "the access line")
     assert line["level"] == "info" and line["time"].endswith("Z")
@@ -124,17 +134,22 @@ def test_a_request_is_traced_from_its_header_to_its_json_log_line(keyed_server, 
 
 
 def test_request_ids_are_made_when_missing_or_invalid_and_appear_in_errors(keyed_server):
-    made = [httpx.get(keyed_server.url + "/v1/models", headers={"X-API-Key": GOOD}, timeout=30).headers["x-request-id"]
-            for _ in range(3)]
+    made = [
+        httpx.get(keyed_server.url + "/v1/models", headers={"X-API-Key": GOOD}, timeout=30).headers["x-request-id"]
+        for _ in range(3)
+    ]
     assert len(set(made)) == 3 and all(re.fullmatch(r"[0-9a-f]{16}-[0-9a-f]+", rid) for rid in made)
     for bad in ("has spaces", "x" * 129, "semi;colon"):
-        response = httpx.get(keyed_server.url + "/v1/models/nope", headers={"X-API-Key": GOOD, "X-Request-ID": bad},
-                             timeout=30)
+        response = httpx.get(
+            keyed_server.url + "/v1/models/nope", headers={"X-API-Key": GOOD, "X-Request-ID": bad}, timeout=30
+        )
         assert response.status_code == 404
         rid = response.headers["x-request-id"]
         assert rid != bad and response.json()["error"]["request_id"] == rid
-    v2 = httpx.post(f"{keyed_server.url}/v2/models/tiny-gray/infer", timeout=30,
-                    headers={"X-API-Key": GOOD, "X-Request-ID": "v2-trace"},
-                    json={"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
-                                      "data": [0.0] * 784}]})
+    v2 = httpx.post(
+        f"{keyed_server.url}/v2/models/tiny-gray/infer",
+        timeout=30,
+        headers={"X-API-Key": GOOD, "X-Request-ID": "v2-trace"},
+        json={"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]},
+    )
     assert v2.status_code == 200 and v2.json()["id"] == "v2-trace"  # the V2 id, when the request gave none

@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from service.config import Settings
-
 from tests.images import random_png
 
 
@@ -43,7 +42,9 @@ def test_readyz_is_503_until_warm_up_is_done_then_200(in_thread_server, gray_mod
     wait_until(lambda: httpx.get(server.url + "/readyz", timeout=30).status_code == 200, "readiness after warm-up")
 
     assert httpx.get(server.url + "/readyz", timeout=30).json() == {"status": "ready", "models": {"gray": "ready"}}
-    accepted = httpx.post(server.url + "/v1/classify", files={"file": ("a.png", random_png(1), "image/png")}, timeout=60)
+    accepted = httpx.post(
+        server.url + "/v1/classify", files={"file": ("a.png", random_png(1), "image/png")}, timeout=60
+    )
     assert accepted.status_code == 200
     assert metrics_of(server.url)[("resnet_serve_model_ready", (("model", "gray"),))] == 1
 
@@ -74,9 +75,13 @@ class SlowUpload:
     def __init__(self, port: int, filename: str, image: bytes) -> None:
         boundary = "sigterm-test-boundary"
         self.body = (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: image/png\r\n\r\n"
-        ).encode() + image + f"\r\n--{boundary}--\r\n".encode()
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+                f"Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + image
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
         head = (
             f"POST /v1/models/gray/classify?top_k=10 HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
             f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(self.body)}\r\n\r\n"
@@ -90,16 +95,21 @@ class SlowUpload:
             return read_http_response(self.connection)
 
 
-def test_sigterm_under_load_finishes_in_flight_requests_and_exits_0(start_server, gray_model_dir, wait_until,
-                                                                    metrics_of, http_response_reader):
+def test_sigterm_under_load_finishes_in_flight_requests_and_exits_0(
+    start_server, gray_model_dir, wait_until, metrics_of, http_response_reader
+):
     server = start_server("--model-dir", str(gray_model_dir), "--shutdown-grace-s", "120", "--no-access-log")
     server.wait_ready()
     url = server.url
     images = {f"slow-{n}.png": random_png(100 + n) for n in range(3)}
     expected = {}
     for name, image in images.items():
-        answer = httpx.post(f"{url}/v1/models/gray/classify", params={"top_k": 10},
-                            files={"file": (name, image, "image/png")}, timeout=60)
+        answer = httpx.post(
+            f"{url}/v1/models/gray/classify",
+            params={"top_k": 10},
+            files={"file": (name, image, "image/png")},
+            timeout=60,
+        )
         expected[name] = answer.json()["results"][0]["top_k"]
 
     # Requests certainly in flight when the signal comes: uploads the test has only half sent.
@@ -115,7 +125,9 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_exits_0(start_server
         with httpx.Client(timeout=120) as http:
             while not stop.is_set():
                 try:
-                    response = http.post(f"{url}/v1/models/gray/classify", files={"file": ("x.png", random_png(seed), "image/png")})
+                    response = http.post(
+                        f"{url}/v1/models/gray/classify", files={"file": ("x.png", random_png(seed), "image/png")}
+                    )
                     outcome = str(response.status_code)
                     if response.status_code != 200:
                         outcome += " " + response.json()["error"]["code"]
@@ -135,7 +147,9 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_exits_0(start_server
 
     wait_until(lambda: httpx.get(url + "/readyz", timeout=30).status_code == 503, "readiness to turn 503")
     assert httpx.get(url + "/readyz", timeout=30).json()["status"] == "draining"
-    refused = httpx.post(f"{url}/v1/models/gray/classify", files={"file": ("new.png", random_png(1), "image/png")}, timeout=30)
+    refused = httpx.post(
+        f"{url}/v1/models/gray/classify", files={"file": ("new.png", random_png(1), "image/png")}, timeout=30
+    )
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "shutting_down"
     assert server.process.poll() is None  # still serving the uploads in flight
@@ -145,7 +159,7 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_exits_0(start_server
         thread.join(timeout=120)
     assert set(outcomes) <= {"200", "503 shutting_down"}, outcomes
 
-    for upload, name in zip(slow, images):
+    for upload, name in zip(slow, images, strict=False):
         status, body = upload.finish(http_response_reader)
         assert status == 200, body
         assert httpx.Response(200, content=body).json()["results"][0]["top_k"] == expected[name]

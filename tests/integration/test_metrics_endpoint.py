@@ -25,13 +25,18 @@ def test_metrics_count_what_was_sent(tiny_server, metrics_of):
     url = tiny_server.url
     before = metrics_of(url)
 
-    two_rgb = httpx.post(f"{url}/v1/models/tiny-rgb/classify", timeout=60, files=[
-        ("file", ("a.png", png(1, 40, 3), "image/png")),
-        ("file", ("b.png", png(2, 40, 3), "image/png")),
-    ])
+    two_rgb = httpx.post(
+        f"{url}/v1/models/tiny-rgb/classify",
+        timeout=60,
+        files=[
+            ("file", ("a.png", png(1, 40, 3), "image/png")),
+            ("file", ("b.png", png(2, 40, 3), "image/png")),
+        ],
+    )
     one_gray = httpx.post(f"{url}/v1/classify", content=png(3), headers={"Content-Type": "image/png"}, timeout=60)
-    invalid = httpx.post(f"{url}/v1/models/tiny-gray/classify", timeout=60,
-                         files={"file": ("bad.png", b"not a png", "image/png")})
+    invalid = httpx.post(
+        f"{url}/v1/models/tiny-gray/classify", timeout=60, files={"file": ("bad.png", b"not a png", "image/png")}
+    )
     unknown = httpx.post(f"{url}/v1/models/nope/classify", timeout=60, files={"file": ("a.png", png(4), "image/png")})
     unsupported = httpx.post(f"{url}/v1/classify", content=b"x", headers={"Content-Type": "text/plain"}, timeout=60)
     assert [r.status_code for r in (two_rgb, one_gray, invalid, unknown, unsupported)] == [200, 200, 400, 404, 415]

@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from service.config import Settings
-
 from tests.images import random_png
 
 
@@ -29,13 +28,17 @@ def post(url: str, model: str, seed: int, count: int = 1) -> httpx.Response:
 
 
 def batch_size_buckets(samples: dict, model: str) -> dict[str, float]:
-    return {dict(labels)["le"]: value for (name, labels), value in samples.items()
-            if name == "resnet_serve_batch_size_bucket" and dict(labels)["model"] == model}
+    return {
+        dict(labels)["le"]: value
+        for (name, labels), value in samples.items()
+        if name == "resnet_serve_batch_size_bucket" and dict(labels)["model"] == model
+    }
 
 
 def test_each_model_batches_by_its_own_serving_section(in_thread_server, two_model_dir, metrics_of, wait_until):
-    server = in_thread_server(Settings(model_dir=two_model_dir, max_batch_size=16, max_queue_size=64,
-                                       max_files_per_request=8)).start()
+    server = in_thread_server(
+        Settings(model_dir=two_model_dir, max_batch_size=16, max_queue_size=64, max_files_per_request=8)
+    ).start()
     wait_until(lambda: httpx.get(server.url + "/readyz", timeout=30).status_code == 200, "readiness")
 
     described = {m["name"]: m["batching"] for m in httpx.get(server.url + "/v1/models", timeout=30).json()["models"]}
@@ -54,8 +57,12 @@ def test_each_model_batches_by_its_own_serving_section(in_thread_server, two_mod
             first = clients.submit(post, server.url, name, 1)
             runtime.wait_for_batch()
             pile = clients.submit(post, server.url, name, 100, count=8)
-            wait_until(lambda: httpx.get(f"{server.url}/v1/models/{name}", timeout=30).json()["batching"]
-                       ["queue_depth"] == 8, f"8 images queued for {name}")
+            wait_until(
+                lambda name=name: (
+                    httpx.get(f"{server.url}/v1/models/{name}", timeout=30).json()["batching"]["queue_depth"] == 8
+                ),
+                f"8 images queued for {name}",
+            )
             runtime.run_gate.set()
             assert first.result().status_code == 200
             assert pile.result().status_code == 200
@@ -68,14 +75,18 @@ def test_each_model_batches_by_its_own_serving_section(in_thread_server, two_mod
     assert large["4.0"] == 2 and large["8.0"] == large["+Inf"] == 3
 
 
-@pytest.mark.parametrize("section,message", [
-    ({"max_batch_size": 0}, "bad.json: serving.max_batch_size: Value error, must be between 1 and 1024, or 'auto'"),
-    ({"max_batch_size": "many"}, "bad.json: serving.max_batch_size: Value error, must be a whole number"),
-    ({"batch": 4}, "bad.json: serving.batch: Extra inputs are not permitted"),
-    ({"max_queue_size": 2}, "bad.json: serving.max_queue_size (2) must be at least max_files_per_request (16)"),
-])
-def test_an_invalid_serving_section_stops_start_up_naming_the_file_and_field(start_server, tmp_path, make_classifier,
-                                                                              gray_spec, section, message):
+@pytest.mark.parametrize(
+    "section,message",
+    [
+        ({"max_batch_size": 0}, "bad.json: serving.max_batch_size: Value error, must be between 1 and 1024, or 'auto'"),
+        ({"max_batch_size": "many"}, "bad.json: serving.max_batch_size: Value error, must be a whole number"),
+        ({"batch": 4}, "bad.json: serving.batch: Extra inputs are not permitted"),
+        ({"max_queue_size": 2}, "bad.json: serving.max_queue_size (2) must be at least max_files_per_request (16)"),
+    ],
+)
+def test_an_invalid_serving_section_stops_start_up_naming_the_file_and_field(
+    start_server, tmp_path, make_classifier, gray_spec, section, message
+):
     make_classifier(tmp_path / "bad.onnx", gray_spec)
     (tmp_path / "bad.json").write_text(json.dumps({"serving": section}))
     server = start_server("--model-dir", str(tmp_path))

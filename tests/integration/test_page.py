@@ -152,8 +152,12 @@ def test_a_503_with_retry_after_is_retried_before_it_is_shown(bundled_server):
             # The server's answer when a model's queue is full (a real one needs a held model: see test_backpressure).
             if not refused:
                 refused.append(route.request.url)
-                route.fulfill(status=503, headers={"Retry-After": "1"}, content_type="application/json",
-                              body='{"error": {"status": 503, "code": "overloaded", "message": "the queue is full"}}')
+                route.fulfill(
+                    status=503,
+                    headers={"Retry-After": "1"},
+                    content_type="application/json",
+                    body='{"error": {"status": 503, "code": "overloaded", "message": "the queue is full"}}',
+                )
             else:
                 route.continue_()
 
@@ -169,8 +173,10 @@ def test_the_api_key_is_sent_as_a_header_and_kept_in_session_storage_only(bundle
     with open_page(bundled_server.url) as browser:
         page = browser.page
         sent_keys: list[str | None] = []
-        page.on("request", lambda request: sent_keys.append(request.headers.get("x-api-key"))
-                if "/classify" in request.url else None)
+        page.on(
+            "request",
+            lambda request: sent_keys.append(request.headers.get("x-api-key")) if "/classify" in request.url else None,
+        )
         browser.open("/")
         page.fill("#api-key", "demo-key-123")
         page.set_input_files("#file-input", str(SNEAKER))
@@ -237,9 +243,13 @@ def test_pages_carry_a_strict_csp_and_are_revalidated(bundled_server, path):
 def test_assets_are_immutable_at_their_versioned_url_and_revalidated_otherwise(bundled_server):
     html = "".join(httpx.get(bundled_server.url + path, timeout=30).text for path in ("/", "/docs"))
     urls = set(re.findall(r"(?:src|href)=\"(static/[^\"]+)\"", html))
-    assert {url.split("?")[0] for url in urls} >= {"static/page.js", "static/page.css", "static/docs.js",
-                                                   "static/swagger-ui/swagger-ui-bundle.js",
-                                                   "static/swagger-ui/swagger-ui.css"}
+    assert {url.split("?")[0] for url in urls} >= {
+        "static/page.js",
+        "static/page.css",
+        "static/docs.js",
+        "static/swagger-ui/swagger-ui-bundle.js",
+        "static/swagger-ui/swagger-ui.css",
+    }
     for url in urls:
         versioned = httpx.get(f"{bundled_server.url}/{url}", timeout=30)
         assert versioned.status_code == 200, url
@@ -248,15 +258,17 @@ def test_assets_are_immutable_at_their_versioned_url_and_revalidated_otherwise(b
         bare = httpx.get(f"{bundled_server.url}/{url.split('?')[0]}", timeout=30)
         assert bare.headers["cache-control"] == "no-cache"
         assert bare.content == versioned.content
-        again = httpx.get(f"{bundled_server.url}/{url}", headers={"If-None-Match": versioned.headers["etag"]},
-                          timeout=30)
+        again = httpx.get(
+            f"{bundled_server.url}/{url}", headers={"If-None-Match": versioned.headers["etag"]}, timeout=30
+        )
         assert again.status_code == 304 and again.content == b""
     script = httpx.get(f"{bundled_server.url}/static/page.js", timeout=30)
     assert script.headers["content-type"].startswith("text/javascript")
 
 
-@pytest.mark.parametrize("path", ["/static/index.html", "/static/swagger-ui/redoc.standalone.js", "/static/nothing.js",
-                                  "/redoc"])
+@pytest.mark.parametrize(
+    "path", ["/static/index.html", "/static/swagger-ui/redoc.standalone.js", "/static/nothing.js", "/redoc"]
+)
 def test_only_the_assets_are_served(bundled_server, path):
     assert httpx.get(bundled_server.url + path, timeout=30).status_code == 404
 
@@ -265,5 +277,8 @@ def test_the_page_calls_the_public_api_only():
     script = (resources.files("service") / "static" / "page.js").read_text()
     assert not re.search(r"https?://", script)
     assert set(re.findall(r"[\"`](/?v\d/[^\"`]*)[\"`]", script)) == {
-        "v1/models", "v1/models/${encodeURIComponent(model)}/classify", "v1/classify"}
+        "v1/models",
+        "v1/models/${encodeURIComponent(model)}/classify",
+        "v1/classify",
+    }
     assert len(re.findall(r"\bfetch\(", script)) == 1  # every call goes through callApi

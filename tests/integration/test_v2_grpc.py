@@ -29,7 +29,6 @@ from tritonclient.utils import InferenceServerException
 
 from service.config import BUNDLED_MODEL_DIR, Settings
 from service.server import DrainingServer
-
 from tests.images import encode_png, random_png
 from tests.integration.conftest import STARTUP_LIMIT_S, InThreadServer, ServerProcess, poll, scrape
 
@@ -74,10 +73,17 @@ def bundled(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def tiny(serving_repository: Path, tmp_path_factory: pytest.TempPathFactory):
     """The tiny models with small limits: 1 MiB messages, 4 images a request, 4 megapixels an image."""
-    args = ["--model-dir", str(serving_repository), "--no-access-log",
-            "--max-upload-bytes", str(TINY_LIMITS["max_upload_bytes"]),
-            "--max-files-per-request", str(TINY_LIMITS["max_files_per_request"]),
-            "--max-image-pixels", str(TINY_LIMITS["max_image_pixels"])]
+    args = [
+        "--model-dir",
+        str(serving_repository),
+        "--no-access-log",
+        "--max-upload-bytes",
+        str(TINY_LIMITS["max_upload_bytes"]),
+        "--max-files-per-request",
+        str(TINY_LIMITS["max_files_per_request"]),
+        "--max-image-pixels",
+        str(TINY_LIMITS["max_image_pixels"]),
+    ]
     server = GrpcServerProcess(args, tmp_path_factory.mktemp("grpc-tiny") / "server.log").start()
     try:
         yield server.wait_ready()
@@ -110,8 +116,12 @@ def ranked(table: np.ndarray) -> list[list[tuple[int, str, float]]]:
     """Classification strings "<score>:<index>:<label>" as (index, label, score), row by row."""
     rows = []
     for row in table:
-        rows.append([(int(index), label, float(score)) for score, index, label in
-                     (entry.decode().split(":", 2) for entry in row)])
+        rows.append(
+            [
+                (int(index), label, float(score))
+                for score, index, label in (entry.decode().split(":", 2) for entry in row)
+            ]
+        )
     return rows
 
 
@@ -169,16 +179,22 @@ def test_bytes_inference_equals_the_http_answer(bundled):
 def test_the_classification_extension_equals_the_http_answer(bundled):
     encoded = images(*(path.read_bytes() for path in EXAMPLES))
     over_grpc, over_http = inputs("BYTES", encoded)
-    result = grpc_client(bundled).infer(BUNDLED, [over_grpc], request_id="req-7",
-                                        outputs=[tritongrpc.InferRequestedOutput("logits", class_count=3)])
+    result = grpc_client(bundled).infer(
+        BUNDLED, [over_grpc], request_id="req-7", outputs=[tritongrpc.InferRequestedOutput("logits", class_count=3)]
+    )
     response = result.get_response()
     assert (response.id, response.model_name, response.model_version) == ("req-7", BUNDLED, "1")
     assert result.get_output("logits").datatype == "BYTES"
     table = result.as_numpy("logits")
-    expected = http_client(bundled).infer(BUNDLED, [over_http], outputs=[
-        tritonhttp.InferRequestedOutput("logits", binary_data=True, class_count=3)]).as_numpy("logits")
+    expected = (
+        http_client(bundled)
+        .infer(
+            BUNDLED, [over_http], outputs=[tritonhttp.InferRequestedOutput("logits", binary_data=True, class_count=3)]
+        )
+        .as_numpy("logits")
+    )
     assert table.shape == (len(EXAMPLES), 3)
-    for row, expected_row in zip(ranked(table), ranked(expected)):
+    for row, expected_row in zip(ranked(table), ranked(expected), strict=False):
         assert [(index, label) for index, label, _ in row] == [(index, label) for index, label, _ in expected_row]
         np.testing.assert_allclose([s for *_, s in row], [s for *_, s in expected_row], atol=2e-6)
         assert [s for *_, s in row] == sorted((s for *_, s in row), reverse=True) and 0 < row[0][2] <= 1
@@ -198,8 +214,9 @@ def test_fp32_inference_equals_http_and_the_onnx_file(bundled, via):
         over_grpc, _ = inputs("FP32", batch)
         logits = grpc_client(bundled).infer(BUNDLED, [over_grpc]).as_numpy("logits")
     _, over_http = inputs("FP32", batch)
-    np.testing.assert_allclose(logits, http_client(bundled).infer(BUNDLED, [over_http]).as_numpy("logits"),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        logits, http_client(bundled).infer(BUNDLED, [over_http]).as_numpy("logits"), rtol=1e-5, atol=1e-6
+    )
     session = ort.InferenceSession(str(BUNDLED_MODEL_DIR / f"{BUNDLED}.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(logits, session.run(["logits"], {"input": batch})[0], rtol=1e-4, atol=1e-4)
 
@@ -213,35 +230,48 @@ def test_bytes_in_typed_contents_equal_raw_contents(bundled):
     assert response.id == "typed" and list(response.outputs[0].shape) == [2, 10]
     logits = np.frombuffer(response.raw_output_contents[0], "<f4").reshape(2, 10)
     over_grpc, _ = inputs("BYTES", images(*encoded))
-    np.testing.assert_allclose(logits, grpc_client(bundled).infer(BUNDLED, [over_grpc]).as_numpy("logits"),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        logits, grpc_client(bundled).infer(BUNDLED, [over_grpc]).as_numpy("logits"), rtol=1e-5, atol=1e-6
+    )
 
 
 # --- errors -------------------------------------------------------------------------------------------------------
 
 
-def both_fail(server: Any, model: str, datatype: str, data: np.ndarray, *, class_count: int = 0,
-              model_version: str = "") -> tuple[InferenceServerException, InferenceServerException]:
+def both_fail(
+    server: Any, model: str, datatype: str, data: np.ndarray, *, class_count: int = 0, model_version: str = ""
+) -> tuple[InferenceServerException, InferenceServerException]:
     over_grpc, over_http = inputs(datatype, data)
     with pytest.raises(InferenceServerException) as grpc_error:
-        grpc_client(server).infer(model, [over_grpc], model_version=model_version,
-                                  outputs=[tritongrpc.InferRequestedOutput("logits", class_count=class_count)])
+        grpc_client(server).infer(
+            model,
+            [over_grpc],
+            model_version=model_version,
+            outputs=[tritongrpc.InferRequestedOutput("logits", class_count=class_count)],
+        )
     with pytest.raises(InferenceServerException) as http_error:
-        http_client(server).infer(model, [over_http], model_version=model_version, outputs=[
-            tritonhttp.InferRequestedOutput("logits", binary_data=True, class_count=class_count)])
+        http_client(server).infer(
+            model,
+            [over_http],
+            model_version=model_version,
+            outputs=[tritonhttp.InferRequestedOutput("logits", binary_data=True, class_count=class_count)],
+        )
     return grpc_error.value, http_error.value
 
 
-@pytest.mark.parametrize("case,code,http_status", [
-    ("too many images", "RESOURCE_EXHAUSTED", "413"),
-    ("too many pixels", "RESOURCE_EXHAUSTED", "413"),
-    ("unknown model", "NOT_FOUND", "404"),
-    ("unknown version", "NOT_FOUND", "404"),
-    ("unsupported datatype", "INVALID_ARGUMENT", "400"),
-    ("wrong fp32 shape", "INVALID_ARGUMENT", "400"),
-    ("not an image", "INVALID_ARGUMENT", "415"),
-    ("classification past the classes", "INVALID_ARGUMENT", "422"),
-])
+@pytest.mark.parametrize(
+    "case,code,http_status",
+    [
+        ("too many images", "RESOURCE_EXHAUSTED", "413"),
+        ("too many pixels", "RESOURCE_EXHAUSTED", "413"),
+        ("unknown model", "NOT_FOUND", "404"),
+        ("unknown version", "NOT_FOUND", "404"),
+        ("unsupported datatype", "INVALID_ARGUMENT", "400"),
+        ("wrong fp32 shape", "INVALID_ARGUMENT", "400"),
+        ("not an image", "INVALID_ARGUMENT", "415"),
+        ("classification past the classes", "INVALID_ARGUMENT", "422"),
+    ],
+)
 def test_errors_are_status_codes_with_the_http_message(tiny, case, code, http_status):
     model, version, class_count = "tiny-gray", "", 0
     if case == "too many images":
@@ -285,11 +315,13 @@ def test_raw_contents_must_cover_every_input(tiny):
 
 def test_metrics_count_grpc_calls_with_their_protocol(tiny):
     def counts() -> tuple[float, ...]:
-        return (metric(tiny, "resnet_serve_requests_total", model="tiny-gray", protocol="v2-grpc"),
-                metric(tiny, "resnet_serve_grpc_requests_total", method="ModelInfer", code="OK"),
-                metric(tiny, "resnet_serve_grpc_requests_total", method="ModelInfer", code="NOT_FOUND"),
-                metric(tiny, "resnet_serve_rejections_total", reason="unknown_model"),
-                metric(tiny, "resnet_serve_images_classified_total", model="tiny-gray"))
+        return (
+            metric(tiny, "resnet_serve_requests_total", model="tiny-gray", protocol="v2-grpc"),
+            metric(tiny, "resnet_serve_grpc_requests_total", method="ModelInfer", code="OK"),
+            metric(tiny, "resnet_serve_grpc_requests_total", method="ModelInfer", code="NOT_FOUND"),
+            metric(tiny, "resnet_serve_rejections_total", reason="unknown_model"),
+            metric(tiny, "resnet_serve_images_classified_total", model="tiny-gray"),
+        )
 
     before = counts()
     over_grpc, _ = inputs("BYTES", images(random_png(1), random_png(2)))
@@ -297,13 +329,16 @@ def test_metrics_count_grpc_calls_with_their_protocol(tiny):
     with pytest.raises(InferenceServerException):
         grpc_client(tiny).infer("tiny-missing", [over_grpc])
     after = counts()
-    assert [b - a for a, b in zip(before, after)] == [1, 1, 1, 1, 2]
+    assert [b - a for a, b in zip(before, after, strict=False)] == [1, 1, 1, 1, 2]
     assert metric(tiny, "resnet_serve_grpc_requests_in_flight") == 0
 
 
 def test_api_keys_guard_grpc_as_they_guard_http(tmp_path, gray_dir):
-    server = GrpcServerProcess(["--model-dir", str(gray_dir), "--no-access-log"], tmp_path / "server.log",
-                               env={"RESNET_SERVE_API_KEYS": "ci:s3cret"}).start()
+    server = GrpcServerProcess(
+        ["--model-dir", str(gray_dir), "--no-access-log"],
+        tmp_path / "server.log",
+        env={"RESNET_SERVE_API_KEYS": "ci:s3cret"},
+    ).start()
     try:
         server.wait_ready()
         triton = grpc_client(server)
@@ -348,8 +383,9 @@ class InThreadGrpcServer(InThreadServer):
         super().__init__(settings, hold_warm_up=hold_warm_up)
         self.grpc = self.model_server.grpc_front_end(address="127.0.0.1:0")
         config = uvicorn.Config(self.app, log_level="warning", lifespan="on")
-        self.server = DrainingServer(config, lifecycle=self.model_server.lifecycle,
-                                     grace_s=settings.shutdown_grace_s, grpc=self.grpc)
+        self.server = DrainingServer(
+            config, lifecycle=self.model_server.lifecycle, grace_s=settings.shutdown_grace_s, grpc=self.grpc
+        )
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
         self.grpc_url = ""
 
@@ -407,8 +443,9 @@ class Call:
 
 def health_status(server: Any, service: str = "") -> int:
     with grpc.insecure_channel(server.grpc_url) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
-                                                        timeout=30).status
+        return (
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=30).status
+        )
 
 
 def test_not_serving_and_unavailable_during_warm_up(grpc_in_thread, gray_dir, wait_until):
@@ -472,8 +509,10 @@ def test_the_concurrent_call_cap_refuses_with_resource_exhausted(grpc_in_thread,
 
 
 def dropped(server: Any) -> float:
-    return sum(metric(server, "resnet_serve_dropped_images_total", model="gray", reason=reason)
-               for reason in ("timeout", "client_disconnected"))
+    return sum(
+        metric(server, "resnet_serve_dropped_images_total", model="gray", reason=reason)
+        for reason in ("timeout", "client_disconnected")
+    )
 
 
 def test_a_client_deadline_shorter_than_the_queue_wait(grpc_in_thread, gray_dir, wait_until):
@@ -513,8 +552,10 @@ def test_a_cancelled_call_releases_its_queued_image(grpc_in_thread, gray_dir, wa
     wait_until(lambda: server.queue_depth("gray") == 1, "the second image queued")
     cancelled.context.cancel()
     assert cancelled.outcome() == "StatusCode.CANCELLED"
-    wait_until(lambda: metric(server, "resnet_serve_rejections_total", reason="client_disconnected") == 1,
-               "the server to see the cancellation")
+    wait_until(
+        lambda: metric(server, "resnet_serve_rejections_total", reason="client_disconnected") == 1,
+        "the server to see the cancellation",
+    )
     runtime.run_gate.set()
     assert running.outcome() == "OK"
     # The batcher drops (and counts) a cancelled image when it forms the next batch.
@@ -523,8 +564,7 @@ def test_a_cancelled_call_releases_its_queued_image(grpc_in_thread, gray_dir, wa
     wait_until(lambda: dropped(server) == dropped_before + 1, "the cancelled image dropped")
 
 
-def test_sigterm_drains_calls_in_flight_and_the_health_service_says_not_serving(grpc_in_thread, gray_dir,
-                                                                                  wait_until):
+def test_sigterm_drains_calls_in_flight_and_the_health_service_says_not_serving(grpc_in_thread, gray_dir, wait_until):
     server = grpc_in_thread(Settings(model_dir=gray_dir, max_batch_size=1, shutdown_grace_s=120))
     triton = grpc_client(server)
     wait_until(lambda: triton.is_server_ready(), "readiness")
@@ -532,8 +572,9 @@ def test_sigterm_drains_calls_in_flight_and_the_health_service_says_not_serving(
     expected = [triton.infer("gray", [inputs("BYTES", images(png))[0]]).as_numpy("logits") for png in pngs]
 
     channel = grpc.insecure_channel(server.grpc_url)
-    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""),
-                                                      timeout=STARTUP_LIMIT_S)
+    watch = health_pb2_grpc.HealthStub(channel).Watch(
+        health_pb2.HealthCheckRequest(service=""), timeout=STARTUP_LIMIT_S
+    )
     assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     runtime = server.runtimes["gray"]
     runtime.run_gate.clear()
@@ -554,7 +595,7 @@ def test_sigterm_drains_calls_in_flight_and_the_health_service_says_not_serving(
     assert server.thread.is_alive()
 
     runtime.run_gate.set()
-    for call, logits in zip(calls, expected):
+    for call, logits in zip(calls, expected, strict=False):
         assert call.outcome() == "OK"
         np.testing.assert_allclose(call.result.as_numpy("logits"), logits, rtol=1e-5, atol=1e-6)
     channel.close()
@@ -563,8 +604,9 @@ def test_sigterm_drains_calls_in_flight_and_the_health_service_says_not_serving(
 
 
 def test_sigterm_under_grpc_load_exits_0(tmp_path, gray_dir, wait_until):
-    server = GrpcServerProcess(["--model-dir", str(gray_dir), "--shutdown-grace-s", "120", "--no-access-log"],
-                               tmp_path / "server.log").start()
+    server = GrpcServerProcess(
+        ["--model-dir", str(gray_dir), "--shutdown-grace-s", "120", "--no-access-log"], tmp_path / "server.log"
+    ).start()
     try:
         server.wait_ready()
         stop = threading.Event()
@@ -603,14 +645,17 @@ def test_sigterm_under_grpc_load_exits_0(tmp_path, gray_dir, wait_until):
 
 
 def test_worker_processes_share_the_grpc_port(tmp_path, gray_dir, wait_until):
-    server = GrpcServerProcess(["--model-dir", str(gray_dir), "--workers", "2", "--no-access-log"],
-                               tmp_path / "server.log").start()
+    server = GrpcServerProcess(
+        ["--model-dir", str(gray_dir), "--workers", "2", "--no-access-log"], tmp_path / "server.log"
+    ).start()
     try:
         server.wait_ready()
         wait_until(lambda: len(GRPC_LISTENING.findall(server.log())) == 2, "both workers listening for gRPC")
         tensor = inputs("BYTES", images(random_png(4)))[0]
-        answers = [tritongrpc.InferenceServerClient(server.grpc_url).infer("gray", [tensor]).as_numpy("logits")
-                   for _ in range(8)]  # a client (and connection) each: the kernel spreads them over the workers
+        answers = [
+            tritongrpc.InferenceServerClient(server.grpc_url).infer("gray", [tensor]).as_numpy("logits")
+            for _ in range(8)
+        ]  # a client (and connection) each: the kernel spreads them over the workers
         for logits in answers[1:]:
             np.testing.assert_allclose(logits, answers[0], rtol=1e-5, atol=1e-6)
         server.signal(signal.SIGTERM)

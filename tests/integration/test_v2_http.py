@@ -18,7 +18,6 @@ import tritonclient.http.aio as tritonhttp_aio
 from tritonclient.utils import InferenceServerException
 
 from service.config import Settings
-
 from tests.images import random_png
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +75,7 @@ def test_bytes_inference_with_classification_agrees_with_v1(bundled_server):
         table = result.as_numpy("logits")
         assert table.shape == (len(images), 3)
         assert result.get_response()["id"] == "req-7" and result.get_response()["model_version"] == "1"
-        for row, label in zip(table, expected):
+        for row, label in zip(table, expected, strict=False):
             scores = [float(text(entry).split(":", 2)[0]) for entry in row]
             assert text(row[0]).split(":", 2)[2] == label
             assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
@@ -110,8 +109,12 @@ def test_fp32_inference_matches_the_onnx_file_run_directly(bundled_server, binar
 def test_compressed_requests_and_responses(bundled_server, algorithm):
     images = [EXAMPLES[1].read_bytes()]
     result = client(bundled_server).infer(
-        BUNDLED, [bytes_input(images)], outputs=[tritonhttp.InferRequestedOutput("logits", class_count=1)],
-        request_compression_algorithm=algorithm, response_compression_algorithm=algorithm)
+        BUNDLED,
+        [bytes_input(images)],
+        outputs=[tritonhttp.InferRequestedOutput("logits", class_count=1)],
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,
+    )
     assert result.as_numpy("logits")[0][0].decode().endswith(":" + v1_top_labels(bundled_server, images)[0])
 
 
@@ -171,13 +174,24 @@ def test_client_errors_have_v1_statuses_and_a_string_message(tiny_server):
 
 def test_overload_is_a_503_with_retry_after(in_thread_server, tmp_path, make_classifier, gray_spec, wait_until):
     make_classifier(tmp_path / "gray.onnx", gray_spec, seed=5)
-    server = in_thread_server(Settings(model_dir=tmp_path, max_batch_size=1, max_queue_size=1,
-                                       max_files_per_request=1)).start()
+    server = in_thread_server(
+        Settings(model_dir=tmp_path, max_batch_size=1, max_queue_size=1, max_files_per_request=1)
+    ).start()
     wait_until(lambda: httpx.get(server.url + "/v2/health/ready", timeout=30).status_code == 200, "readiness")
     runtime = server.runtimes["gray"]
     runtime.run_gate.clear()
-    body = json.dumps({"inputs": [{"name": "input", "shape": [1], "datatype": "BYTES",
-                                   "parameters": {"binary_data_size": 4 + len(random_png(1))}}]}).encode()
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": 4 + len(random_png(1))},
+                }
+            ]
+        }
+    ).encode()
     payload = body + struct.pack("<I", len(random_png(1))) + random_png(1)
     headers = {"Inference-Header-Content-Length": str(len(body))}
 
@@ -186,8 +200,11 @@ def test_overload_is_a_503_with_retry_after(in_thread_server, tmp_path, make_cla
             first = asyncio.ensure_future(http.post("/v2/models/gray/infer", content=payload, headers=headers))
             await asyncio.to_thread(runtime.wait_for_batch)
             second = asyncio.ensure_future(http.post("/v2/models/gray/infer", content=payload, headers=headers))
-            await asyncio.to_thread(wait_until, lambda: httpx.get(server.url + "/v1/models/gray", timeout=30)
-                                    .json()["batching"]["queue_depth"] == 1, "one queued")
+            await asyncio.to_thread(
+                wait_until,
+                lambda: httpx.get(server.url + "/v1/models/gray", timeout=30).json()["batching"]["queue_depth"] == 1,
+                "one queued",
+            )
             refused = await http.post("/v2/models/gray/infer", content=payload, headers=headers)
             runtime.run_gate.set()
             return [await first, await second, refused]
@@ -221,26 +238,36 @@ def header_and_binary(inputs: list[dict], binary: bytes) -> tuple[bytes, dict[st
     return header + binary, {"Inference-Header-Content-Length": str(len(header))}
 
 
-@pytest.mark.parametrize("case,expected", [
-    ("sizes short of the body", "follow the JSON header"),
-    ("size past the body", "does not fit"),
-    ("header length past the body", "Inference-Header-Content-Length is"),
-    ("negative shape", "negative dimension"),
-    ("huge shape", "the limit is 4"),
-    ("prefix overruns", "declares"),
-    ("prefix missing", "before element 1's length prefix"),
-    ("elements short of the data", "bytes follow the 1 elements"),
-    ("fp32 size mismatch", "needs 3136 bytes"),
-    ("wrong input name", "unknown input 'image'"),
-    ("two inputs", "exactly one input"),
-    ("json fp32 count", "has 784 elements, the data has 3"),
-    ("not json", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("sizes short of the body", "follow the JSON header"),
+        ("size past the body", "does not fit"),
+        ("header length past the body", "Inference-Header-Content-Length is"),
+        ("negative shape", "negative dimension"),
+        ("huge shape", "the limit is 4"),
+        ("prefix overruns", "declares"),
+        ("prefix missing", "before element 1's length prefix"),
+        ("elements short of the data", "bytes follow the 1 elements"),
+        ("fp32 size mismatch", "needs 3136 bytes"),
+        ("wrong input name", "unknown input 'image'"),
+        ("two inputs", "exactly one input"),
+        ("json fp32 count", "has 784 elements, the data has 3"),
+        ("not json", "not valid JSON"),
+    ],
+)
 def test_hostile_v2_bodies_are_400_with_a_clear_message(tiny_server, case, expected):
     png = random_png(7)
     element = struct.pack("<I", len(png)) + png
-    bytes_input_of = lambda shape, size: {"name": "input", "shape": shape, "datatype": "BYTES",  # noqa: E731
-                                          "parameters": {"binary_data_size": size}}
+
+    def bytes_input_of(shape, size):
+        return {
+            "name": "input",
+            "shape": shape,
+            "datatype": "BYTES",
+            "parameters": {"binary_data_size": size},
+        }
+
     if case == "sizes short of the body":
         body, headers = header_and_binary([bytes_input_of([1], len(element))], element + b"extra")
     elif case == "size past the body":
@@ -259,15 +286,18 @@ def test_hostile_v2_bodies_are_400_with_a_clear_message(tiny_server, case, expec
     elif case == "elements short of the data":
         body, headers = header_and_binary([bytes_input_of([1], len(element) + 3)], element + b"xyz")
     elif case == "fp32 size mismatch":
-        body, headers = header_and_binary([{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
-                                            "parameters": {"binary_data_size": 12}}], b"\0" * 12)
+        body, headers = header_and_binary(
+            [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "parameters": {"binary_data_size": 12}}],
+            b"\0" * 12,
+        )
     elif case == "wrong input name":
         body, headers = header_and_binary([{**bytes_input_of([1], len(element)), "name": "image"}], element)
     elif case == "two inputs":
         body, headers = header_and_binary([bytes_input_of([1], len(element))] * 2, element * 2)
     elif case == "json fp32 count":
-        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
-                                       "data": [1.0, 2.0, 3.0]}]}).encode()
+        body = json.dumps(
+            {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}]}
+        ).encode()
         headers = {}
     else:
         body, headers = b"{not json", {}
@@ -298,21 +328,39 @@ def test_base64_bytes_in_json_and_v2_metrics(tiny_server, metrics_of):
     import base64
 
     before = metrics_of(tiny_server.url).get(
-        ("resnet_serve_requests_total", (("model", "tiny-gray"), ("protocol", "v2-http"))), 0.0)
-    body = json.dumps({"id": "j1", "inputs": [{"name": "input", "shape": [2], "datatype": "BYTES",
-                                               "data": [base64.b64encode(random_png(i)).decode() for i in (1, 2)]}],
-                       "outputs": [{"name": "logits", "parameters": {"classification": 2}}]}).encode()
+        ("resnet_serve_requests_total", (("model", "tiny-gray"), ("protocol", "v2-http"))), 0.0
+    )
+    body = json.dumps(
+        {
+            "id": "j1",
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [2],
+                    "datatype": "BYTES",
+                    "data": [base64.b64encode(random_png(i)).decode() for i in (1, 2)],
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"classification": 2}}],
+        }
+    ).encode()
     response = infer_raw(tiny_server, body, {"Content-Type": "application/json"})
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["id"] == "j1" and answer["outputs"][0]["shape"] == [2, 2]
     assert all(entry.split(":", 2)[2].startswith("gray-class-") for entry in answer["outputs"][0]["data"])
-    after = metrics_of(tiny_server.url)[("resnet_serve_requests_total", (("model", "tiny-gray"), ("protocol", "v2-http")))]
+    after = metrics_of(tiny_server.url)[
+        ("resnet_serve_requests_total", (("model", "tiny-gray"), ("protocol", "v2-http")))
+    ]
     assert after == before + 1
 
 
 def test_v2_routes_are_in_the_openapi_document(tiny_server):
     paths = httpx.get(f"{tiny_server.url}/openapi.json", timeout=30).json()["paths"]
-    for path in ("/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/infer",
-                 "/v2/models/{name}/versions/{version}/infer"):
+    for path in (
+        "/v2/health/ready",
+        "/v2/models/{name}",
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
+    ):
         assert path in paths

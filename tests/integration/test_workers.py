@@ -15,7 +15,6 @@ import pytest
 
 from service.config import Settings
 from service.workers import CHEAP_MODEL_S_PER_IMAGE, split_settings, workers_for
-
 from tests.images import random_png
 
 
@@ -33,8 +32,9 @@ def children(pid: int) -> list[int]:
 
 
 def classify(url: str, seed: int) -> httpx.Response:
-    return httpx.post(f"{url}/v1/models/gray/classify", files={"file": ("x.png", random_png(seed), "image/png")},
-                      timeout=120)
+    return httpx.post(
+        f"{url}/v1/models/gray/classify", files={"file": ("x.png", random_png(seed), "image/png")}, timeout=120
+    )
 
 
 @pytest.fixture
@@ -43,8 +43,9 @@ def gray_dir(tmp_path, make_classifier, gray_spec):
     return tmp_path
 
 
-def test_auto_moves_a_cheap_model_to_one_worker_per_core_without_losing_readiness(start_server, gray_dir,
-                                                                                    wait_until, metrics_of):
+def test_auto_moves_a_cheap_model_to_one_worker_per_core_without_losing_readiness(
+    start_server, gray_dir, wait_until, metrics_of
+):
     server = start_server("--model-dir", str(gray_dir), "--workers", "auto", "--grpc-port", "0").wait_ready()
     expected = classify(server.url, 1).json()["results"][0]["top_k"]
     statuses: Counter[int] = Counter()
@@ -75,8 +76,12 @@ def test_auto_moves_a_cheap_model_to_one_worker_per_core_without_losing_readines
     assert classified == 1 + statuses[200] // 2 + len(answers)
     ready = metrics_of(server.url)[("resnet_serve_model_ready", (("model", "gray"),))]
     assert ready == 1
-    threads = {int(server_threads) for server_threads in
-               [httpx.get(server.url + "/v1/models/gray", timeout=30).json()["intra_op_threads"] for _ in range(6)]}
+    threads = {
+        int(server_threads)
+        for server_threads in [
+            httpx.get(server.url + "/v1/models/gray", timeout=30).json()["intra_op_threads"] for _ in range(6)
+        ]
+    }
     assert threads == {1}  # each worker has its share of the two cores
 
 
@@ -91,8 +96,10 @@ def test_sigterm_drains_every_worker_and_exits_0(start_server, gray_dir, wait_un
         with httpx.Client(timeout=120) as http:
             while not stop.is_set():
                 try:
-                    response = http.post(f"{server.url}/v1/models/gray/classify",
-                                         files={"file": ("x.png", random_png(seed), "image/png")})
+                    response = http.post(
+                        f"{server.url}/v1/models/gray/classify",
+                        files={"file": ("x.png", random_png(seed), "image/png")},
+                    )
                     outcome = str(response.status_code)
                 except httpx.TransportError as exc:
                     outcome = type(exc).__name__
@@ -169,15 +176,31 @@ def test_a_retiring_worker_lets_a_slow_upload_run_to_its_deadline(start_server, 
     """An upload still arriving when auto retires the first worker is answered by that worker as if nothing
     happened: here 408 at the body deadline (it never completes), not cut with a 500 once the keep-alive and
     the grace (1 s + 0 s here) are over."""
-    server = start_server("--model-dir", str(gray_dir), "--workers", "auto", "--grpc-port", "0", "--body-timeout-s",
-                          "12", "--keep-alive-timeout-s", "1", "--shutdown-grace-s", "0").wait_ready()
+    server = start_server(
+        "--model-dir",
+        str(gray_dir),
+        "--workers",
+        "auto",
+        "--grpc-port",
+        "0",
+        "--body-timeout-s",
+        "12",
+        "--keep-alive-timeout-s",
+        "1",
+        "--shutdown-grace-s",
+        "0",
+    ).wait_ready()
     first_worker = children(server.process.pid)
     with socket.create_connection(("127.0.0.1", server.port), timeout=60) as slow:
-        slow.sendall(b"POST /v1/models/gray/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                     b"Content-Length: 100000\r\n\r\n\x89PNG\r\n\x1a\n")
+        slow.sendall(
+            b"POST /v1/models/gray/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 100000\r\n\r\n\x89PNG\r\n\x1a\n"
+        )
         opened = time.monotonic()
-        wait_until(lambda: _server_side_owner(server.port, slow.getsockname()[1], first_worker) is not None,
-                   "the first worker to hold the connection")
+        wait_until(
+            lambda: _server_side_owner(server.port, slow.getsockname()[1], first_worker) is not None,
+            "the first worker to hold the connection",
+        )
         wait_until(lambda: "per-core workers serve; retiring worker 0" in server.log(), "the switch-over")
         answer = slow.recv(4096)
         waited = time.monotonic() - opened

@@ -20,7 +20,9 @@ def test_bundled_model_loads_its_metadata_parses_and_matches_the_card():
     spec = build_spec(fields_from_metadata_props(session.get_modelmeta().custom_metadata_map), source=BUNDLED.name)
     assert spec.labels == data.LABELS and spec.color_mode == "L" and spec.architecture == "resnet20"
     assert spec.test_accuracy >= 0.94
-    card_accuracy = float(re.search(r"Top-1 accuracy on the 10,000 test images: \*\*([\d.]+)%\*\*", CARD.read_text()).group(1))
+    card_accuracy = float(
+        re.search(r"Top-1 accuracy on the 10,000 test images: \*\*([\d.]+)%\*\*", CARD.read_text()).group(1)
+    )
     assert card_accuracy == round(100 * spec.test_accuracy, 2)
 
     test = data.load_split("test")

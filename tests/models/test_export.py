@@ -11,14 +11,28 @@ from service.modelspec import build_spec, fields_from_metadata_props
 
 def served_spec(path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session, build_spec(fields_from_metadata_props(session.get_modelmeta().custom_metadata_map), source=str(path))
+    return session, build_spec(
+        fields_from_metadata_props(session.get_modelmeta().custom_metadata_map), source=str(path)
+    )
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "tiny.onnx"
-    report = export.main(["--checkpoint", str(tiny_run / "checkpoint.pt"), "--output", str(out), "--accuracy-limit", "200",
-                          "--serving", "max_batch_size=4", "--serving", "max_batch_delay_ms=1.5"])
+    report = export.main(
+        [
+            "--checkpoint",
+            str(tiny_run / "checkpoint.pt"),
+            "--output",
+            str(out),
+            "--accuracy-limit",
+            "200",
+            "--serving",
+            "max_batch_size=4",
+            "--serving",
+            "max_batch_delay_ms=1.5",
+        ]
+    )
     return out, report
 
 
@@ -39,11 +53,14 @@ def test_export_writes_the_models_own_serving_settings(exported):
     assert overrides.as_dict() == {"max_batch_size": 4, "max_batch_delay_ms": 1.5}
 
 
-@pytest.mark.parametrize("pair,message", [
-    ("max_batch_size=0", "--serving: serving.max_batch_size: Value error, must be between 1 and 1024"),
-    ("batch=4", "--serving: serving.batch: Extra inputs are not permitted"),
-    ("max_batch_size", "--serving takes NAME=VALUE"),
-])
+@pytest.mark.parametrize(
+    "pair,message",
+    [
+        ("max_batch_size=0", "--serving: serving.max_batch_size: Value error, must be between 1 and 1024"),
+        ("batch=4", "--serving: serving.batch: Extra inputs are not permitted"),
+        ("max_batch_size", "--serving takes NAME=VALUE"),
+    ],
+)
 def test_export_refuses_an_invalid_serving_setting(pair, message, capsys):
     with pytest.raises(SystemExit):
         export.parse_args(["--torchvision", "resnet18", "--output", "x.onnx", "--serving", pair])
@@ -77,8 +94,20 @@ def test_parity_check_fails_loudly_on_a_mismatch(exported):
 
 def test_int8_export_runs_and_reports_accuracy_next_to_fp32(tiny_run, tmp_path):
     out = tmp_path / "tiny-int8.onnx"
-    report = export.main(["--checkpoint", str(tiny_run / "checkpoint.pt"), "--output", str(out), "--quantize", "int8",
-                          "--calibration-images", "64", "--accuracy-limit", "200"])
+    report = export.main(
+        [
+            "--checkpoint",
+            str(tiny_run / "checkpoint.pt"),
+            "--output",
+            str(out),
+            "--quantize",
+            "int8",
+            "--calibration-images",
+            "64",
+            "--accuracy-limit",
+            "200",
+        ]
+    )
     session, spec = served_spec(out)
     assert spec.precision == "int8" and spec.test_accuracy == report["int8_test_accuracy"]
     assert "fp32_test_accuracy" in report
@@ -88,7 +117,9 @@ def test_int8_export_runs_and_reports_accuracy_next_to_fp32(tiny_run, tmp_path):
 
 def test_fp16_export_keeps_float32_io(tiny_run, tmp_path):
     out = tmp_path / "tiny-fp16.onnx"
-    export.main(["--checkpoint", str(tiny_run / "checkpoint.pt"), "--output", str(out), "--fp16", "--accuracy-limit", "100"])
+    export.main(
+        ["--checkpoint", str(tiny_run / "checkpoint.pt"), "--output", str(out), "--fp16", "--accuracy-limit", "100"]
+    )
     session, spec = served_spec(out)
     assert spec.precision == "fp16"
     assert session.get_inputs()[0].type == "tensor(float)"
@@ -100,7 +131,9 @@ def test_torchvision_resnet18_state_dict_exports(tmp_path):
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
     out = tmp_path / "resnet18.onnx"
-    report = export.main(["--torchvision", "resnet18", "--weights", str(tmp_path / "resnet18.pth"), "--output", str(out)])
+    report = export.main(
+        ["--torchvision", "resnet18", "--weights", str(tmp_path / "resnet18.pth"), "--output", str(out)]
+    )
     _, spec = served_spec(out)
     assert spec.architecture == "resnet18" and spec.color_mode == "RGB" and spec.num_classes == 1000
     assert spec.labels[0] == "tench" and (spec.resize_size, spec.crop_size) == (256, 224)
@@ -108,6 +141,6 @@ def test_torchvision_resnet18_state_dict_exports(tmp_path):
 
 
 def test_missing_checkpoint_fails_with_a_message(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="checkpoint .* not found"):
+    with pytest.raises(SystemExit, match=r"checkpoint .* not found"):
         export.main(["--checkpoint", str(tmp_path / "nope.pt"), "--output", str(tmp_path / "x.onnx")])
     assert not (tmp_path / "x.onnx").exists()

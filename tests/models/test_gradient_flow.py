@@ -4,8 +4,25 @@ from models import gradient_flow
 
 
 def test_gradient_flow_writes_table_plot_and_json(tmp_path):
-    gradient_flow.main(["--steps", "3", "--grad-batches", "1", "--batch-size", "16", "--depths", "8", "14",
-                        "--limit-train", "256", "--threads", "2", "--out", str(tmp_path)])
+    gradient_flow.main(
+        [
+            "--steps",
+            "3",
+            "--grad-batches",
+            "1",
+            "--batch-size",
+            "16",
+            "--depths",
+            "8",
+            "14",
+            "--limit-train",
+            "256",
+            "--threads",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     report = json.loads((tmp_path / "gradient_flow.json").read_text())
     assert set(report["nets"]) == {"plain-8", "resnet-8", "plain-14", "resnet-14"}
     assert len(report["nets"]["resnet-14"]["gradient_norms"]) == 14

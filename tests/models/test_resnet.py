@@ -43,7 +43,9 @@ def test_same_seed_gives_identical_plain_and_residual_weights():
     residual = cifar_resnet(20)
     torch.manual_seed(0)
     plain = cifar_resnet(20, residual=False)
-    assert all(torch.equal(a, b) for a, b in zip(residual.state_dict().values(), plain.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(residual.state_dict().values(), plain.state_dict().values(), strict=False)
+    )
 
 
 def test_parse_arch_names():
@@ -60,7 +62,9 @@ def test_torchvision_resnet_loads_a_local_state_dict(tmp_path):
     reference = torchvision_resnet("resnet18")
     torch.save(reference.state_dict(), tmp_path / "r18.pth")
     loaded = torchvision_resnet("resnet18", tmp_path / "r18.pth")
-    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), loaded.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(reference.state_dict().values(), loaded.state_dict().values(), strict=False)
+    )
     with pytest.raises(FileNotFoundError):
         torchvision_resnet("resnet18", tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="unknown torchvision"):

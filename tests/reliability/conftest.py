@@ -16,7 +16,6 @@ import pytest
 from tests.integration.conftest import ServerProcess, start_server  # noqa: F401 - start_server is re-exported
 from tests.reliability.harness import EXAMPLES, SERVER_FLAGS
 
-
 # --- servers -----------------------------------------------------------------------------------------------------
 
 
@@ -38,7 +37,7 @@ def launch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., S
 
 
 @pytest.fixture
-def ready_server(start_server: Callable[..., ServerProcess]) -> Callable[..., ServerProcess]:
+def ready_server(start_server: Callable[..., ServerProcess]) -> Callable[..., ServerProcess]:  # noqa: F811
     """`ready_server(*flags)`: a bundled-model server for one test, ready; killed after the test."""
 
     def start(*flags: str) -> ServerProcess:

@@ -39,7 +39,8 @@ SERVER_FLAGS: tuple[str, ...] = ("--no-access-log", *(("--workers", "1") if "wor
 processes splits those limits between them and is started here with one.)"""
 HTTP_PARSERS: tuple[str | None, ...] = (
     tuple(parser for parser in ("h11", "httptools") if importlib.util.find_spec(parser) is not None)
-    if "http" in Settings.model_fields else (None,)
+    if "http" in Settings.model_fields
+    else (None,)
 )
 """The HTTP/1.1 parsers the server can be told to use (--http) and has installed; None: the server has one."""
 
@@ -152,8 +153,15 @@ def read_one_response(connection: socket.socket) -> Response:
         data += chunk
 
 
-def request_bytes(method: str, path: str, *, body: bytes = b"", content_type: str | None = None,
-                  headers: dict[str, str] | None = None, content_length: int | None = None) -> bytes:
+def request_bytes(
+    method: str,
+    path: str,
+    *,
+    body: bytes = b"",
+    content_type: str | None = None,
+    headers: dict[str, str] | None = None,
+    content_length: int | None = None,
+) -> bytes:
     """A request head (Host and Content-Length included unless given) followed by `body`."""
     lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
     if content_type is not None:
@@ -184,8 +192,14 @@ def multipart_body(files: list[tuple[str, bytes]]) -> bytes:
     """A multipart/form-data body with one part named 'file' per (filename, PNG bytes)."""
     out = b""
     for filename, data in files:
-        out += (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
-                f"Content-Type: image/png\r\n\r\n").encode() + data + b"\r\n"
+        out += (
+            (
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+                f"Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n"
+        )
     return out + f"--{BOUNDARY}--\r\n".encode()
 
 

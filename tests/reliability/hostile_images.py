@@ -24,12 +24,18 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def png(width: int, height: int, pixel_data: bytes, *, color_type: int = GRAY, bit_depth: int = 8,
-        before_data: bytes = b"") -> bytes:
+def png(
+    width: int, height: int, pixel_data: bytes, *, color_type: int = GRAY, bit_depth: int = 8, before_data: bytes = b""
+) -> bytes:
     """A PNG with this header and IDAT payload (zlib stream of filtered rows); `before_data`: extra chunks."""
     header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return (PNG_SIGNATURE + png_chunk(b"IHDR", header) + before_data + png_chunk(b"IDAT", pixel_data)
-            + png_chunk(b"IEND", b""))
+    return (
+        PNG_SIGNATURE
+        + png_chunk(b"IHDR", header)
+        + before_data
+        + png_chunk(b"IDAT", pixel_data)
+        + png_chunk(b"IEND", b"")
+    )
 
 
 @functools.cache
@@ -64,8 +70,7 @@ def rotated_rgb(width: int, height: int) -> bytes:
     exif[0x0112] = 6
     exif_bytes = exif.tobytes()
     exif_bytes = exif_bytes.removeprefix(b"Exif\x00\x00")
-    return png(width, height, zero_rows(width, height, 3), color_type=RGB,
-               before_data=png_chunk(b"eXIf", exif_bytes))
+    return png(width, height, zero_rows(width, height, 3), color_type=RGB, before_data=png_chunk(b"eXIf", exif_bytes))
 
 
 def text_bomb(decompressed_bytes: int = 64 << 20) -> bytes:

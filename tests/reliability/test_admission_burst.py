@@ -34,8 +34,9 @@ def test_refusals_in_a_burst_happen_before_decoding_and_say_when_to_retry(ready_
     already counted), 16 requests of 2 images arrive at once; then, with nothing held, 24 more at once. Every
     answer must be 200 or 503 overloaded with Retry-After; the 16 must all be refused; and the images decoded must
     be exactly those of the requests answered 200 (none of a refused request), all of them run through the model."""
-    server = ready_server("--max-queue-size", "2", "--max-files-per-request", str(IMAGES_PER_REQUEST),
-                          "--max-batch-size", "1")
+    server = ready_server(
+        "--max-queue-size", "2", "--max-files-per-request", str(IMAGES_PER_REQUEST), "--max-batch-size", "1"
+    )
     files = [("sneaker.png", example_pngs["sneaker"]), ("bag.png", example_pngs["bag"])]
     request = classify_request(files)
     before = metrics(server.port)
@@ -47,11 +48,16 @@ def test_refusals_in_a_burst_happen_before_decoding_and_say_when_to_retry(ready_
         body = multipart_body(files)
         held = body.index(files[1][1]) + 10
         holder = stack.enter_context(connect(server.port))
-        holder.sendall(request_bytes("POST", "/v1/classify", content_type=MULTIPART,
-                                     headers={"Transfer-Encoding": "chunked"})
-                       + b"%x\r\n" % held + body[:held] + b"\r\n")
-        poll(lambda: metrics(server.port)[("resnet_serve_inflight_upload_bytes", ())] == held,
-             "the holder's first bytes to be read")
+        holder.sendall(
+            request_bytes("POST", "/v1/classify", content_type=MULTIPART, headers={"Transfer-Encoding": "chunked"})
+            + b"%x\r\n" % held
+            + body[:held]
+            + b"\r\n"
+        )
+        poll(
+            lambda: metrics(server.port)[("resnet_serve_inflight_upload_bytes", ())] == held,
+            "the holder's first bytes to be read",
+        )
 
         with ThreadPoolExecutor(max_workers=HELD_BURST) as pool:
             held_burst = list(pool.map(lambda _: exchange(server.port, request), range(HELD_BURST)))
@@ -75,6 +81,7 @@ def test_refusals_in_a_burst_happen_before_decoding_and_say_when_to_retry(ready_
     after = metrics(server.port)
     decoded = delta(before, after, "resnet_serve_images_decoded_total", model=MODEL)
     assert decoded == IMAGES_PER_REQUEST * len(succeeded), (
-        f"{decoded} images decoded for {len(succeeded)} requests answered 200 and {len(refused)} refused")
+        f"{decoded} images decoded for {len(succeeded)} requests answered 200 and {len(refused)} refused"
+    )
     assert delta(before, after, "resnet_serve_images_inferred_total", model=MODEL) == decoded
     assert delta(before, after, "resnet_serve_rejections_total", reason="overloaded") == len(refused)

@@ -29,8 +29,9 @@ def test_connections_beyond_the_cap_get_503_and_are_closed_until_the_idle_ones_g
     request each). The 21st connection must get one 503 too_many_connections with Retry-After and Connection:
     close, then be closed, and be counted as max_connections; the 20 stay usable. After the idle connections
     close, a new classify request must succeed."""
-    server = ready_server("--max-connections", str(MAX_CONNECTIONS), "--keep-alive-timeout-s", "120",
-                          "--header-timeout-s", "120")
+    server = ready_server(
+        "--max-connections", str(MAX_CONNECTIONS), "--keep-alive-timeout-s", "120", "--header-timeout-s", "120"
+    )
     before = metrics(server.port)
     with contextlib.ExitStack() as stack:
         # Connections are accepted in the order they were made, so once the last kept-alive one has been answered,
@@ -61,8 +62,9 @@ def test_connections_beyond_the_cap_get_503_and_are_closed_until_the_idle_ones_g
     refused_meanwhile = []
 
     def classified() -> bool:
-        response = exchange(server.port, request_bytes("POST", "/v1/classify", body=example_pngs["sneaker"],
-                                                       content_type="image/png"))
+        response = exchange(
+            server.port, request_bytes("POST", "/v1/classify", body=example_pngs["sneaker"], content_type="image/png")
+        )
         if response.status == 503 and response.error_code == "too_many_connections":
             refused_meanwhile.append(response)
             return False
@@ -72,5 +74,5 @@ def test_connections_beyond_the_cap_get_503_and_are_closed_until_the_idle_ones_g
     poll(classified, "a classify request to be served after the idle connections closed")
     after = metrics(server.port)
     assert delta(before, after, "resnet_serve_connections_refused_total", reason="max_connections") == (
-        1 + len(refused_meanwhile))
-
+        1 + len(refused_meanwhile)
+    )

@@ -93,11 +93,13 @@ def test_image_over_the_decode_budget_is_refused_before_it_is_decoded(ready_serv
     assert (response.status, response.error_code) == (413, "image_too_large"), response
     growth = process.peak_rss_bytes() - baseline
     assert growth <= REFUSED_PEAK_LIMIT, (
-        f"peak RSS grew by {growth / MB:.0f} MB for an image refused as over the decode budget: it was decoded")
+        f"peak RSS grew by {growth / MB:.0f} MB for an image refused as over the decode budget: it was decoded"
+    )
 
 
 def test_bombs_are_refused_beside_valid_traffic_which_gets_the_right_answers_in_bounded_memory(
-        ready_server, bombs, example_pngs):
+    ready_server, bombs, example_pngs
+):
     """Attack: two of each hostile PNG (headers declaring 10 Gpx and 56 Mpx, a zTXt chunk inflating to 64 MiB, a
     truncated 49 Mpx image, a 49 Mpx image whose EXIF rotation would double its memory), four black RGB and two
     16-bit grey PNGs of 49 Mpx (legal, ~100-140 KB on the wire), all at once beside two of each example image, on
@@ -111,9 +113,11 @@ def test_bombs_are_refused_beside_valid_traffic_which_gets_the_right_answers_in_
     idle = process.rss_bytes()
     before = metrics(server.port)
 
-    jobs = ([(name, png) for name, png in example_pngs.items()] * 2
-            + [(name, bombs[name]) for name in HOSTILE] * 2
-            + [(name, bombs[name]) for name, (_, copies) in HEAVY_BUT_LEGAL.items() for _ in range(copies)])
+    jobs = (
+        [(name, png) for name, png in example_pngs.items()] * 2
+        + [(name, bombs[name]) for name in HOSTILE] * 2
+        + [(name, bombs[name]) for name, (_, copies) in HEAVY_BUT_LEGAL.items() for _ in range(copies)]
+    )
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         responses = list(pool.map(lambda job: (job[0], classify(server, f"{job[0]}.png", job[1])), jobs))
     peak = process.peak_rss_bytes() - idle
@@ -127,12 +131,16 @@ def test_bombs_are_refused_beside_valid_traffic_which_gets_the_right_answers_in_
         else:
             assert_full_size(response)
     after = metrics(server.port)
-    server_errors = {labels: v - before.get((name, labels), 0) for (name, labels), v in after.items()
-                     if name == "resnet_serve_http_requests_total" and dict(labels)["status"].startswith("5")}
+    server_errors = {
+        labels: v - before.get((name, labels), 0)
+        for (name, labels), v in after.items()
+        if name == "resnet_serve_http_requests_total" and dict(labels)["status"].startswith("5")
+    }
     assert not any(server_errors.values()), server_errors
     assert delta(before, after, "resnet_serve_rejections_total", reason="too_large") == 6
     assert delta(before, after, "resnet_serve_rejections_total", reason="invalid_image") == 4
     assert after[("resnet_serve_decode_memory_bytes", ())] == 0
     assert peak <= STORM_PEAK_LIMIT, (
-        f"peak RSS {peak / MB:.0f} MB above idle, over the decode budget + 192 MiB ({STORM_PEAK_LIMIT / MB:.0f} MB)")
+        f"peak RSS {peak / MB:.0f} MB above idle, over the decode budget + 192 MiB ({STORM_PEAK_LIMIT / MB:.0f} MB)"
+    )
     poll(lambda: process.rss_bytes() - idle <= SETTLED_LIMIT, "the server's RSS to settle back near idle")

@@ -41,8 +41,16 @@ def test_clients_leaving_mid_upload_and_while_queued_give_back_every_resource(re
     server must give back everything: upload bytes in flight back to 0, the queued images of the gone clients
     dropped unrun (the next full batch runs 8 images, not 11), and its open file descriptors and threads back to
     their counts before the attack."""
-    server = ready_server("--max-batch-size", str(BATCH), "--max-batch-delay-ms", "10000", "--decode-threads", "2",
-                          "--request-timeout-s", "60")
+    server = ready_server(
+        "--max-batch-size",
+        str(BATCH),
+        "--max-batch-delay-ms",
+        "10000",
+        "--decode-threads",
+        "2",
+        "--request-timeout-s",
+        "60",
+    )
     png = example_pngs["sneaker"]
     full_batch = classify_request([(f"{i}.png", png) for i in range(BATCH)])
     # Warm up what is made on first use (both decode threads, the app's worker threads), then count.
@@ -62,10 +70,14 @@ def test_clients_leaving_mid_upload_and_while_queued_give_back_every_resource(re
             connection.sendall(upload[:half])
             # One at a time: this upload holds its declared bytes once the server has admitted it.
             held = (leaver + 1) * len(png)
-            poll(lambda held=held: metrics(server.port)[("resnet_serve_inflight_upload_bytes", ())] == held,
-                 "the half-sent upload to be admitted")
-    poll(lambda: metrics(server.port)[("resnet_serve_inflight_upload_bytes", ())] == 0,
-         "the upload bytes of the clients that left to be given back")
+            poll(
+                lambda held=held: metrics(server.port)[("resnet_serve_inflight_upload_bytes", ())] == held,
+                "the half-sent upload to be admitted",
+            )
+    poll(
+        lambda: metrics(server.port)[("resnet_serve_inflight_upload_bytes", ())] == 0,
+        "the upload bytes of the clients that left to be given back",
+    )
 
     with contextlib.ExitStack() as stack:
         for leaver in range(QUEUED):
@@ -76,17 +88,21 @@ def test_clients_leaving_mid_upload_and_while_queued_give_back_every_resource(re
             queued = leaver + 1
             poll(lambda queued=queued: metrics(server.port)[QUEUE_DEPTH] == queued, "the image to be queued")
     gone = MID_UPLOAD + QUEUED
-    poll(lambda: delta(before, metrics(server.port), "resnet_serve_rejections_total",
-                       reason="client_disconnected") == gone,
-         "the server to notice that every client left")
+    poll(
+        lambda: (
+            delta(before, metrics(server.port), "resnet_serve_rejections_total", reason="client_disconnected") == gone
+        ),
+        "the server to notice that every client left",
+    )
 
     # A full batch runs at once; the queued images of the clients that left are dropped, not run with it.
     assert exchange(server.port, full_batch).status == 200
     after = metrics(server.port)
     assert delta(before, after, "resnet_serve_images_inferred_total", model=MODEL) == BATCH
     assert delta(before, after, "resnet_serve_images_decoded_total", model=MODEL) == QUEUED + BATCH
-    assert delta(before, after, "resnet_serve_dropped_images_total", model=MODEL,
-                 reason="client_disconnected") == QUEUED
+    assert (
+        delta(before, after, "resnet_serve_dropped_images_total", model=MODEL, reason="client_disconnected") == QUEUED
+    )
     assert after[("resnet_serve_inflight_upload_bytes", ())] == 0
     poll(lambda: process.open_fds() <= fds, f"the server's open file descriptors to return to {fds}")
     poll(lambda: process.threads() <= threads, f"the server's threads to return to {threads}")

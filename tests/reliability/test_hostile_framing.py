@@ -29,8 +29,15 @@ MAX_UPLOAD_BYTES = 1 * MiB
 @pytest.fixture(scope="module", params=HTTP_PARSERS, ids=lambda parser: parser or "default-parser")
 def server(launch, request):
     """One server per HTTP parser: the guard sits in front of either, and each must be safe behind it."""
-    return launch("--max-upload-bytes", str(MAX_UPLOAD_BYTES), "--header-timeout-s", "5", "--body-timeout-s", "5",
-                  *parser_flags(request.param))
+    return launch(
+        "--max-upload-bytes",
+        str(MAX_UPLOAD_BYTES),
+        "--header-timeout-s",
+        "5",
+        "--body-timeout-s",
+        "5",
+        *parser_flags(request.param),
+    )
 
 
 def hidden_classify_request(png: bytes) -> bytes:
@@ -42,8 +49,12 @@ def smuggling_request(png: bytes, *, header_lines: list[str], line_end: bytes = 
     """A POST whose body, read as chunked, ends at once with a last chunk, leaving a classify request behind it;
     read by its Content-Length, the same bytes are one body. `header_lines` may use {length} for that length."""
     body = b"0\r\n\r\n" + hidden_classify_request(png)
-    lines = ["POST /v1/classify HTTP/1.1", "Host: 127.0.0.1", "Content-Type: image/png",
-             *(line.format(length=len(body)) for line in header_lines)]
+    lines = [
+        "POST /v1/classify HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Content-Type: image/png",
+        *(line.format(length=len(body)) for line in header_lines),
+    ]
     return line_end.join(line.encode("latin-1") for line in lines) + line_end + line_end + body
 
 
@@ -57,7 +68,8 @@ def assert_one_400_and_the_hidden_request_never_ran(server, request: bytes):
         data = read_until_closed(connection)
     responses = parse_responses(data)
     assert [r.status for r in responses] == [400], (
-        f"expected exactly one answer, a 400, then the connection closed; got {responses}")
+        f"expected exactly one answer, a 400, then the connection closed; got {responses}"
+    )
     assert responses[0].headers.get("connection") == "close"
     after = metrics(server.port)
     assert delta(before, after, "resnet_serve_http_requests_total", route="/v1/classify", status="200") == 0
@@ -65,20 +77,26 @@ def assert_one_400_and_the_hidden_request_never_ran(server, request: bytes):
     return responses, before, after
 
 
-@pytest.mark.parametrize("header_lines", [
-    ["Content-Length: {length}", "Transfer-Encoding: chunked"],
-    ["Transfer-Encoding: chunked", "Content-Length: {length}"],
-    ["Content-Length: {length}", "TRANSFER-ENCODING: CHUNKED"],
-    ["Content-Length: {length}", "Transfer-Encoding: gzip, chunked"],
-], ids=["length-first", "chunked-first", "upper-case", "coding-list"])
+@pytest.mark.parametrize(
+    "header_lines",
+    [
+        ["Content-Length: {length}", "Transfer-Encoding: chunked"],
+        ["Transfer-Encoding: chunked", "Content-Length: {length}"],
+        ["Content-Length: {length}", "TRANSFER-ENCODING: CHUNKED"],
+        ["Content-Length: {length}", "Transfer-Encoding: gzip, chunked"],
+    ],
+    ids=["length-first", "chunked-first", "upper-case", "coding-list"],
+)
 def test_content_length_with_transfer_encoding_is_refused_once_and_the_hidden_request_never_runs(
-        server, example_pngs, header_lines):
+    server, example_pngs, header_lines
+):
     """Attack (request smuggling, RFC 9112 section 6.1): Content-Length and Transfer-Encoding: chunked together,
     the chunked body ending at once so that a complete classify request hides behind it. The server must answer
     exactly one 400 with Connection: close and close the socket; the hidden request must never run (no second
     response, no classify request counted, no image decoded)."""
     responses, before, after = assert_one_400_and_the_hidden_request_never_ran(
-        server, smuggling_request(example_pngs["bag"], header_lines=header_lines))
+        server, smuggling_request(example_pngs["bag"], header_lines=header_lines)
+    )
     assert responses[0].error_code == "malformed_request"
     assert delta(before, after, "resnet_serve_connections_refused_total", reason="framing") == 1
     # The guard refused it before the parser saw it: not even the outer request reached the app.
@@ -91,8 +109,9 @@ def test_smuggling_with_bare_lf_line_endings_is_refused_and_the_hidden_request_n
     parser may accept (RFC 9112 section 2.2 allows it; h11 does, httptools does not). Whichever refuses it, the
     guard or the parser, the server must answer exactly one 400 and close the connection, and the hidden classify
     request must never run."""
-    request = smuggling_request(example_pngs["bag"], header_lines=["Content-Length: {length}",
-                                                                   "Transfer-Encoding: chunked"], line_end=b"\n")
+    request = smuggling_request(
+        example_pngs["bag"], header_lines=["Content-Length: {length}", "Transfer-Encoding: chunked"], line_end=b"\n"
+    )
     assert_one_400_and_the_hidden_request_never_ran(server, request)
 
 
@@ -104,8 +123,7 @@ def test_chunk_declaring_more_than_the_upload_limit_is_refused_before_its_data(s
     body deadline would answer 408) and close the connection."""
     before = metrics(server.port)
     with connect(server.port) as connection:
-        head = request_bytes("POST", "/v1/classify", content_type="image/png",
-                             headers={"Transfer-Encoding": "chunked"})
+        head = request_bytes("POST", "/v1/classify", content_type="image/png", headers={"Transfer-Encoding": "chunked"})
         connection.sendall(head + b"%x\r\n" % declared)
         data = read_until_closed(connection)
     responses = parse_responses(data)
@@ -147,8 +165,11 @@ def test_upload_refused_while_the_client_still_writes_says_close_and_stops_readi
             connection.sendall(request_bytes("POST", "/v1/classify", content_type="image/png", content_length=total))
             sent = keep_writing(connection, total, b"\x89" * block)
         else:
-            connection.sendall(request_bytes("POST", "/v1/classify", content_type="image/png",
-                                             headers={"Transfer-Encoding": "chunked"}))
+            connection.sendall(
+                request_bytes(
+                    "POST", "/v1/classify", content_type="image/png", headers={"Transfer-Encoding": "chunked"}
+                )
+            )
             chunk = b"%x\r\n" % block + b"\x89" * block + b"\r\n"
             sent = keep_writing(connection, total // block * len(chunk), chunk * 16)
         data = read_until_closed(connection)

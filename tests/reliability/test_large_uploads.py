@@ -59,7 +59,8 @@ def upload(port: int, png: bytes, barrier: threading.Barrier) -> Response:
 
 
 def test_32_concurrent_30_mb_uploads_are_admitted_within_the_byte_budget_and_memory_stays_bounded(
-        ready_server, big_png):
+    ready_server, big_png
+):
     """Attack: 32 clients upload the same real 30 MB PNG at once (each under the default 32 MiB upload limit;
     together ~950 MB). Some must be admitted and answered 200 with the image's label; the rest refused with 503
     overloaded and Retry-After (the upload byte budget, 128 MiB by default); nothing else, no other 5xx. The

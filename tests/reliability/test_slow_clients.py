@@ -35,8 +35,13 @@ TRICKLE_INTERVAL_S = 0.2
 @pytest.fixture(scope="module", params=HTTP_PARSERS, ids=lambda parser: parser or "default-parser")
 def server(launch, request):
     """One server per HTTP parser: the deadlines live in the protocol guard in front of either."""
-    return launch("--header-timeout-s", str(HEADER_TIMEOUT_S), "--body-timeout-s", str(BODY_TIMEOUT_S),
-                  *parser_flags(request.param))
+    return launch(
+        "--header-timeout-s",
+        str(HEADER_TIMEOUT_S),
+        "--body-timeout-s",
+        str(BODY_TIMEOUT_S),
+        *parser_flags(request.param),
+    )
 
 
 def trickle(connection, data: bytes) -> int:
@@ -66,16 +71,23 @@ def assert_408_and_closed(data: bytes, what: str) -> None:
 
 def assert_upload_bytes_given_back(server) -> None:
     """The request the guard cut off learns of it as a disconnect, after the 408 was written: poll."""
-    poll(lambda: metrics(server.port)[("resnet_serve_inflight_upload_bytes", ())] == 0,
-         "the cut-off upload's bytes to be given back")
+    poll(
+        lambda: metrics(server.port)[("resnet_serve_inflight_upload_bytes", ())] == 0,
+        "the cut-off upload's bytes to be given back",
+    )
 
 
 def test_request_head_sent_one_byte_at_a_time_gets_408_and_is_closed(server, example_pngs):
     """Attack: a classify request head (padded to a few hundred bytes) sent one byte every 0.2 s, which would
     take a minute in all. The server must answer 408 request_timeout with Connection: close once the head has
     not arrived within --header-timeout-s of its first byte, close the socket, and count a header_timeout."""
-    head = request_bytes("POST", "/v1/classify", content_type="image/png",
-                         headers={"X-Padding": "p" * 300}, content_length=len(example_pngs["sneaker"]))
+    head = request_bytes(
+        "POST",
+        "/v1/classify",
+        content_type="image/png",
+        headers={"X-Padding": "p" * 300},
+        content_length=len(example_pngs["sneaker"]),
+    )
     before = metrics(server.port)
     with connect(server.port) as connection:
         started = time.monotonic()
@@ -111,8 +123,9 @@ def test_body_that_stops_arriving_gets_408_within_the_body_deadline(server, exam
     before = metrics(server.port)
     with connect(server.port) as connection:
         started = time.monotonic()
-        connection.sendall(request_bytes("POST", "/v1/classify", content_type="image/png", body=png[:100],
-                                         content_length=len(png)))
+        connection.sendall(
+            request_bytes("POST", "/v1/classify", content_type="image/png", body=png[:100], content_length=len(png))
+        )
         data = read_until_closed(connection)
         elapsed = time.monotonic() - started
     assert_408_and_closed(data, "request body")

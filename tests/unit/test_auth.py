@@ -30,11 +30,14 @@ def test_inline_keys_and_no_keys():
     assert keys.identify("two") == "b" and keys.names == ["a", "b"]
 
 
-@pytest.mark.parametrize("text,message", [
-    ("x:sha256:abcd", "entry 1 (x) is not a 64-digit SHA-256 hex digest"),
-    ("a:one\na:two", "the name 'a' is given twice"),
-    (":nokey", "entry 1 has an empty name or key"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("x:sha256:abcd", "entry 1 (x) is not a 64-digit SHA-256 hex digest"),
+        ("a:one\na:two", "the name 'a' is given twice"),
+        (":nokey", "entry 1 has an empty name or key"),
+    ],
+)
 def test_bad_entries_are_refused_naming_the_line_never_the_key(text, message):
     with pytest.raises(ApiKeysError) as error:
         parse_keys(text, "keys.txt")

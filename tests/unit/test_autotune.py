@@ -11,12 +11,15 @@ def timings(per_image_ms: dict[int, float]) -> list[BatchTiming]:
     return [BatchTiming(size, size * ms / 1000) for size, ms in per_image_ms.items()]
 
 
-@pytest.mark.parametrize("per_image_ms,expected", [
-    ({1: 10.0, 2: 9.9, 4: 5.0}, 1),          # a CPU: doubling buys 1%, so batch 1, whatever comes after
-    ({1: 10.0, 2: 5.0, 4: 2.5, 8: 2.4}, 4),  # a GPU-like curve: steep, then flat
-    ({1: 10.0, 2: 9.4, 4: 8.9}, 4),          # each doubling buys just over 5%
-    ({1: 1.0}, 1),
-])
+@pytest.mark.parametrize(
+    "per_image_ms,expected",
+    [
+        ({1: 10.0, 2: 9.9, 4: 5.0}, 1),  # a CPU: doubling buys 1%, so batch 1, whatever comes after
+        ({1: 10.0, 2: 5.0, 4: 2.5, 8: 2.4}, 4),  # a GPU-like curve: steep, then flat
+        ({1: 10.0, 2: 9.4, 4: 8.9}, 4),  # each doubling buys just over 5%
+        ({1: 1.0}, 1),
+    ],
+)
 def test_choose_keeps_the_largest_batch_that_still_pays(per_image_ms, expected):
     assert choose(timings(per_image_ms)) == expected
 

@@ -44,17 +44,27 @@ def test_environment_variables_use_the_prefix(monkeypatch, tmp_path):
 def test_flags_parse_and_win_over_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("RESNET_SERVE_MAX_BATCH_SIZE", "7")
     monkeypatch.setenv("RESNET_SERVE_PORT", "9000")
-    settings = load_settings([
-        "--max-batch-size", "32",
-        "--max-batch-delay-ms", "2.5",
-        "--max-queue-size", "64",
-        "--request-timeout-s", "3",
-        "--intra-op-threads", "2",
-        "--providers", "auto",
-        "--model-dir", str(tmp_path),
-        "--no-jpeg-draft",
-        "--host", "0.0.0.0",
-    ])
+    settings = load_settings(
+        [
+            "--max-batch-size",
+            "32",
+            "--max-batch-delay-ms",
+            "2.5",
+            "--max-queue-size",
+            "64",
+            "--request-timeout-s",
+            "3",
+            "--intra-op-threads",
+            "2",
+            "--providers",
+            "auto",
+            "--model-dir",
+            str(tmp_path),
+            "--no-jpeg-draft",
+            "--host",
+            "0.0.0.0",
+        ]
+    )
     assert settings.max_batch_size == 32
     assert settings.port == 9000  # not given as a flag: the environment still applies
     assert settings.max_batch_delay_ms == 2.5
@@ -68,12 +78,15 @@ def test_flags_parse_and_win_over_the_environment(monkeypatch, tmp_path):
     assert settings.host == "0.0.0.0"
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--max-batch-size", "0"], "max_batch_size"),
-    (["--port", "http"], "port"),
-    (["--providers", "quantum"], "unknown execution provider 'quantum'"),
-    (["--max-queue-size", "4", "--max-files-per-request", "8"], "must be at least max_files_per_request"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--max-batch-size", "0"], "max_batch_size"),
+        (["--port", "http"], "port"),
+        (["--providers", "quantum"], "unknown execution provider 'quantum'"),
+        (["--max-queue-size", "4", "--max-files-per-request", "8"], "must be at least max_files_per_request"),
+    ],
+)
 def test_invalid_flags_exit_with_a_message(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         load_settings(argv)

@@ -12,14 +12,17 @@ from service.errors import ImageTooLarge
 SIDE = 1000
 
 
-@pytest.mark.parametrize("mode,color_mode,bytes_per_pixel", [
-    ("RGB", "RGB", 4),       # Pillow keeps RGB as 4 bytes a pixel
-    ("RGBA", "RGB", 8),      # decoded, then converted
-    ("P", "RGB", 5),
-    ("L", "L", 1),
-    ("I;16", "L", 2),        # resized in its own mode: no converted copy
-    ("F", "RGB", 4),
-])
+@pytest.mark.parametrize(
+    "mode,color_mode,bytes_per_pixel",
+    [
+        ("RGB", "RGB", 4),  # Pillow keeps RGB as 4 bytes a pixel
+        ("RGBA", "RGB", 8),  # decoded, then converted
+        ("P", "RGB", 5),
+        ("L", "L", 1),
+        ("I;16", "L", 2),  # resized in its own mode: no converted copy
+        ("F", "RGB", 4),
+    ],
+)
 def test_the_estimate_counts_decoded_and_converted_pixels(mode, color_mode, bytes_per_pixel):
     cost = decode_cost_bytes(mode, (SIDE, SIDE), color_mode)
     assert SIDE * SIDE * bytes_per_pixel <= cost < SIDE * SIDE * bytes_per_pixel + 8 * 1024 * 1024
@@ -32,9 +35,8 @@ def test_an_exif_rotation_costs_a_copy():
 def test_a_decode_waits_for_room_and_one_too_large_is_refused():
     seen: list[int] = []
     memory = DecodeMemory(100, on_change=seen.append)
-    with pytest.raises(ImageTooLarge, match="over the server's limit"):
-        with memory.hold(101):
-            pass
+    with pytest.raises(ImageTooLarge, match="over the server's limit"), memory.hold(101):
+        pass
     entered, release = threading.Event(), threading.Event()
 
     def second_decode() -> None:

@@ -28,12 +28,15 @@ from service.v2.codec import FP32
 def test_the_committed_generated_modules_are_current():
     for name, text in generate.generate().items():
         assert generate.PROTO.with_name(name).read_text() == text, (
-            f"{name} is not what {generate.PROTO.name} generates; run python -m service.grpc.proto.generate")
+            f"{name} is not what {generate.PROTO.name} generates; run python -m service.grpc.proto.generate"
+        )
 
 
 def _fields(descriptor) -> dict[str, tuple[int, int, bool, str | None]]:
-    return {f.name: (f.number, f.type, f.label == f.LABEL_REPEATED,
-                     f.message_type.full_name if f.message_type else None) for f in descriptor.fields}
+    return {
+        f.name: (f.number, f.type, f.label == f.LABEL_REPEATED, f.message_type.full_name if f.message_type else None)
+        for f in descriptor.fields
+    }
 
 
 def _compare(ours, theirs) -> None:
@@ -54,9 +57,17 @@ def test_the_wire_format_is_triton_s():
     for method in ours_service.methods:
         theirs = theirs_service.methods_by_name[method.name]
         assert (method.input_type.full_name, method.output_type.full_name) == (
-            theirs.input_type.full_name, theirs.output_type.full_name)
-    assert {m.name for m in ours_service.methods} == {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata",
-                                                      "ModelMetadata", "ModelInfer"}
+            theirs.input_type.full_name,
+            theirs.output_type.full_name,
+        )
+    assert {m.name for m in ours_service.methods} == {
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelInfer",
+    }
 
 
 # --- messages -----------------------------------------------------------------------------------------------------
@@ -68,8 +79,12 @@ def test_raw_input_contents_become_raw_tensors():
     converted = messages.infer_request(request)
     assert converted.id == "r1" and converted.outputs is None
     (tensor,) = converted.inputs
-    assert (tensor.name, tensor.datatype, tensor.shape, bytes(tensor.raw)) == ("input", "BYTES", (1,),
-                                                                               b"\x01\x00\x00\x00x")
+    assert (tensor.name, tensor.datatype, tensor.shape, bytes(tensor.raw)) == (
+        "input",
+        "BYTES",
+        (1,),
+        b"\x01\x00\x00\x00x",
+    )
 
 
 def test_typed_contents_become_values():
@@ -102,8 +117,11 @@ def test_classification_is_an_integer_output_parameter(field, value):
 def test_classification_of_another_type_is_refused_as_over_http():
     request = pb.ModelInferRequest()
     request.outputs.add(name="logits").parameters["classification"].string_param = "3"
-    with pytest.raises(InvalidParameter, match=r"outputs\[0\]\.parameters\.classification must be an integer, "
-                                               r"got '3'"):
+    with pytest.raises(
+        InvalidParameter,
+        match=r"outputs\[0\]\.parameters\.classification must be an integer, "
+        r"got '3'",
+    ):
         messages.infer_request(request)
 
 
@@ -140,13 +158,16 @@ def test_every_error_class_has_a_row_in_the_status_table():
     assert not missing, f"add these to service.grpc.errors.STATUS_CODES (and docs/SERVICE.md): {missing}"
 
 
-@pytest.mark.parametrize("error,code", [
-    (InvalidTensor("x"), grpc.StatusCode.INVALID_ARGUMENT),
-    (TooManyFiles("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (Overloaded("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (ShuttingDown("x"), grpc.StatusCode.UNAVAILABLE),
-    (Unauthorized("x"), grpc.StatusCode.UNAUTHENTICATED),
-])
+@pytest.mark.parametrize(
+    "error,code",
+    [
+        (InvalidTensor("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (TooManyFiles("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (Overloaded("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (ShuttingDown("x"), grpc.StatusCode.UNAVAILABLE),
+        (Unauthorized("x"), grpc.StatusCode.UNAUTHENTICATED),
+    ],
+)
 def test_status_codes(error, code):
     assert errors.status_code(error) is code
 
@@ -167,8 +188,16 @@ def test_retry_after_is_the_only_header_that_becomes_metadata():
 
 
 def test_server_options_follow_the_settings():
-    options = dict(server_options(Settings(max_upload_bytes=2048, grpc_max_concurrent_streams=7,
-                                           grpc_keepalive_time_s=30, grpc_keepalive_timeout_s=5)))
+    options = dict(
+        server_options(
+            Settings(
+                max_upload_bytes=2048,
+                grpc_max_concurrent_streams=7,
+                grpc_keepalive_time_s=30,
+                grpc_keepalive_timeout_s=5,
+            )
+        )
+    )
     assert options["grpc.max_receive_message_length"] == 2048
     assert options["grpc.max_concurrent_streams"] == 7
     assert (options["grpc.keepalive_time_ms"], options["grpc.keepalive_timeout_ms"]) == (30_000, 5_000)

@@ -21,18 +21,24 @@ def feed_in_pieces(data: bytes, size: int, scan: RequestFramingScanner | None = 
 
 GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 POST = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
-CHUNKED = (b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-           b"5;ext=1\r\nhello\r\n3\r\nabc\r\n0\r\nX-Trailer: y\r\n\r\n")
+CHUNKED = (
+    b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5;ext=1\r\nhello\r\n3\r\nabc\r\n0\r\nX-Trailer: y\r\n\r\n"
+)
 
 
 @pytest.mark.parametrize("piece", [1, 2, 3, 7, 1000])
 def test_pipelined_requests_are_followed_whatever_the_read_sizes(piece):
     events = feed_in_pieces(b"\r\n" + GET + POST + CHUNKED + GET, piece)
     assert events == [
-        HeadComplete(Framing.NONE, None), BodyComplete(),
-        HeadComplete(Framing.LENGTH, 5), BodyComplete(),
-        HeadComplete(Framing.CHUNKED, None), BodyComplete(),
-        HeadComplete(Framing.NONE, None), BodyComplete(),
+        HeadComplete(Framing.NONE, None),
+        BodyComplete(),
+        HeadComplete(Framing.LENGTH, 5),
+        BodyComplete(),
+        HeadComplete(Framing.CHUNKED, None),
+        BodyComplete(),
+        HeadComplete(Framing.NONE, None),
+        BodyComplete(),
     ]
 
 
@@ -46,8 +52,10 @@ def test_progress_of_the_current_request():
 
 
 def test_content_length_with_transfer_encoding_is_refused_before_the_body():
-    smuggled = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n"
-                b"0\r\n\r\nGET /admin HTTP/1.1\r\nHost: x\r\n\r\n")
+    smuggled = (
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /admin HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
     (event,) = scanner().feed(smuggled)
     assert isinstance(event, FramingViolation) and event.status == 400 and "RFC 9112" in event.message
 
@@ -72,8 +80,9 @@ def test_an_oversized_head_is_refused():
     assert isinstance(events[-1], FramingViolation) and events[-1].status == 431
 
 
-@pytest.mark.parametrize("lengths", [b"Content-Length: 5\r\nContent-Length: 6\r\n", b"Content-Length: -1\r\n",
-                                     b"Content-Length: 5x\r\n"])
+@pytest.mark.parametrize(
+    "lengths", [b"Content-Length: 5\r\nContent-Length: 6\r\n", b"Content-Length: -1\r\n", b"Content-Length: 5x\r\n"]
+)
 def test_bad_content_length_is_refused(lengths):
     (event,) = scanner().feed(b"POST / HTTP/1.1\r\n" + lengths + b"\r\n")
     assert isinstance(event, FramingViolation) and event.status == 400
@@ -84,7 +93,9 @@ def test_what_the_scanner_does_not_understand_is_left_to_the_parser():
     assert scan.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nxyz") == []
     assert not scan.following
     scan = scanner()
-    assert scan.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n") == [HeadComplete(Framing.CHUNKED, None)]
+    assert scan.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n") == [
+        HeadComplete(Framing.CHUNKED, None)
+    ]
     assert not scan.following
 
 

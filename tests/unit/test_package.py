@@ -5,7 +5,9 @@ import sys
 
 def _telemetry_setting(env: dict[str, str]) -> str:
     code = "import service, os; print(os.environ['ORT_DISABLE_TELEMETRY'])"
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_importing_the_service_turns_onnxruntime_telemetry_off_unless_the_operator_opted_in():

@@ -45,12 +45,14 @@ def torchvision_reference(image: Image.Image, model: ModelSpec) -> np.ndarray:
         "bilinear": transforms.InterpolationMode.BILINEAR,
         "bicubic": transforms.InterpolationMode.BICUBIC,
     }
-    pipeline = transforms.Compose([
-        transforms.Resize(model.resize_size, interpolation=modes[model.interpolation], antialias=True),
-        transforms.CenterCrop(model.crop_size),
-        transforms.ToTensor(),
-        transforms.Normalize(model.mean, model.std),
-    ])
+    pipeline = transforms.Compose(
+        [
+            transforms.Resize(model.resize_size, interpolation=modes[model.interpolation], antialias=True),
+            transforms.CenterCrop(model.crop_size),
+            transforms.ToTensor(),
+            transforms.Normalize(model.mean, model.std),
+        ]
+    )
     with torch.no_grad():
         return pipeline(image.convert(model.color_mode)).numpy()
 
@@ -118,14 +120,17 @@ def test_tiny_image_is_upscaled_like_torchvision():
     assert max_pixel_diff(result.tensor, torchvision_reference(tiny, model), model) <= ONE_LEVEL
 
 
-@pytest.mark.parametrize("format,params", [
-    ("PNG", {}),
-    ("JPEG", {"quality": 95}),
-    ("WEBP", {"lossless": True}),
-    ("GIF", {}),
-    ("BMP", {}),
-    ("TIFF", {"compression": "tiff_lzw"}),
-])
+@pytest.mark.parametrize(
+    "format,params",
+    [
+        ("PNG", {}),
+        ("JPEG", {"quality": 95}),
+        ("WEBP", {"lossless": True}),
+        ("GIF", {}),
+        ("BMP", {}),
+        ("TIFF", {"compression": "tiff_lzw"}),
+    ],
+)
 def test_every_supported_format_decodes_to_what_pil_decodes(photos, format, params):
     model = spec("RGB", 64, 64)
     data = encode(photos["chelsea"], format, **params)
@@ -226,11 +231,17 @@ def test_jpeg_draft_is_off_for_png(photos):
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height pixels, with no real pixel data (a bomb's cheap disguise)."""
+
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_pixel_limit_refuses_before_decoding():
@@ -284,12 +295,15 @@ def test_declared_types_we_never_decode_are_refused(declared):
         check_declared_type(declared)
 
 
-@pytest.mark.parametrize("declared,promised", [
-    ("image/png", "PNG"),
-    ("image/jpeg; charset=binary", "JPEG"),
-    ("application/octet-stream", None),
-    (None, None),
-    ("IMAGE/WEBP", "WEBP"),
-])
+@pytest.mark.parametrize(
+    "declared,promised",
+    [
+        ("image/png", "PNG"),
+        ("image/jpeg; charset=binary", "JPEG"),
+        ("application/octet-stream", None),
+        (None, None),
+        ("IMAGE/WEBP", "WEBP"),
+    ],
+)
 def test_declared_types_promise_a_format(declared, promised):
     assert check_declared_type(declared) == promised

@@ -13,7 +13,6 @@ from service.errors import InvalidImage, ModelNotFound
 from service.metrics import ServiceMetrics
 from service.preprocess import ImageUpload
 from service.registry import ModelContract, ModelRegistry, ModelState, StartupError
-
 from tests.images import random_png
 
 
@@ -40,7 +39,7 @@ def test_each_stage_of_the_contract_is_callable_alone(tiny_model_dir):
 
 def test_preprocess_errors_name_the_upload(tiny_model_dir):
     model = loaded(tiny_model_dir).get("tiny-gray")
-    with pytest.raises(InvalidImage, match="^scan.png: the file is empty"):
+    with pytest.raises(InvalidImage, match=r"^scan\.png: the file is empty"):
         model.preprocess(ImageUpload(b"", "scan.png"))
 
 
@@ -78,7 +77,7 @@ def test_a_bad_repository_is_a_startup_error(tmp_path):
     with pytest.raises(StartupError, match="does not exist"):
         loaded(tmp_path / "missing")
     (tmp_path / "broken.onnx").write_bytes(b"not onnx")
-    with pytest.raises(StartupError, match="broken.onnx: ONNX Runtime cannot load the model"):
+    with pytest.raises(StartupError, match=r"broken\.onnx: ONNX Runtime cannot load the model"):
         loaded(tmp_path)
 
 

@@ -73,7 +73,7 @@ def test_broken_sidecar_is_reported(tmp_path, make_classifier, gray_spec):
     make_classifier(tmp_path / "m.onnx", gray_spec)
     (tmp_path / "m.json").write_text("{not json")
     (model,) = discover(tmp_path)
-    with pytest.raises(ModelSpecError, match="m.json: sidecar is not valid JSON"):
+    with pytest.raises(ModelSpecError, match=r"m\.json: sidecar is not valid JSON"):
         read_spec(model, OnnxModelRuntime(model.path))
 
 
@@ -103,11 +103,17 @@ def test_serving_overrides_come_from_metadata_and_the_sidecar_wins(tmp_path, mak
     assert metadata.spec == gray_spec  # the serving section is not a spec field
 
 
-@pytest.mark.parametrize("section,message", [
-    ({"max_queue_wait_ms": 0}, "m.json: serving.max_queue_wait_ms: Input should be greater than 0"),
-    ({"max_batch_size": 2000}, "m.json: serving.max_batch_size: Value error, must be between 1 and 1024, or 'auto'"),
-    ([1, 2], "m.json: 'serving' must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "section,message",
+    [
+        ({"max_queue_wait_ms": 0}, "m.json: serving.max_queue_wait_ms: Input should be greater than 0"),
+        (
+            {"max_batch_size": 2000},
+            "m.json: serving.max_batch_size: Value error, must be between 1 and 1024, or 'auto'",
+        ),
+        ([1, 2], "m.json: 'serving' must be a JSON object"),
+    ],
+)
 def test_invalid_serving_overrides_name_the_file_and_field(tmp_path, make_classifier, gray_spec, section, message):
     from service.repository import read_metadata
 

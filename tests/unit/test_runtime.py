@@ -58,9 +58,13 @@ def test_providers_fall_back_to_cpu_and_say_so(caplog):
     assert "CUDAExecutionProvider is not available" in caplog.text
     assert resolve_providers(["auto"], available) == ["CPUExecutionProvider"]
     assert resolve_providers(["auto"], ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
-        "CUDAExecutionProvider", "CPUExecutionProvider"]
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
     assert resolve_providers(["cuda"], ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
-        "CUDAExecutionProvider", "CPUExecutionProvider"]
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
 
 
 def test_runtime_runs_a_real_model_like_onnxruntime_itself(tiny_model_dir, rgb_spec):
@@ -94,9 +98,17 @@ def test_metadata_props_carry_the_embedded_spec(tiny_model_dir):
 
 def test_incompatible_spec_is_described(tiny_model_dir, rgb_spec):
     runtime = OnnxModelRuntime(tiny_model_dir / "tiny-rgb.onnx")
-    wrong = ModelSpec(**{**rgb_spec.model_dump(), "color_mode": "L", "mean": [0.5], "std": [0.5], "crop_size": 28,
-                         "input_name": "pixels"})
-    with pytest.raises(ValueError) as error:
+    wrong = ModelSpec(
+        **{
+            **rgb_spec.model_dump(),
+            "color_mode": "L",
+            "mean": [0.5],
+            "std": [0.5],
+            "crop_size": 28,
+            "input_name": "pixels",
+        }
+    )
+    with pytest.raises(ValueError, match="input") as error:
         runtime.check_compatible(wrong)
     message = str(error.value)
     assert "graph input is named 'input', metadata says 'pixels'" in message

@@ -37,8 +37,16 @@ def generate() -> dict[str, str]:
 
     relative = PROTO.relative_to(REPO_ROOT).as_posix()
     with tempfile.TemporaryDirectory() as out:
-        status = protoc.main(["grpc_tools.protoc", f"-I{REPO_ROOT}", f"--python_out={out}", f"--pyi_out={out}",
-                              f"--grpc_python_out={out}", str(REPO_ROOT / relative)])
+        status = protoc.main(
+            [
+                "grpc_tools.protoc",
+                f"-I{REPO_ROOT}",
+                f"--python_out={out}",
+                f"--pyi_out={out}",
+                f"--grpc_python_out={out}",
+                str(REPO_ROOT / relative),
+            ]
+        )
         if status != 0:
             raise SystemExit(f"protoc failed on {relative} (exit status {status})")
         folder = Path(out) / PROTO.parent.relative_to(REPO_ROOT)
