@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from service.config import Settings
+from service.contract import ModelContract, ModelState
 from service.errors import InvalidImage, ModelNotFound
 from service.metrics import ServiceMetrics
 from service.preprocess import ImageUpload
-from service.registry import ModelContract, ModelRegistry, ModelState, StartupError
+from service.registry import ModelRegistry, StartupError
 from tests.images import random_png
 
 
