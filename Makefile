@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Torch is pinned to the releases this project is tested with; any torch>=2.9 works for models/.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: serve install install-dev data browser screenshot test test-models test-service lint-deploy test-container bench reliability soak clean
+.PHONY: serve install install-dev data browser screenshot test test-models test-service lint lint-deploy test-container bench bench-quick reliability soak clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(VENV)/.installed-serve: pyproject.toml | $(VENV)/bin/python
 
 $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[train,test,bench]"
+	$(PY) -m pip install -q -e ".[train,test,bench,lint]"
 	touch $@ $(VENV)/.installed-serve
 
 install: $(VENV)/.installed-serve
@@ -52,6 +52,12 @@ test-models: install-dev data
 test-service: install-dev data browser
 	$(PY) -m pytest tests/unit tests/integration
 
+## lint: ruff (curated rules and formatting) over the repository, mypy strict over service/
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
@@ -70,6 +76,10 @@ test-container: install data $(VENV)/.installed-deploy-tools
 ## bench: the full load benchmark (about 10 minutes on 2 cores); writes docs/BENCHMARKS.md
 bench: install-dev data
 	$(PY) -m bench $(ARGS)
+
+## bench-quick: ours against the naive server, ResNet-50 and the bundled model, concurrency 1 and 32, 3 rounds (~5 min)
+bench-quick: install-dev data
+	$(PY) -m bench.paired $(ARGS)
 
 ## reliability: bursts, concurrent large uploads, slow sockets and deadlines (about 6 minutes); writes docs/RELIABILITY.md
 reliability: install-dev data

@@ -176,6 +176,7 @@ class RunningServer:
         *,
         grpc: bool = False,
         key: str | None = None,
+        cwd: Path = REPO_ROOT,
     ) -> None:
         self.kind = kind
         self.key = key or kind.key
@@ -192,7 +193,7 @@ class RunningServer:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                self.command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT
+                self.command, cwd=cwd, env=environment, stdout=log, stderr=subprocess.STDOUT
             )
         self._started_at = time.monotonic()
         self.ready_after_s: float | None = None

@@ -62,7 +62,7 @@ def choose(timings: Sequence[BatchTiming], min_gain: float = MIN_GAIN) -> int:
 
 
 def fastest(
-    run: Callable[[int], None],
+    run: Callable[[int], object],
     batch_size: int,
     *,
     runs: int,
@@ -83,7 +83,7 @@ def fastest(
 
 
 def measure(
-    run: Callable[[int], None],
+    run: Callable[[int], object],
     limit: int,
     *,
     clock: Callable[[], float] = time.perf_counter,

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
@@ -68,7 +68,7 @@ class DynamicBatcher(Generic[P, R]):
 
     def __init__(
         self,
-        run_batch: Callable[[list[P]], Sequence[R]],
+        run_batch: Callable[[list[P]], Collection[R]],
         *,
         name: str,
         max_batch_size: int,

@@ -156,7 +156,7 @@ class RequestFramingScanner:
         return (line[:-1] if line.endswith(b"\r") else line), newline + 1
 
     def _scan_head(self, view: memoryview, events: list[ScanEvent]) -> int:
-        if not self._buffer and view[:1] in (b"\r", b"\n"):
+        if not self._buffer and bytes(view[:1]) in (b"\r", b"\n"):
             # Empty lines before a request line are allowed (RFC 9112 §2.2); they count as the request's start,
             # so that a client cannot keep a socket open forever by sending nothing else.
             skipped = 2 if view[:2] == _CRLF else 1

@@ -30,7 +30,7 @@ import json
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from service.errors import ConnectionRefusal, error_body
 from service.http_framing import BodyComplete, FramingViolation, RequestFramingScanner
@@ -155,7 +155,7 @@ def guarded_protocol(
         def eof_received(self) -> bool | None:
             if self._lingering is not None:
                 return False  # the client is done sending: the transport closes
-            return super().eof_received()
+            return cast(bool | None, super().eof_received())
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()

@@ -239,6 +239,7 @@ class ServiceMetrics:
         every worker's values, summed (gauges: the live workers' sum, or their minimum for readiness)."""
         if MULTIPROCESS_ENV in os.environ:
             merged = CollectorRegistry()
-            multiprocess.MultiProcessCollector(merged)
+            # prometheus_client ships py.typed but leaves its multiprocess module unannotated.
+            multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
             return generate_latest(merged)
         return generate_latest(self.registry)

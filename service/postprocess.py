@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -23,7 +24,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected logits of shape (batch, classes), got {values.shape}")
     shifted = values - values.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+    return cast(np.ndarray, exp / exp.sum(axis=1, keepdims=True))
 
 
 def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -158,6 +158,7 @@ def _eight_bit_scale(image: Image.Image) -> float:
     if image.mode.startswith("I;16"):
         return 255.0 / 65535.0
     _, high = image.getextrema()  # computed by Pillow over the image, without a copy
+    assert not isinstance(high, tuple)  # the high-depth modes have a single band
     return 255.0 / 65535.0 if high > 255 else 1.0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import onnxruntime as ort
@@ -127,7 +127,7 @@ class OnnxModelRuntime:
     @property
     def provider(self) -> str:
         """The execution provider that actually runs the graph (the first one the session accepted)."""
-        return self._session.get_providers()[0]
+        return cast(str, self._session.get_providers()[0])
 
     @property
     def metadata_props(self) -> Mapping[str, str]:
@@ -136,7 +136,7 @@ class OnnxModelRuntime:
 
     @property
     def input_name(self) -> str:
-        return self._input.name
+        return cast(str, self._input.name)
 
     @property
     def input_shape(self) -> list[int | str | None]:
@@ -178,7 +178,7 @@ class OnnxModelRuntime:
         """Logits for a float32 NCHW batch."""
         name = output_name or self._output_names[0]
         (logits,) = self._session.run([name], {self._input.name: batch})
-        return logits
+        return cast(np.ndarray, logits)
 
     def warm_up(self, batch_sizes: Iterable[int], sample_shape: Sequence[int], output_name: str | None = None) -> None:
         """Run each batch size once so allocation and kernel selection do not land on the first requests."""

@@ -103,7 +103,7 @@ class DrainingServer(uvicorn.Server):
         self._drain_task: asyncio.Task[None] | None = None
         self._retiring: asyncio.Task[None] | None = None
 
-    async def serve(self, sockets: list | None = None) -> None:  # type: ignore[override]
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
             self._loop.add_signal_handler(RETIRE_SIGNAL, self._retire)
@@ -139,7 +139,7 @@ class DrainingServer(uvicorn.Server):
         logger.info("retired: no connection left; stopping")
         self.should_exit = True
 
-    async def startup(self, sockets: list | None = None) -> None:  # type: ignore[override]
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.should_exit or self._grpc is None:
             return
@@ -150,7 +150,7 @@ class DrainingServer(uvicorn.Server):
             self.startup_failed = True
             self.should_exit = True
 
-    async def shutdown(self, sockets: list | None = None) -> None:  # type: ignore[override]
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self._grpc is not None:
             await self._grpc.stop()
         await super().shutdown(sockets)
@@ -244,7 +244,8 @@ def serve(
         access_log=False,  # the serving gate writes the access lines (service.logs)
         lifespan="on",
         loop=_event_loop(settings.loop),
-        timeout_keep_alive=settings.keep_alive_timeout_s,
+        # uvicorn annotates whole seconds, but only ever hands the value to loop.call_later, which takes a float.
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]
         timeout_graceful_shutdown=_GRACEFUL_CONNECTION_CLOSE_S,
     )
     # Worker processes (given the supervisor's sockets) share the gRPC port too, each with its own listener.

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 from service.config import Settings
 
@@ -95,7 +95,7 @@ def _bind(host: str, port: int) -> socket.socket:
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.bind((host, 0))
-        return probe.getsockname()[1]
+        return cast(int, probe.getsockname()[1])
 
 
 _PR_SET_PDEATHSIG = 1
@@ -248,7 +248,7 @@ class Supervisor:
             if self.signals or not self.processes[index].is_alive():
                 return None
         try:
-            return receive.recv()
+            return cast(dict[str, float], receive.recv())
         except EOFError:
             return None
         finally:
@@ -272,7 +272,8 @@ class Supervisor:
                 from prometheus_client import multiprocess
 
                 if process.pid is not None:
-                    multiprocess.mark_process_dead(process.pid)
+                    # prometheus_client ships py.typed but leaves its multiprocess module unannotated.
+                    multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
         return status
 
 

@@ -4,7 +4,7 @@ They are coroutines on purpose: FastAPI runs a plain `def` dependency in a worke
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
@@ -13,11 +13,11 @@ from service.metrics import ServiceMetrics
 
 
 async def _dataplane(request: Request) -> DataPlane:
-    return request.app.state.dataplane
+    return cast(DataPlane, request.app.state.dataplane)
 
 
 async def _metrics(request: Request) -> ServiceMetrics:
-    return request.app.state.metrics
+    return cast(ServiceMetrics, request.app.state.metrics)
 
 
 DataPlaneDep = Annotated[DataPlane, Depends(_dataplane)]

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,7 +41,8 @@ OPEN_PATHS = frozenset({"/", "/favicon.ico", "/favicon.svg", "/openapi.json"})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
+    headers: Iterable[tuple[bytes, bytes]] = scope["headers"]
+    for key, value in headers:
         if key == name:
             return value.decode("latin-1")
     return None
@@ -153,7 +156,7 @@ class ServingGateMiddleware:
             logs.request_id.reset(token)
 
     @staticmethod
-    def _log_access(scope: Scope, state: dict, status: int, elapsed: float, received: int, sent: int) -> None:
+    def _log_access(scope: Scope, state: dict[str, Any], status: int, elapsed: float, received: int, sent: int) -> None:
         client = scope.get("client")
         address = f"{client[0]}:{client[1]}" if client else None
         query = scope.get("query_string", b"")

@@ -13,10 +13,10 @@ mid-upload, before anything is decoded.
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -35,6 +35,9 @@ from service.errors import (
 from service.http_protocol import REFUSAL_EXTENSION
 from service.inference import Admit, EncodedImages, ReceivedBody
 from service.preprocess import ImageUpload
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 FILE_FIELD = "file"
 
@@ -70,7 +73,7 @@ def declared_length(request: Request, limits: UploadLimits) -> int | None:
     return length
 
 
-async def _chunks(request: Request, limits: UploadLimits, accounting: UploadAccounting) -> AsyncIterator[bytes]:
+async def _chunks(request: Request, limits: UploadLimits, accounting: UploadAccounting) -> AsyncGenerator[bytes, None]:
     received = 0
     try:
         async for chunk in request.stream():
@@ -103,7 +106,7 @@ class _MultipartCollector:
         self._filename: str | None = None
         self._content_type: str | None = None
 
-    def callbacks(self) -> dict[str, object]:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._part_begin,
             "on_header_field": lambda data, start, end: self._field.extend(data[start:end]),
@@ -243,6 +246,8 @@ async def read_body(
             if decompressor is None:
                 parts.append(chunk)
                 continue
+            if decompressor.eof:
+                raise _trailing_data(encoding)
             try:
                 while chunk:
                     room = limits.max_upload_bytes - size + 1
@@ -256,11 +261,21 @@ async def read_body(
                     accounting.count_bytes(len(out))
                     parts.append(out)
                     chunk = decompressor.unconsumed_tail
+                    if decompressor.eof and decompressor.unused_data:
+                        raise _trailing_data(encoding)
             except zlib.error as exc:
                 raise MalformedRequest(f"the {encoding} body cannot be decompressed ({exc})") from None
     if decompressor is not None and not decompressor.eof:
         raise MalformedRequest(f"the {encoding} body ends before its compressed stream does")
     return b"".join(parts)
+
+
+def _trailing_data(encoding: str | None) -> MalformedRequest:
+    # A second gzip member is valid gzip, but a decoder in front of us that stops at the first would see another
+    # body than we do: whatever follows the first compressed stream is refused, never read nor dropped.
+    return MalformedRequest(
+        f"data follows the end of the {encoding} stream; send one compressed stream and nothing after it"
+    )
 
 
 class _CompressedAccounting:

@@ -59,7 +59,7 @@ _RETRY_AFTER = "Retry-After"
 def status_code(error: ServiceError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
         if cls in STATUS_CODES:
-            return STATUS_CODES[cls]  # type: ignore[index]
+            return STATUS_CODES[cls]
     return grpc.StatusCode.INVALID_ARGUMENT if 400 <= error.status_code < 500 else grpc.StatusCode.INTERNAL
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -33,8 +34,15 @@ from service.metrics import ServiceMetrics
 
 PROBES = frozenset({"ServerLive", "ServerReady"})
 
+if TYPE_CHECKING:
+    # The gate passes every method's handler, whatever its messages. grpc-stubs make the interceptor generic in
+    # them; at run time it is not, and cannot be subscripted.
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
 
-class ServingGate(grpc.aio.ServerInterceptor):
+
+class ServingGate(_ServerInterceptor):
     def __init__(self, lifecycle: Lifecycle, metrics: ServiceMetrics, api_keys: ApiKeys | None = None) -> None:
         self._lifecycle = lifecycle
         self._metrics = metrics
@@ -43,9 +51,9 @@ class ServingGate(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         method = handler_call_details.method
         if not method.startswith(self._prefix) or method.removeprefix(self._prefix) in PROBES:
             return await continuation(handler_call_details)
@@ -68,8 +76,8 @@ class ServingGate(grpc.aio.ServerInterceptor):
         values = {key.lower(): value for key, value in metadata if isinstance(value, str)}
         return self._api_keys.name_for(values.get("authorization"), values.get("x-api-key"))
 
-    def _refusal(self, method: str, refusal: ServiceError) -> grpc.RpcMethodHandler:
-        async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> None:
+    def _refusal(self, method: str, refusal: ServiceError) -> grpc.RpcMethodHandler[bytes, None]:
+        async def refuse(request: bytes, context: grpc.aio.ServicerContext[bytes, None]) -> None:
             code = errors.status_code(refusal)
             self._metrics.count_rejection(refusal)
             self._metrics.grpc_requests.labels(method, code.name).inc()

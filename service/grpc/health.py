@@ -18,15 +18,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.grpc.v2 import SERVICE_NAME
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+SERVING: int = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN: int = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 SERVICES = frozenset({"", SERVICE_NAME})
 WATCH_REFRESH_S = 0.5
 """How often a Watch stream looks at readiness; the drain reaches it at once."""
 
 
-class ReadinessHealthServicer(health_pb2_grpc.HealthServicer):
+# grpc_health-stubs types only grpc_health.v1.health; its generated modules are Any, this base class included.
+class ReadinessHealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     def __init__(self, is_ready: Callable[[], bool]) -> None:
         self._is_ready = is_ready
         self._draining = asyncio.Event()
@@ -41,7 +42,9 @@ class ReadinessHealthServicer(health_pb2_grpc.HealthServicer):
         return SERVING if self._is_ready() and not self._draining.is_set() else NOT_SERVING
 
     async def Check(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+        self,
+        request: health_pb2.HealthCheckRequest,
+        context: grpc.aio.ServicerContext[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse],
     ) -> health_pb2.HealthCheckResponse:
         status = self.status(request.service)
         if status == SERVICE_UNKNOWN:
@@ -49,7 +52,9 @@ class ReadinessHealthServicer(health_pb2_grpc.HealthServicer):
         return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+        self,
+        request: health_pb2.HealthCheckRequest,
+        context: grpc.aio.ServicerContext[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse],
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         last = None
         while True:

@@ -49,8 +49,9 @@ _DEADLINE_SLACK_S = 0.05
 """gRPC cancels a call at its deadline by its own clock, which can be a few milliseconds ahead of what
 `time_remaining()` computes: a call cancelled this close to its deadline was cancelled by it."""
 
+Request = TypeVar("Request")
 Response = TypeVar("Response")
-ServicerContext = grpc.aio.ServicerContext
+ServicerContext = grpc.aio.ServicerContext[Request, Response]
 
 
 class InferenceServicer(GRPCInferenceServiceServicer):
@@ -63,7 +64,9 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     # ------------------------------------------------------------------------------------------ every call
 
-    async def _call(self, method: str, context: ServicerContext, serve: Callable[[], Awaitable[Response]]) -> Response:
+    async def _call(
+        self, method: str, context: ServicerContext[Request, Response], serve: Callable[[], Awaitable[Response]]
+    ) -> Response:
         """Serve one call: its request ID (the client's `x-request-id`, or a new one) in every log line about it and
         echoed in the trailing metadata, counted in the metrics, an access line, its errors as status codes."""
         started = time.perf_counter()
@@ -123,7 +126,9 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                 )
             logs.request_id.reset(token)
 
-    async def _refuse(self, method: str, context: ServicerContext, exc: ServiceError, code: grpc.StatusCode) -> None:
+    async def _refuse(
+        self, method: str, context: ServicerContext[Request, Response], exc: ServiceError, code: grpc.StatusCode
+    ) -> None:
         self._metrics.count_rejection(exc)
         if exc.status_code >= 500 and exc.status_code != 503:
             logger.warning("gRPC %s -> %s %s: %s", method, code.name, exc.code, exc.message)
@@ -133,19 +138,25 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     # ------------------------------------------------------------------------------------------ health and metadata
 
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: ServicerContext) -> pb.ServerLiveResponse:
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: ServicerContext[pb.ServerLiveRequest, pb.ServerLiveResponse]
+    ) -> pb.ServerLiveResponse:
         async def serve() -> pb.ServerLiveResponse:
             return pb.ServerLiveResponse(live=True)
 
         return await self._call("ServerLive", context, serve)
 
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: ServicerContext) -> pb.ServerReadyResponse:
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: ServicerContext[pb.ServerReadyRequest, pb.ServerReadyResponse]
+    ) -> pb.ServerReadyResponse:
         async def serve() -> pb.ServerReadyResponse:
             return pb.ServerReadyResponse(ready=self._dataplane.ready)
 
         return await self._call("ServerReady", context, serve)
 
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: ServicerContext) -> pb.ModelReadyResponse:
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: ServicerContext[pb.ModelReadyRequest, pb.ModelReadyResponse]
+    ) -> pb.ModelReadyResponse:
         async def serve() -> pb.ModelReadyResponse:
             try:
                 ready = self._dataplane.model_ready(request.name, request.version or None)
@@ -156,7 +167,9 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         return await self._call("ModelReady", context, serve)
 
     async def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: ServicerContext
+        self,
+        request: pb.ServerMetadataRequest,
+        context: ServicerContext[pb.ServerMetadataRequest, pb.ServerMetadataResponse],
     ) -> pb.ServerMetadataResponse:
         async def serve() -> pb.ServerMetadataResponse:
             return pb.ServerMetadataResponse(
@@ -166,7 +179,9 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         return await self._call("ServerMetadata", context, serve)
 
     async def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, context: ServicerContext
+        self,
+        request: pb.ModelMetadataRequest,
+        context: ServicerContext[pb.ModelMetadataRequest, pb.ModelMetadataResponse],
     ) -> pb.ModelMetadataResponse:
         async def serve() -> pb.ModelMetadataResponse:
             return messages.model_metadata(self._dataplane.model(request.name, request.version or None))
@@ -175,10 +190,14 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     # ------------------------------------------------------------------------------------------ inference
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: ServicerContext) -> pb.ModelInferResponse:
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: ServicerContext[pb.ModelInferRequest, pb.ModelInferResponse]
+    ) -> pb.ModelInferResponse:
         return await self._call("ModelInfer", context, lambda: self._infer(request, context))
 
-    async def _infer(self, request: pb.ModelInferRequest, context: ServicerContext) -> pb.ModelInferResponse:
+    async def _infer(
+        self, request: pb.ModelInferRequest, context: ServicerContext[pb.ModelInferRequest, pb.ModelInferResponse]
+    ) -> pb.ModelInferResponse:
         # The client's gRPC deadline becomes the request's, when it comes before the server's own: images still
         # queued when it passes are dropped unrun.
         result = await self._dataplane.infer(

@@ -223,15 +223,14 @@ def request_parameters(parameters: Mapping[str, object]) -> RequestParameters:
 
 def output_tensors(result: InferenceResult) -> list[OutputTensor]:
     """The result's outputs as the protocol sends them: FP32 logits, or the classification extension's strings."""
-    return [
-        _classification(output.name, output.ranked)
-        if output.ranked is not None
-        else OutputTensor(
-            output.name, FP32, tuple(output.logits.shape), array=output.logits.astype(np.float32, copy=False)
-        )
-        for output in result.outputs
-        if output.ranked is not None or output.logits is not None
-    ]
+    tensors: list[OutputTensor] = []
+    for output in result.outputs:
+        if output.ranked is not None:
+            tensors.append(_classification(output.name, output.ranked))
+        elif output.logits is not None:
+            array = output.logits.astype(np.float32, copy=False)
+            tensors.append(OutputTensor(output.name, FP32, tuple(output.logits.shape), array=array))
+    return tensors
 
 
 def _classification(name: str, ranked: list[list[ScoredLabel]]) -> OutputTensor:
