@@ -50,7 +50,13 @@ class Point:
     throughputs: list[float] = field(default_factory=list)
     p50s: list[float] = field(default_factory=list)
     p99s: list[float] = field(default_factory=list)
+    cpu_ms_per_request: list[float] = field(default_factory=list)
+    """The server's CPU (all its processes and threads) per answered request: the work it does for one."""
     failures: int = 0
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 def _worktree(revision: str, cache_dir: Path) -> Path:
@@ -121,8 +127,8 @@ def run(
         f"clients posting a 500x375 JPEG to /v1; medians over rounds.",
         "",
         "| model | concurrency | ours req/s | baseline req/s | ratio (median of rounds) | ratios by round "
-        "| p50 ms ours / baseline | p99 ms ours / baseline |",
-        "|---|---|---|---|---|---|---|---|",
+        "| p50 ms ours / baseline | p99 ms ours / baseline | server CPU ms per request ours / baseline |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key in models:
         model = workload.ensure_model(workload.model_case(key, cache_dir))
@@ -140,6 +146,9 @@ def run(
                     latencies = load.latencies()
                     point.p50s.append(loadgen.percentile(latencies, 0.50) * 1000)
                     point.p99s.append(loadgen.percentile(latencies, 0.99) * 1000)
+                    answered = load.throughput * load.window_s
+                    if load.server_cpu_s is not None and answered:
+                        point.cpu_ms_per_request.append(load.server_cpu_s / answered * 1000)
                     point.failures += sum(count for status, count in load.status_counts().items() if status != 200)
         for concurrency in concurrencies:
             ours, base = points[(contenders[0].key, concurrency)], points[(contenders[1].key, concurrency)]
@@ -150,7 +159,8 @@ def run(
                 f"{statistics.median(base.throughputs):.1f} | **{statistics.median(ratios):.3f}**{failed} | "
                 f"{', '.join(f'{r:.3f}' for r in ratios)} | {statistics.median(ours.p50s):.1f} / "
                 f"{statistics.median(base.p50s):.1f} | {statistics.median(ours.p99s):.1f} / "
-                f"{statistics.median(base.p99s):.1f} |"
+                f"{statistics.median(base.p99s):.1f} | {_median(ours.cpu_ms_per_request):.2f} / "
+                f"{_median(base.cpu_ms_per_request):.2f} |"
             )
     return "\n".join(lines) + "\n"
 
