@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from service.batch_policy import BatchPolicy, FormedBatch, QueuedItem
 from service.errors import DeadlineExceeded, DropReason, InferenceFailed, Overloaded, ShuttingDown
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 P = TypeVar("P")
 R = TypeVar("R")
+X = TypeVar("X")
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class DynamicBatcher(Generic[P, R]):
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
         self._running_batch_size = 0
+        self._alone_running = False
+        """A lone image runs (`run_alone`): the loop starts no batch until it is done."""
 
     @property
     def max_batch_size(self) -> int:
@@ -215,10 +218,74 @@ class DynamicBatcher(Generic[P, R]):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
+    def _idle_for(self, reserved: int) -> bool:
+        """Nothing queued, running, or held by a request other than the one holding `reserved` images."""
+        return (
+            self.running
+            and not self._alone_running
+            and self._running_batch_size == 0
+            and len(self._policy) == 0
+            and self._policy.reserved == reserved
+        )
+
+    async def _run_alone(
+        self, reservation: ImageReservation[P, R], prepare: Callable[[], tuple[X, P]]
+    ) -> tuple[X, ItemResult[R]]:
+        """Prepare one payload and run it as a batch of one, in one hand-off to the batcher's thread."""
+        assert self._executor is not None
+        if self._closed:
+            raise ShuttingDown(f"model {self.name} is shutting down")
+        reservation.release()  # its one image is the batch that runs now
+        self._alone_running = True
+        self._running_batch_size = 1
+        clock, run_batch = self._clock, self._run_batch
+
+        def job() -> tuple[X, Collection[R], float, float]:
+            prepared, payload = prepare()
+            started = clock()
+            try:
+                outputs = run_batch([payload])
+            except Exception as exc:
+                raise _InferenceError from exc
+            return prepared, outputs, started, clock()
+
+        running = asyncio.get_running_loop().run_in_executor(self._executor, job)
+        running.add_done_callback(self._alone_done)
+        try:
+            # Shielded: a caller that leaves (deadline, client gone) does not end the run, which holds the
+            # thread until it is done; `_alone_done` lets the loop go on then.
+            prepared, outputs, started, ended = await asyncio.shield(running)
+        except _InferenceError as failure:
+            logger.error("inference failed for a batch of 1 on model %s", self.name, exc_info=failure.__cause__)
+            raise InferenceFailed(f"inference failed on model {self.name}; see the server log") from None
+        inference_s = ended - started
+        if self._observer:
+            self._observer.item_dequeued(0.0)
+            self._observer.batch_ran(1, inference_s)
+        self._policy.record_batch(1, inference_s)
+        (output,) = outputs
+        return prepared, ItemResult(output, 0.0, inference_s, 1)
+
+    def _alone_done(self, running: asyncio.Future[Any]) -> None:
+        if not running.cancelled():
+            running.exception()  # retrieved here too: its caller may have left
+        self._alone_running = False
+        self._running_batch_size = 0
+        self._wakeup.set()
+
     async def _loop(self) -> None:
         while not self._closed:
+            if self._alone_running:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
             ready_at = self._policy.ready_at()
             if ready_at is None:
+                # Abandoned images found while nothing else is queued are counted now, not with a later batch
+                # (which a lone request running alone may never form).
+                abandoned = self._policy.take_abandoned()
+                if abandoned and self._observer:
+                    self._observer.items_dropped(DropReason.CLIENT_DISCONNECTED, abandoned)
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -278,6 +345,10 @@ class DynamicBatcher(Generic[P, R]):
                 item.waiter.set_result(ItemResult(output, started - item.enqueued_at, inference_s, len(items)))
 
 
+class _InferenceError(Exception):
+    """`run_batch` raised (its cause) inside a lone run, as opposed to the payload's preparation."""
+
+
 class ImageReservation(Generic[P, R]):
     """Room for one request's images in a batcher, taken before its body is read and carried with it.
 
@@ -310,6 +381,18 @@ class ImageReservation(Generic[P, R]):
         self.count -= len(payloads)
         self.release()
         return futures
+
+    def alone(self) -> bool:
+        """Whether this request's one image would run at once on an idle model with nothing else in flight: then
+        `run_alone` skips the queue, and the hand-offs batching needs."""
+        return self.count == 1 and self._batcher._idle_for(reserved=1)
+
+    async def run_alone(self, prepare: Callable[[], tuple[X, P]]) -> tuple[X, ItemResult[R]]:
+        """Run `prepare()` (what the request still needs done before inference, such as decoding; it returns
+        something for the caller and the payload) and the payload's inference, one after the other in the
+        batcher's thread, as a batch of one. Only when `alone()`; raises what `prepare` raises, `InferenceFailed`
+        or `ShuttingDown`."""
+        return await self._batcher._run_alone(self, prepare)
 
     def release(self) -> None:
         if self.count:
