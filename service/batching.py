@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 P = TypeVar("P")
 R = TypeVar("R")
 X = TypeVar("X")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class BatchObserver(Protocol):
     def items_dropped(self, reason: DropReason, count: int) -> None: ...
 
     def queue_changed(self, depth: int) -> None: ...
+
+    def max_batch_size_changed(self, size: int) -> None: ...
 
 
 class DynamicBatcher(Generic[P, R]):
@@ -100,16 +103,26 @@ class DynamicBatcher(Generic[P, R]):
     def max_batch_size(self) -> int:
         return self._policy.max_batch_size
 
-    def tune(self, max_batch_size: int, seconds_per_image: float | None = None) -> None:
-        """Set the batch size chosen at warm-up, and seed the wait estimate with the measured seconds per image,
-        so that the wait bound holds from the first request on (before `start()`)."""
-        if self._task is not None:
-            raise RuntimeError(f"batcher {self.name} is already running")
+    def set_max_batch_size(self, max_batch_size: int) -> None:
+        """Change the largest batch from the next one formed on (batch-size tuning, while serving)."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self._policy.max_batch_size = max_batch_size
-        if seconds_per_image is not None:
+        if self._observer:
+            self._observer.max_batch_size_changed(max_batch_size)
+        self._wakeup.set()
+
+    def seed_seconds_per_image(self, seconds_per_image: float) -> None:
+        """Seed the wait estimate with a measured time, so that the wait bound holds from the first request on."""
+        if self._policy.seconds_per_image is None:
             self._policy.record_batch(1, seconds_per_image)
+
+    async def run_in_thread(self, function: Callable[[], T]) -> T:
+        """Call `function` in the batcher's own thread, between batches (measurements that must not run beside
+        the model's inference, such as batch-size tuning)."""
+        if self._executor is None:
+            raise RuntimeError(f"batcher {self.name} is not started")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function)
 
     @property
     def max_queue_size(self) -> int:
@@ -219,9 +232,11 @@ class DynamicBatcher(Generic[P, R]):
             self._executor.shutdown(wait=True)
 
     def _idle_for(self, reserved: int) -> bool:
-        """Nothing queued, running, or held by a request other than the one holding `reserved` images."""
+        """Nothing queued, running, or held by a request other than the one holding `reserved` images, and no
+        batch delay asked for (with one, a lone image waits for company as configured)."""
         return (
             self.running
+            and self._policy.max_delay_s == 0
             and not self._alone_running
             and self._running_batch_size == 0
             and len(self._policy) == 0

@@ -14,7 +14,15 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.modelspec import BatchDelayMs, BatchSizeSetting, QueueSize, QueueWaitMs, ServingOverrides, ThreadCount
+from service.modelspec import (
+    BatchDelayMs,
+    BatchSizeSetting,
+    MemoryMiB,
+    QueueSize,
+    QueueWaitMs,
+    ServingOverrides,
+    ThreadCount,
+)
 
 
 def _worker_count(value: object) -> int | str:
@@ -129,9 +137,10 @@ class BatchingSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, frozen=True)
 
     max_batch_size: BatchSizeSetting = "auto"
-    """Most images one ONNX Runtime call processes; auto: at start-up, time the model at batch sizes 1, 2, 4, ...
-    and keep the largest that still raises throughput by 5% (service/autotune.py). A model's own `serving`
-    section overrides this and the next four settings for that model."""
+    """Most images one ONNX Runtime call processes; auto: ready at once at batch 1, then time the served path at
+    batch sizes 1, 2, 4, ... in the background and keep the largest within 3% of the best throughput that fits
+    batch_memory_budget_mb (service/autotune.py). A model's own `serving` section overrides this and the other
+    batching settings, and intra_op_threads, for that model."""
     max_batch_delay_ms: BatchDelayMs = 0.0
     """How long the first queued image may wait for more to fill its batch; 0 runs at once when the model is idle."""
     max_queue_size: QueueSize = 256
@@ -139,6 +148,9 @@ class BatchingSettings(BaseModel):
     max_queue_wait_ms: QueueWaitMs | None = None
     """Refuse a request at once (503) when its images would wait longer than this for inference, estimated from
     the images ahead of it and the measured seconds per image; unset: only max_queue_size bounds the wait."""
+    batch_memory_budget_mb: MemoryMiB = 256.0
+    """Memory a model's batches may hold beyond its weights (ONNX Runtime keeps the largest batch's activations:
+    about 390 MB at batch 32 for ResNet-50); an auto batch size stays within it, measured as it is tuned."""
 
     @property
     def max_batch_delay_s(self) -> float:
@@ -264,6 +276,12 @@ class ServingSettings:
     max_queue_wait_ms: float | None
     intra_op_threads: int | None
     """None: the CPUs this process may use."""
+    batch_memory_budget_mb: float | None = None
+    """Caps an auto batch size (None: no cap)."""
+
+    @property
+    def batch_memory_budget_bytes(self) -> int | None:
+        return None if self.batch_memory_budget_mb is None else round(self.batch_memory_budget_mb * 1024 * 1024)
 
     @property
     def max_batch_delay_s(self) -> float:

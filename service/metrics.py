@@ -31,6 +31,7 @@ class ModelBatchObserver:
         self._queue_wait = metrics.queue_wait_seconds.labels(model)
         self._dropped = metrics.dropped_images
         self._depth = metrics.queue_depth.labels(model)
+        self._max_batch_size = metrics.max_batch_size.labels(model)
         self._model = model
 
     def batch_ran(self, size: int, inference_s: float) -> None:
@@ -46,6 +47,9 @@ class ModelBatchObserver:
 
     def queue_changed(self, depth: int) -> None:
         self._depth.set(depth)
+
+    def max_batch_size_changed(self, size: int) -> None:
+        self._max_batch_size.set(size)
 
 
 class ServiceMetrics:
@@ -126,6 +130,13 @@ class ServiceMetrics:
             "Images waiting in the batcher queue.",
             ["model"],
             multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.max_batch_size = Gauge(
+            "resnet_serve_max_batch_size",
+            "The model's largest batch now: its setting, or with auto what tuning has chosen so far.",
+            ["model"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.api_key_requests = Counter(

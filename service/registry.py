@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -17,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service import repository
-from service.autotune import BatchCurve, largest_batch
+from service import autotune, repository
+from service.autotune import BatchCurve
 from service.batching import DynamicBatcher, ImageReservation
 from service.config import ServingSettings, Settings
 from service.contract import ModelDescription, ModelState
@@ -70,7 +72,9 @@ class ServedModel:
     postprocess: Callable[[np.ndarray, int], list[list[ScoredLabel]]] = field(init=False, repr=False)
     batcher: DynamicBatcher[np.ndarray, np.ndarray] = field(init=False, repr=False)
     batch_curve: BatchCurve | None = field(default=None, init=False)
-    """What the warm-up measured when the batch size is "auto"."""
+    """What tuning has measured so far when the batch size is "auto"."""
+    _tuning: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _memory_before_batches: int | None = field(default=None, init=False, repr=False)
 
     @property
     def auto_batch(self) -> bool:
@@ -116,6 +120,7 @@ class ServedModel:
                 max_queue_size=self.serving.max_queue_size,
                 max_queue_wait_ms=self.serving.max_queue_wait_ms,
                 intra_op_threads=self.runtime.intra_op_threads,
+                batch_memory_budget_mb=self.serving.batch_memory_budget_mb,
             ),
             overridden=self.overridden,
             execution_provider=self.runtime.provider,
@@ -130,7 +135,9 @@ class ServedModel:
         if not self.runtime.supports_batches():
             return "fixed batch axis"
         if self.serving.max_batch_size == AUTO:
-            return "auto" if self.batch_curve is not None else "auto (not measured yet)"
+            if self.batch_curve is None:
+                return "auto (not measured yet)"
+            return "auto" if self.batch_curve.finished else "auto (tuning)"
         return "model" if "max_batch_size" in self.overridden else "flag"
 
     def _set_state(self, state: ModelState, error: str | None = None) -> None:
@@ -139,27 +146,20 @@ class ServedModel:
         self.metrics.model_ready.labels(self.name).set(1 if state is ModelState.READY else 0)
 
     async def warm_up_and_start(self) -> bool:
-        """Warm the model up (measuring its batch curve when the batch size is auto), then start the batcher;
-        False (and state failed) if warm-up raised."""
+        """Warm the model up, start its batcher and serve; False (and state failed) if warm-up raised. With an auto
+        batch size it serves at batch 1 at once and tunes in the background (`tune_batch_size`)."""
         self._set_state(ModelState.WARMING_UP)
         spec = self.spec
-        shape = (spec.channels, spec.crop_size, spec.crop_size)
         try:
             if self.auto_batch:
-                limit = largest_batch(4 * spec.channels * spec.crop_size * spec.crop_size)
-                curve = await asyncio.to_thread(self.runtime.measure_batches, limit, shape, spec.output_name)
-                self.batch_curve = curve
-                self.batcher.tune(curve.chosen, curve.seconds_per_image(curve.chosen))
-                warmed = ", ".join(f"{t.batch_size}: {t.images_per_second:.1f}" for t in curve.timings)
-                logger.info(
-                    "model %s: images per second by batch size %s; batch size %d chosen",
-                    self.name,
-                    warmed,
-                    curve.chosen,
-                )
+                self._memory_before_batches = resident_memory_bytes()
+                batch = np.zeros((1, *spec.input_shape), dtype=np.float32)
+                await asyncio.to_thread(self.runtime.time_batch, batch, spec.output_name)  # plans batch 1
+                seconds = await asyncio.to_thread(self.runtime.time_batch, batch, spec.output_name)
+                self.batcher.seed_seconds_per_image(seconds)
             else:
                 sizes = warm_up_sizes(self.batcher.max_batch_size)
-                await asyncio.to_thread(self.runtime.warm_up, sizes, shape, spec.output_name)
+                await asyncio.to_thread(self.runtime.warm_up, sizes, spec.input_shape, spec.output_name)
         except Exception as exc:
             logger.exception("warm-up of model %s failed; the server stays not ready", self.name)
             self._set_state(ModelState.FAILED, f"warm-up failed: {exc}")
@@ -167,11 +167,95 @@ class ServedModel:
         self.batcher.start()
         self._set_state(ModelState.READY)
         logger.info("model %s warmed up and ready (batch size up to %d)", self.name, self.batcher.max_batch_size)
+        if self.auto_batch:
+            self._tuning = asyncio.get_running_loop().create_task(self.tune_batch_size(), name=f"tune-{self.name}")
         return True
 
+    async def tune_batch_size(self) -> None:
+        """Time the served path at batch sizes 1, 2, 4, ... in the batcher's own thread, between the batches it
+        serves, and move the largest batch to the choice after each size (service.autotune)."""
+        spec = self.spec
+        hop_s = min([await self._hand_off_seconds() for _ in range(5)])
+
+        def timed(size: int) -> tuple[float, float]:
+            tensors = [np.zeros(spec.input_shape, dtype=np.float32)] * size
+            started = time.perf_counter()
+            batch = np.stack(tensors)
+            stacked = time.perf_counter()
+            self.runtime.time_batch(batch, spec.output_name)
+            return stacked - started, time.perf_counter() - stacked
+
+        async def measure(size: int) -> autotune.BatchTiming:
+            await self.batcher.run_in_thread(lambda: timed(size))  # the first run at a shape plans its memory
+            memory = resident_memory_bytes()
+            runs = [await self.batcher.run_in_thread(lambda: timed(size)) for _ in range(autotune.TIMED_RUNS)]
+            stack_s, inference_s = min(runs, key=sum)
+            before = self._memory_before_batches
+            return autotune.BatchTiming(
+                size,
+                hop_s + stack_s + inference_s,
+                inference_s,
+                None if memory is None or before is None else memory - before,
+            )
+
+        def step(curve: autotune.BatchCurve) -> None:
+            self.batch_curve = curve
+            if curve.chosen != self.batcher.max_batch_size:
+                self.batcher.set_max_batch_size(curve.chosen)
+
+        try:
+            curve = await autotune.tune(
+                measure,
+                limit=autotune.largest_batch(4 * spec.input_values),
+                memory_limit_bytes=self.serving.batch_memory_budget_bytes,
+                on_step=step,
+            )
+        except Exception:
+            logger.exception(
+                "batch-size tuning of model %s failed; it keeps batch size %d", self.name, self.batcher.max_batch_size
+            )
+            return
+        step(curve)
+        served = ", ".join(
+            f"{t.batch_size}: {t.images_per_second:.1f}"
+            + (f" ({t.memory_bytes / 2**20:.0f} MiB)" if t.memory_bytes is not None else "")
+            for t in curve.timings
+        )
+        logger.info(
+            "model %s: served images per second by batch size %s; batch size %d chosen (memory budget %s)",
+            self.name,
+            served,
+            curve.chosen,
+            "none" if curve.memory_limit_bytes is None else f"{curve.memory_limit_bytes / 2**20:.0f} MiB",
+        )
+
+    async def _hand_off_seconds(self) -> float:
+        started = time.perf_counter()
+        await self.batcher.run_in_thread(lambda: None)
+        return time.perf_counter() - started
+
+    async def batch1_seconds(self) -> float:
+        """Its inference time for one image alone, timed in its batcher's thread (so not beside tuning)."""
+        spec = self.spec
+        return await self.batcher.run_in_thread(
+            partial(self.runtime.batch1_seconds, spec.input_shape, spec.output_name)
+        )
+
     async def close(self) -> None:
+        if self._tuning is not None:
+            self._tuning.cancel()
+            await asyncio.gather(self._tuning, return_exceptions=True)
         await self.batcher.close()
         self.metrics.model_ready.labels(self.name).set(0)
+
+
+def resident_memory_bytes() -> int | None:
+    """This process's resident memory now (Linux); None where /proc does not say."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def warm_up_sizes(max_batch_size: int) -> list[int]:
@@ -298,12 +382,7 @@ class ModelRegistry:
     async def batch1_seconds_per_image(self) -> dict[str, float]:
         """Each model's inference time for one image alone, timed now, once the server is ready: the fastest of
         many runs, so that a busy machine's stall does not make a cheap model look slow."""
-        costs: dict[str, float] = {}
-        for model in self.models:
-            spec = model.spec
-            shape = (spec.channels, spec.crop_size, spec.crop_size)
-            costs[model.name] = await asyncio.to_thread(model.runtime.batch1_seconds, shape, spec.output_name)
-        return costs
+        return {model.name: await model.batch1_seconds() for model in self.models}
 
     async def close(self) -> None:
         for model in self.models:
