@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 MIN_SHARE = 0.97
 """A batch size is chosen while its served throughput is within 3% of the best measured (the noise of a timing)."""
@@ -78,9 +79,20 @@ def choose(timings: Sequence[BatchTiming], memory_limit_bytes: int | None = None
 
 
 def projected_memory_bytes(timings: Sequence[BatchTiming], batch_size: int) -> int | None:
-    """What a batch of `batch_size` would hold, from the most memory per image measured so far (None: unknown)."""
-    per_image = [t.memory_bytes / t.batch_size for t in timings if t.memory_bytes is not None and t.memory_bytes > 0]
-    return round(max(per_image) * batch_size) if per_image else None
+    """What a batch of `batch_size` would hold: the largest measured, plus the most memory any measured doubling
+    added per image, for each image more (one measurement alone: its memory per image). None: unknown."""
+    known = [t for t in timings if t.memory_bytes is not None]
+    if not known:
+        return None
+    last = max(known, key=lambda t: t.batch_size)
+    assert last.memory_bytes is not None
+    slopes = [
+        (later.memory_bytes - earlier.memory_bytes) / (later.batch_size - earlier.batch_size)
+        for earlier, later in pairwise(known)
+        if earlier.memory_bytes is not None and later.memory_bytes is not None and later.batch_size > earlier.batch_size
+    ]
+    per_image = max(slopes) if slopes else last.memory_bytes / last.batch_size
+    return round(last.memory_bytes + max(0.0, per_image) * (batch_size - last.batch_size))
 
 
 async def tune(

@@ -154,7 +154,8 @@ class ServedModel:
             if self.auto_batch:
                 self._memory_before_batches = resident_memory_bytes()
                 batch = np.zeros((1, *spec.input_shape), dtype=np.float32)
-                await asyncio.to_thread(self.runtime.time_batch, batch, spec.output_name)  # plans batch 1
+                # One run: it plans batch 1's memory, and its time (an overestimate) seeds the wait estimate,
+                # which the first real batches correct.
                 seconds = await asyncio.to_thread(self.runtime.time_batch, batch, spec.output_name)
                 self.batcher.seed_seconds_per_image(seconds)
             else:

@@ -47,6 +47,14 @@ def test_the_memory_budget_bounds_the_choice_and_batch_one_always_fits():
     assert choose(measured, memory_limit_bytes=50 * MIB) == 4
     assert choose(measured, memory_limit_bytes=1 * MIB) == 1
     assert projected_memory_bytes(measured, 32) == 32 * 12 * MIB
+    # What a doubling adds per image counts, not a first batch's fixed cost spread over its one image.
+    with_fixed_cost = [
+        BatchTiming(1, 0.1, memory_bytes=14 * MIB),
+        BatchTiming(2, 0.2, memory_bytes=16 * MIB),
+        BatchTiming(4, 0.4, memory_bytes=30 * MIB),
+    ]
+    assert projected_memory_bytes(with_fixed_cost, 8) == (30 + 4 * 7) * MIB
+    assert projected_memory_bytes(with_fixed_cost[:1], 4) == 4 * 14 * MIB
 
 
 class Measured:
