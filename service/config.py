@@ -60,9 +60,20 @@ class ServerSettings(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
     """TCP port to listen on (0 picks a free one)."""
     model_dir: Path = BUNDLED_MODEL_DIR
-    """Folder whose *.onnx files are served, each under its file stem; defaults to the bundled repository."""
+    """The model repository: `name.onnx` files (version 1) and `name/<version>/model.onnx` folders, each model
+    served under its name; defaults to the bundled repository."""
     default_model: str | None = None
     """Model answering POST /v1/classify; unset: the only model, or the first by name when there are several."""
+    model_control_mode: Literal["none", "poll", "explicit"] = "none"
+    """How models change without a restart, in Triton's words: none (what is loaded at start stays), poll (the
+    repository is re-scanned every repository_poll_s: new or changed versions loaded, removed ones unloaded) or
+    explicit (only through the repository API's load and unload)."""
+    repository_poll_s: float = Field(default=5.0, gt=0.0)
+    """With model_control_mode poll: seconds between scans; a new or changed file is loaded once it has stayed
+    the same for a whole interval (so a file still being written is never loaded half)."""
+    allow_model_control_without_keys: bool = False
+    """With no API keys set, let anyone who reaches the port load and unload models (off: refused; with keys, an
+    admin key is needed)."""
     workers: WorkerCount = "auto"
     """Server processes sharing the port, each with its own event loop, sessions and share of the cores; auto:
     one per core when the models are cheap (under 5 ms an image, where one event loop is the limit), else one
@@ -94,6 +105,10 @@ class LimitsSettings(BaseModel):
 
     request_timeout_s: float = Field(default=30.0, gt=0.0)
     """Deadline of a classify request from its arrival; queued images past it are dropped and answered 504."""
+    memory_budget_mb: float | None = Field(default=None, gt=0.0)
+    """Resident memory the server may reach with a new model version loaded beside those serving: a load that would
+    pass it is refused, with the numbers, before it starts; unset: the container's memory limit (cgroup) when
+    there is one, else no check. With several workers, each gets its share."""
     max_files_per_request: int = Field(default=16, ge=1)
     """Most images (multipart parts named 'file') one classify request may carry."""
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)

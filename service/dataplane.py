@@ -149,7 +149,7 @@ class DataPlane:
             budget=self.upload_bytes,
             max_images=self._limits.max_files_per_request,
             max_input_values=self._limits.max_files_per_request * model.spec.input_values + _JSON_SLACK_VALUES,
-            on_admitted=self._metrics.requests.labels(model.name, request.protocol).inc,
+            on_admitted=self._metrics.requests.labels(model.name, model.version, request.protocol).inc,
         )
         try:
             body = await request.body.receive(admission)
@@ -269,7 +269,7 @@ class DataPlane:
                 for upload, image in zip(inputs.uploads, prepared, strict=True)
             ]
             preprocess_s = max(image.seconds for image in prepared)
-        self._metrics.images_classified.labels(model.name).inc(len(inputs))
+        self._metrics.images_classified.labels(model.name, model.version).inc(len(inputs))
         results = [
             OutputResult(output.name or model.spec.output_name, ranked=model.postprocess(inferred.logits, output.k))
             if output.ranked and output.k is not None
@@ -290,7 +290,7 @@ class DataPlane:
         model = ticket.model
         if isinstance(inputs, EncodedImages):
             upload = inputs.uploads[0]
-            self._metrics.images_decoded.labels(model.name).inc()
+            self._metrics.images_decoded.labels(model.name, model.version).inc()
 
             def decode() -> tuple[PreprocessedImage | None, np.ndarray]:
                 image = model.preprocess(upload)
@@ -307,13 +307,13 @@ class DataPlane:
         inferred = _Inferred(result.value[None], result.queue_wait_s, result.inference_s)
         if image is None:
             return None, inferred
-        self._metrics.preprocess_seconds.labels(model.name).observe(image.seconds)
+        self._metrics.preprocess_seconds.labels(model.name, model.version).observe(image.seconds)
         return [image], inferred
 
     async def _decode(self, model: ServableModel, uploads: Sequence[ImageUpload]) -> list[PreprocessedImage]:
         """The model's preprocess stage for every upload, in parallel in the decode pool; the first error wins."""
         loop = asyncio.get_running_loop()
-        self._metrics.images_decoded.labels(model.name).inc(len(uploads))
+        self._metrics.images_decoded.labels(model.name, model.version).inc(len(uploads))
         jobs = [loop.run_in_executor(self._decode_pool, model.preprocess, upload) for upload in uploads]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
         prepared: list[PreprocessedImage] = []
@@ -321,7 +321,7 @@ class DataPlane:
             if isinstance(outcome, BaseException):
                 raise outcome
             prepared.append(outcome)
-        histogram = self._metrics.preprocess_seconds.labels(model.name)
+        histogram = self._metrics.preprocess_seconds.labels(model.name, model.version)
         for image in prepared:
             histogram.observe(image.seconds)
         return prepared

@@ -24,15 +24,16 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 class ModelBatchObserver:
     """The batcher's metrics hooks for one model."""
 
-    def __init__(self, metrics: ServiceMetrics, model: str) -> None:
-        self._batch_size = metrics.batch_size.labels(model)
-        self._inferred = metrics.images_inferred.labels(model)
-        self._inference = metrics.inference_seconds.labels(model)
-        self._queue_wait = metrics.queue_wait_seconds.labels(model)
+    def __init__(self, metrics: ServiceMetrics, model: str, version: str) -> None:
+        self._batch_size = metrics.batch_size.labels(model, version)
+        self._inferred = metrics.images_inferred.labels(model, version)
+        self._inference = metrics.inference_seconds.labels(model, version)
+        self._queue_wait = metrics.queue_wait_seconds.labels(model, version)
         self._dropped = metrics.dropped_images
-        self._depth = metrics.queue_depth.labels(model)
-        self._max_batch_size = metrics.max_batch_size.labels(model)
+        self._depth = metrics.queue_depth.labels(model, version)
+        self._max_batch_size = metrics.max_batch_size.labels(model, version)
         self._model = model
+        self._version = version
 
     def batch_ran(self, size: int, inference_s: float) -> None:
         self._batch_size.observe(size)
@@ -43,7 +44,7 @@ class ModelBatchObserver:
         self._queue_wait.observe(queue_wait_s)
 
     def items_dropped(self, reason: DropReason, count: int) -> None:
-        self._dropped.labels(self._model, reason).inc(count)
+        self._dropped.labels(self._model, self._version, reason).inc(count)
 
     def queue_changed(self, depth: int) -> None:
         self._depth.set(depth)
@@ -100,42 +101,42 @@ class ServiceMetrics:
         self.preprocess_seconds = Histogram(
             "resnet_serve_preprocess_seconds",
             "Decode and preprocess time per image.",
-            ["model"],
+            ["model", "version"],
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
         self.queue_wait_seconds = Histogram(
             "resnet_serve_queue_wait_seconds",
             "Time an image waited in the batcher queue before its batch ran.",
-            ["model"],
+            ["model", "version"],
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
         self.inference_seconds = Histogram(
             "resnet_serve_inference_seconds",
             "ONNX Runtime time per batch.",
-            ["model"],
+            ["model", "version"],
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
         self.batch_size = Histogram(
             "resnet_serve_batch_size",
             "Images per batch run.",
-            ["model"],
+            ["model", "version"],
             buckets=BATCH_SIZE_BUCKETS,
             registry=r,
         )
         self.queue_depth = Gauge(
             "resnet_serve_queue_depth",
             "Images waiting in the batcher queue.",
-            ["model"],
+            ["model", "version"],
             multiprocess_mode="livesum",
             registry=r,
         )
         self.max_batch_size = Gauge(
             "resnet_serve_max_batch_size",
             "The model's largest batch now: its setting, or with auto what tuning has chosen so far.",
-            ["model"],
+            ["model", "version"],
             multiprocess_mode="livemax",
             registry=r,
         )
@@ -148,25 +149,25 @@ class ServiceMetrics:
         self.requests = Counter(
             "resnet_serve_requests",
             "Inference requests admitted, by model and protocol (v1, v2-http, v2-grpc).",
-            ["model", "protocol"],
+            ["model", "version", "protocol"],
             registry=r,
         )
         self.images_classified = Counter(
             "resnet_serve_images_classified",
             "Images classified successfully.",
-            ["model"],
+            ["model", "version"],
             registry=r,
         )
         self.images_decoded = Counter(
             "resnet_serve_images_decoded",
             "Images handed to the decode pool (decode and preprocess work started).",
-            ["model"],
+            ["model", "version"],
             registry=r,
         )
         self.images_inferred = Counter(
             "resnet_serve_images_inferred",
             "Images run through the model (the sum of batch sizes).",
-            ["model"],
+            ["model", "version"],
             registry=r,
         )
         self.decode_memory_bytes = Gauge(
@@ -190,7 +191,7 @@ class ServiceMetrics:
         self.dropped_images = Counter(
             "resnet_serve_dropped_images",
             f"Queued images dropped without inference: {', '.join(DropReason)}.",
-            ["model", "reason"],
+            ["model", "version", "reason"],
             registry=r,
         )
         self.connections_refused = Counter(
@@ -208,7 +209,7 @@ class ServiceMetrics:
         self.model_ready = Gauge(
             "resnet_serve_model_ready",
             "1 when the model is loaded, warmed up and its batcher running.",
-            ["model"],
+            ["model", "version"],
             multiprocess_mode="livemin",
             registry=r,
         )
@@ -234,16 +235,16 @@ class ServiceMetrics:
     def connection_closed(self) -> None:
         self.open_connections.dec()
 
-    def register_model(self, model: str) -> ModelBatchObserver:
-        """Create the model's series and return the hooks its batcher reports to."""
-        self.images_classified.labels(model)
+    def register_model(self, model: str, version: str = "1") -> ModelBatchObserver:
+        """Create the model version's series and return the hooks its batcher reports to."""
+        self.images_classified.labels(model, version)
         for drop in DropReason:
             # Series at zero from the start: with worker processes an untouched family would not be exported.
-            self.dropped_images.labels(model, drop)
-        self.images_decoded.labels(model)
-        self.images_inferred.labels(model)
-        self.model_ready.labels(model).set(0)
-        return ModelBatchObserver(self, model)
+            self.dropped_images.labels(model, version, drop)
+        self.images_decoded.labels(model, version)
+        self.images_inferred.labels(model, version)
+        self.model_ready.labels(model, version).set(0)
+        return ModelBatchObserver(self, model, version)
 
     def render(self) -> bytes:
         """The exposition text; with several worker processes (PROMETHEUS_MULTIPROC_DIR set by the supervisor),

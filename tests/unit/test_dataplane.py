@@ -54,6 +54,8 @@ class ToyModel:
     """A served model whose image b"class:2" decodes to a tensor of 2s and is classified as class 2 (logit 10)."""
 
     def __init__(self, name: str = "toy", *, max_batch_size: int = 4, max_queue_size: int = 16) -> None:
+        self.holds = 0
+        """Requests resolved to this model that have not ended."""
         self.name = name
         self.version = "1"
         self.spec = SPEC
@@ -98,6 +100,12 @@ class ToyModel:
 
     def reserve(self, count: int) -> ImageReservation[np.ndarray, np.ndarray]:
         return self.batcher.reserve(count)
+
+    def request_started(self) -> None:
+        self.holds += 1
+
+    def request_finished(self) -> None:
+        self.holds -= 1
 
     def describe(self) -> ModelDescription:
         return ModelDescription(
