@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI
 
 from service import __version__
-from service.api import classify, health, page, v2
+from service.api import classify, health, page, repository, v2
 from service.api import metrics as metrics_api
 from service.api import models as models_api
 from service.api.errors import install_error_handlers
@@ -84,6 +84,7 @@ def build_http_app(
     app.include_router(health.router)
     app.include_router(metrics_api.router)
     app.include_router(v2.router)
+    app.include_router(repository.router)
     app.include_router(
         page.build_router(openapi_url=app.openapi_url, title=app.title, swagger_ui_parameters=app.swagger_ui_parameters)
     )

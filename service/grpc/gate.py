@@ -20,6 +20,7 @@ see CANCELLED for calls sent before the signal. The listener is stopped once the
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,9 +29,10 @@ import grpc
 from service.auth import KEY_REQUIRED, ApiKeys
 from service.errors import ServiceError, ShuttingDown, Unauthorized
 from service.grpc import errors
-from service.grpc.v2 import SERVICE_NAME
+from service.grpc.messages import SERVICE_NAME
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
+from service.model_control import Caller
 
 PROBES = frozenset({"ServerLive", "ServerReady"})
 
@@ -40,6 +42,10 @@ if TYPE_CHECKING:
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
     _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("grpc_caller", default=Caller())  # noqa: B039 - frozen
+"""Who makes the call (its key's name and role), for the RPCs that need to know: set in the call's own task."""
 
 
 class ServingGate(_ServerInterceptor):
@@ -65,6 +71,7 @@ class ServingGate(_ServerInterceptor):
             if key_name is None:
                 return self._refusal(name, Unauthorized(KEY_REQUIRED))
             self._metrics.api_key_requests.labels(key_name).inc()
+            CALLER.set(Caller(key_name=key_name))
         call = asyncio.current_task()  # gRPC serves each call in a task of its own, interceptors included
         if call is not None:
             self._lifecycle.request_started()

@@ -67,6 +67,9 @@ def test_the_wire_format_is_triton_s():
         "ServerMetadata",
         "ModelMetadata",
         "ModelInfer",
+        "RepositoryIndex",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
     }
 
 
