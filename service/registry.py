@@ -334,6 +334,7 @@ class ModelRegistry:
             )
 
     def _retire(self, model: ServedModel) -> None:
+        model.mark_unloading()
         task = asyncio.get_running_loop().create_task(model.unload(), name=f"unload-{model.name}-{model.version}")
         self._unloading.add(task)
         task.add_done_callback(self._unloading.discard)
