@@ -10,8 +10,8 @@ wraps uvicorn's protocol class (h11 or httptools, the same way) so that each con
 - is refused with 503 and closed at once when `max_connections` are already open, before it can hold a file
   descriptor idle;
 - is refused before the parser or the app sees the bytes when its framing is hostile (`http_framing`):
-  Content-Length with Transfer-Encoding (400), a chunk declaring more than the upload limit (413), an oversized
-  head (431).
+  Content-Length with Transfer-Encoding (400), a Transfer-Encoding not ending in a single chunked (400) or with
+  a coding we do not implement (501), a chunk declaring more than the upload limit (413), an oversized head (431).
 
 Every refusal writes one JSON error (the shape of `service.errors.error_body`) with ``Connection: close`` and
 closes the connection; what it refused is counted by the `observer`.
@@ -44,6 +44,7 @@ _CODES = {
     408: "request_timeout",
     413: "upload_too_large",
     431: "headers_too_large",
+    501: "not_implemented",
     503: "too_many_connections",
 }
 
