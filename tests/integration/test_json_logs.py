@@ -11,6 +11,7 @@ import socket
 
 import grpc
 import httpx
+import pytest
 
 from tests.integration.conftest import ServerProcess, free_port
 
@@ -67,11 +68,9 @@ def test_hostile_bytes_and_malformed_calls_on_the_grpc_port_leave_only_json(star
                 pass
         except OSError:
             pass
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        try:
-            channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(b"\xff\xff", timeout=30)
-        except grpc.RpcError as exc:
-            assert exc.code() is grpc.StatusCode.INVALID_ARGUMENT
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError) as refused:
+        channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(b"\xff\xff", timeout=30)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     server.signal(signal.SIGTERM)
     assert server.wait_exit() == 0
     json_entries(server)
