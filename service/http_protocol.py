@@ -33,10 +33,15 @@ from http import HTTPStatus
 from typing import Any, Protocol, cast
 
 from service.errors import ConnectionRefusal, error_body
-from service.http_framing import BodyComplete, FramingViolation, RequestFramingScanner
+from service.http_framing import BodyComplete, FramingViolation, HeadComplete, RequestFramingScanner
 
 REFUSAL_EXTENSION = "resnet_serve.refused"
 """Scope extension set on a request the guard refused while the app was reading it: {"status", "reason"}."""
+BODY_RECEIVED_EXTENSION = "resnet_serve.body_received"
+"""Scope extension on every request: a callable that says whether the request's whole body has reached the server
+(read by the app or not). An answer sent before the app read the body need not close the connection when it has:
+nothing more of that request will arrive, and a client of a burst keeps its connection instead of paying (and
+making the server pay) for a new one after each refusal."""
 LINGER_S = 2.0
 """Longest a closed connection keeps reading and discarding what its client still sends (see above)."""
 _CODES = {
@@ -114,6 +119,9 @@ def guarded_protocol(
         _refused = False
         _lingering: asyncio.TimerHandle | None = None
         _discarded = 0
+        _heads = 0
+        _bodies = 0
+        _marked = 0
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self._socket_transport: Any = transport
@@ -150,8 +158,23 @@ def guarded_protocol(
             now = time.monotonic()
             if (was_between and data) or any(isinstance(event, BodyComplete) for event in events):
                 self._request_started_at = now
+            for event in events:
+                if isinstance(event, HeadComplete):
+                    self._heads += 1
+                elif isinstance(event, BodyComplete):
+                    self._bodies += 1
             self._follow(now)
             super().data_received(data)
+            self._mark_body_received()
+
+        def _mark_body_received(self) -> None:
+            """Give the request uvicorn is serving its BODY_RECEIVED_EXTENSION (once per request)."""
+            cycle: Any = getattr(self, "cycle", None)
+            if cycle is None or self._marked >= self._heads or not self._scanner.following:
+                return
+            self._marked += 1
+            index = self._marked
+            cycle.scope.setdefault("extensions", {})[BODY_RECEIVED_EXTENSION] = lambda: self._bodies >= index
 
         def eof_received(self) -> bool | None:
             if self._lingering is not None:

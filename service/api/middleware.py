@@ -7,7 +7,9 @@
 - Draining: new requests are refused with 503 while the server drains; requests in flight are counted.
 - An answer sent before the whole body arrived (401, 413, 415, 503, ...) carries ``Connection: close``: the
   server does not receive the rest of an upload it already refused (beyond the short lingering close of
-  `service.http_protocol`, which lets a client still writing read the answer).
+  `service.http_protocol`, which lets a client still writing read the answer). When the body has all arrived
+  already (the protocol guard says so), the connection stays open: a refusal in a burst then costs neither side
+  a new connection.
 - An exception no handler expected is answered here, 500 ``internal_error`` with ``Connection: close`` and the
   request's ID, its traceback logged: the connection is closed after it (the request's state is unknown), and a
   client that kept it alive must hear so rather than meet a reset on its next request.
@@ -29,6 +31,7 @@ from service import logs
 from service.api.errors import error_response
 from service.auth import KEY_REQUIRED, ApiKeys
 from service.errors import InternalError, ServiceError, ShuttingDown, Unauthorized
+from service.http_protocol import BODY_RECEIVED_EXTENSION
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 
@@ -57,6 +60,11 @@ def _has_body(scope: Scope) -> bool:
         if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
             return True
     return False
+
+
+def _body_received(scope: Scope) -> bool:
+    received = scope.get("extensions", {}).get(BODY_RECEIVED_EXTENSION)
+    return received is not None and bool(received())
 
 
 class ServingGateMiddleware:
@@ -117,7 +125,7 @@ class ServingGateMiddleware:
                 status = message["status"]
                 response_started = True
                 headers = list(message.get("headers", []))
-                if not body_read or closing or self.lifecycle.retiring:
+                if closing or self.lifecycle.retiring or not (body_read or _body_received(scope)):
                     headers = [(k, v) for k, v in headers if k.lower() != b"connection"]
                     headers.append((b"connection", b"close"))
                 headers.append((b"x-request-id", request_id.encode("latin-1")))
