@@ -49,7 +49,10 @@ def _start_server() -> tuple[subprocess.Popen[bytes], int]:
     flags = ["--workers", "1", "--port", "0", "--grpc-port", "0", "--no-access-log"]
     budget = ["--max-upload-bytes", str(BUDGET_BYTES), "--max-inflight-bytes", str(BUDGET_BYTES)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", *flags, *budget], cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+        [sys.executable, "-m", "service", *flags, *budget],
+        cwd=REPO_ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
     )
     assert process.stderr is not None
     seen = b""
@@ -118,8 +121,10 @@ def main() -> None:
         server.kill()
         server.wait()
     print(f"statuses: {dict(statuses)} in {elapsed:.1f} s ({args.count / elapsed:.0f} refusals/s)")
-    print(f"server CPU per refusal: {server_s / args.count * 1000:.3f} ms; client CPU per request: "
-          f"{client_s / args.count * 1000:.3f} ms")
+    print(
+        f"server CPU per refusal: {server_s / args.count * 1000:.3f} ms; client CPU per request: "
+        f"{client_s / args.count * 1000:.3f} ms"
+    )
 
 
 if __name__ == "__main__":
