@@ -496,9 +496,11 @@ def test_the_concurrent_call_cap_refuses_with_resource_exhausted(grpc_in_thread,
     running = Call(triton, random_png(1))
     runtime.wait_for_batch()
     with pytest.raises(InferenceServerException) as refused:
-        triton.is_server_live()
+        triton.get_server_metadata()
+    assert triton.is_server_live()  # the probes are never refused for the cap
     runtime.run_gate.set()
     assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert "gRPC calls at once" in refused.value.message()
     assert running.outcome() == "OK"
 
 
