@@ -121,7 +121,7 @@ def guarded_protocol(
         _discarded = 0
         _heads = 0
         _bodies = 0
-        _marked = 0
+        _marked_cycle: Any = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self._socket_transport: Any = transport
@@ -168,12 +168,14 @@ def guarded_protocol(
             self._mark_body_received()
 
         def _mark_body_received(self) -> None:
-            """Give the request uvicorn is serving its BODY_RECEIVED_EXTENSION (once per request)."""
+            """Give the request uvicorn made last its BODY_RECEIVED_EXTENSION: it is the one whose head the scanner
+            saw last. (A request whose head arrived with a later one in the same read is never the last made; it
+            goes without, and an early answer to it closes the connection, as without the guard's help.)"""
             cycle: Any = getattr(self, "cycle", None)
-            if cycle is None or self._marked >= self._heads or not self._scanner.following:
+            if cycle is None or cycle is self._marked_cycle or not self._scanner.following:
                 return
-            self._marked += 1
-            index = self._marked
+            self._marked_cycle = cycle
+            index = self._heads
             cycle.scope.setdefault("extensions", {})[BODY_RECEIVED_EXTENSION] = lambda: self._bodies >= index
 
         def eof_received(self) -> bool | None:

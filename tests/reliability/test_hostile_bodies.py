@@ -15,11 +15,13 @@ import pytest
 from PIL import Image
 
 from tests.reliability.harness import (
+    HTTP_PARSERS,
     MODEL,
     classify_request,
     connect,
     exchange,
     parse_responses,
+    parser_flags,
     poll,
     read_one_response,
     read_until_closed,
@@ -213,12 +215,13 @@ def test_a_strip_image_is_classified_not_refused_for_memory(server):
 # --- item 8: a refusal in a burst keeps its connection -------------------------------------------------------------
 
 
-def test_a_refused_request_whose_body_arrived_keeps_its_connection(ready_server, example_pngs):
+@pytest.mark.parametrize("parser", HTTP_PARSERS)
+def test_a_refused_request_whose_body_arrived_keeps_its_connection(ready_server, example_pngs, parser):
     """With the byte budget held by an upload that never ends, complete small uploads are refused with 503 at
     admission, before their body is read; the body had arrived, so the connection stays open, and once the budget
     is free the same connection is served."""
     budget = 1 << 20
-    server = ready_server("--max-upload-bytes", str(budget), "--max-inflight-bytes", str(budget))
+    server = ready_server("--max-upload-bytes", str(budget), "--max-inflight-bytes", str(budget), *parser_flags(parser))
     png = next(iter(example_pngs.values()))
     holder = connect(server.port)
     holder.sendall(request_bytes("POST", "/v1/classify", content_type="image/png", content_length=budget))
@@ -237,3 +240,38 @@ def test_a_refused_request_whose_body_arrived_keeps_its_connection(ready_server,
             return answer.status == 200
 
         poll(served, "the same connection to be served once the budget is free")
+
+
+@pytest.mark.parametrize("parser", HTTP_PARSERS)
+def test_a_refused_upload_still_arriving_closes_its_connection(ready_server, parser):
+    """The body has not all arrived when the refusal is sent: Connection: close, and the rest is not read."""
+    budget = 1 << 20
+    server = ready_server("--max-upload-bytes", str(budget), "--max-inflight-bytes", str(budget), *parser_flags(parser))
+    holder = connect(server.port)
+    holder.sendall(request_bytes("POST", "/v1/classify", content_type="image/png", content_length=budget))
+    with connect(server.port) as connection:
+        connection.sendall(request_bytes("POST", "/v1/classify", content_type="image/png", content_length=1000))
+        refused = read_one_response(connection)
+        assert refused.status == 503 and refused.headers.get("connection") == "close", refused
+    holder.close()
+
+
+@pytest.mark.parametrize("parser", HTTP_PARSERS)
+def test_pipelined_requests_refused_early_are_answered_in_order(ready_server, example_pngs, parser):
+    """Two complete uploads in one write, refused at admission: the first is answered 503; then either the second
+    is too, or the first said Connection: close and the connection ends after it with nothing more (HTTP lets a
+    server drop what was pipelined behind a close; the client sends it again)."""
+    budget = 1 << 20
+    server = ready_server("--max-upload-bytes", str(budget), "--max-inflight-bytes", str(budget), *parser_flags(parser))
+    png = next(iter(example_pngs.values()))
+    holder = connect(server.port)
+    holder.sendall(request_bytes("POST", "/v1/classify", content_type="image/png", content_length=budget))
+    with connect(server.port) as connection:
+        connection.sendall(classify_request([("a.png", png)]) * 2)
+        first = read_one_response(connection)
+        assert first.status == 503, first
+        if first.headers.get("connection") == "close":
+            assert parse_responses(read_until_closed(connection)) == []
+        else:
+            assert read_one_response(connection).status == 503
+    holder.close()
