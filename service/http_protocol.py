@@ -88,16 +88,67 @@ def refusal_bytes(status: int, message: str) -> bytes:
 
 
 class _LingeringCloseTransport:
-    """The transport as uvicorn sees it: everything passes through, but `close()` asks the protocol first."""
+    """The transport as uvicorn sees it: everything passes through, but `close()` asks the protocol first, and
+    small writes made in one turn of the event loop leave as one.
 
-    def __init__(self, transport: asyncio.Transport, close: Any) -> None:
+    uvicorn writes a response's head and its body separately, two system calls where one does: on a loopback or
+    a busy server each costs as much as the rest of a refusal's sending. Writes are gathered until the end of the
+    loop's current turn (`call_soon`), so a head and a body written back to back go out together; a write that
+    would gather more than `COALESCE_BYTES` goes out at once, after what was gathered, so large bodies are never
+    copied. Closing, `write_eof` and the buffer size uvicorn's flow control reads all count what is gathered."""
+
+    COALESCE_BYTES = 64 * 1024
+
+    def __init__(self, transport: asyncio.Transport, close: Any, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._close = close
+        self._loop = loop
+        self._gathered: list[bytes] = []
+        self._gathered_bytes = 0
         self.close_requested = False
 
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if self._gathered_bytes + len(data) > self.COALESCE_BYTES:
+            self.flush()
+            self._transport.write(data)
+            return
+        if not self._gathered:
+            self._loop.call_soon(self.flush)
+        self._gathered.append(bytes(data))
+        self._gathered_bytes += len(data)
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def flush(self) -> None:
+        """Write what was gathered now (a no-op when nothing is)."""
+        if not self._gathered:
+            return
+        data = self._gathered[0] if len(self._gathered) == 1 else b"".join(self._gathered)
+        self._gathered.clear()
+        self._gathered_bytes = 0
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + self._gathered_bytes
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
     def close(self) -> None:
+        self.flush()
         self.close_requested = True
         self._close()
+
+    def abort(self) -> None:
+        self._gathered.clear()
+        self._gathered_bytes = 0
+        self._transport.abort()
 
     def is_closing(self) -> bool:
         return self.close_requested or self._transport.is_closing()
@@ -125,7 +176,8 @@ def guarded_protocol(
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self._socket_transport: Any = transport
-            super().connection_made(_LingeringCloseTransport(transport, self._close))  # type: ignore[arg-type]
+            self._wrapped = _LingeringCloseTransport(cast(asyncio.Transport, transport), self._close, self.loop)
+            super().connection_made(self._wrapped)
             observer.connection_opened()
             self._scanner = RequestFramingScanner(
                 max_head_bytes=limits.max_head_bytes, max_body_bytes=limits.max_body_bytes
