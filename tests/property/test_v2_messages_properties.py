@@ -14,6 +14,7 @@ from hypothesis import given
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from tests.property.strategies import MODEL, grpc_infer_requests, v2_binary_requests, v2_json_bodies
+from tests.reliability.harness import MB, probe
 
 INFER = f"/v2/models/{MODEL}/infer"
 VALID = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": [0.25] * 784}]}
@@ -38,12 +39,19 @@ def assert_answer_keeps_the_invariants(response: httpx.Response) -> None:
         strict_json(response.content)
 
 
+MEMORY_SLACK_BYTES = 200 * MB
+"""Growth of the server's resident memory all examples together may cause at most (each body is at most 1 MiB)."""
+
+
 @pytest.fixture(scope="module")
 def http(property_server):
+    reading = probe(property_server)
+    before = reading.rss_bytes()
     with httpx.Client(base_url=property_server.url, timeout=60) as client:
         yield client
-    # The server answers a valid request after everything the strategies sent.
+    # The server answers a valid request after everything the strategies sent, its memory bounded.
     assert httpx.post(property_server.url + INFER, json=VALID, timeout=60).status_code == 200
+    assert reading.rss_bytes() - before < MEMORY_SLACK_BYTES
 
 
 @given(body=v2_json_bodies())
