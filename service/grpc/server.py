@@ -12,9 +12,11 @@ serving gate's count), a budget of health watches of their own, metadata bounded
 and keepalive pings that drop peers which stopped answering. gRPC core's HTTP/2 defences stay on and are stated
 in `server_options`: streams the server is still finishing count against the per-connection limit (the rapid
 reset attack, CVE-2023-44487, cannot pile up work), a client pinging without data past the strikes allowed gets
-GOAWAY, and a peer that does not read its SETTINGS and PING acknowledgements is no longer read from. The port is shared (SO_REUSEPORT) only among the
-worker processes of one server (`share_port`, service/workers.py), where the kernel spreads connections over
-them; otherwise a port in use is a start-up error, not a second server silently splitting the traffic.
+GOAWAY, and a peer that does not read its SETTINGS and PING acknowledgements is no longer read from.
+
+The port is shared (SO_REUSEPORT) only among the worker processes of one server (`share_port`,
+service/workers.py), where the kernel spreads connections over them; otherwise a port in use is a start-up error,
+not a second server silently splitting the traffic.
 """
 
 from __future__ import annotations
