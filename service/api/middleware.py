@@ -7,7 +7,12 @@
 - Draining: new requests are refused with 503 while the server drains; requests in flight are counted.
 - An answer sent before the whole body arrived (401, 413, 415, 503, ...) carries ``Connection: close``: the
   server does not receive the rest of an upload it already refused (beyond the short lingering close of
-  `service.http_protocol`, which lets a client still writing read the answer).
+  `service.http_protocol`, which lets a client still writing read the answer). When the body has all arrived
+  already (the protocol guard says so), the connection stays open: a refusal in a burst then costs neither side
+  a new connection.
+- An exception no handler expected is answered here, 500 ``internal_error`` with ``Connection: close`` and the
+  request's ID, its traceback logged: the connection is closed after it (the request's state is unknown), and a
+  client that kept it alive must hear so rather than meet a reset on its next request.
 - Metrics and the access log line, once the response is sent.
 
 A pure ASGI middleware (no BaseHTTPMiddleware), so request bodies still stream through untouched.
@@ -25,11 +30,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import logs
 from service.api.errors import error_response
 from service.auth import KEY_REQUIRED, ApiKeys
-from service.errors import ServiceError, ShuttingDown, Unauthorized
+from service.errors import InternalError, ServiceError, ShuttingDown, Unauthorized
+from service.http_protocol import BODY_RECEIVED_EXTENSION
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 
 access_logger = logging.getLogger(logs.ACCESS_LOGGER)
+logger = logging.getLogger(__name__)
 
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 """Always answered: readiness must show while draining, and probes carry no keys."""
@@ -53,6 +60,11 @@ def _has_body(scope: Scope) -> bool:
         if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
             return True
     return False
+
+
+def _body_received(scope: Scope) -> bool:
+    received = scope.get("extensions", {}).get(BODY_RECEIVED_EXTENSION)
+    return received is not None and bool(received())
 
 
 class ServingGateMiddleware:
@@ -95,6 +107,8 @@ class ServingGateMiddleware:
         body_read = not _has_body(scope)
         received_bytes = 0
         path = scope["path"]
+        response_started = False
+        closing = False
 
         async def receive_tracking_body() -> Message:
             nonlocal body_read, received_bytes
@@ -106,11 +120,12 @@ class ServingGateMiddleware:
             return message
 
         async def send_tracking(message: Message) -> None:
-            nonlocal status, sent_bytes
+            nonlocal status, sent_bytes, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 headers = list(message.get("headers", []))
-                if not body_read or self.lifecycle.retiring:
+                if closing or self.lifecycle.retiring or not (body_read or _body_received(scope)):
                     headers = [(k, v) for k, v in headers if k.lower() != b"connection"]
                     headers.append((b"connection", b"close"))
                 headers.append((b"x-request-id", request_id.encode("latin-1")))
@@ -122,6 +137,17 @@ class ServingGateMiddleware:
         async def refuse(error: ServiceError) -> None:
             self.metrics.count_rejection(error)
             await error_response(error, scope)(scope, receive_tracking_body, send_tracking)
+
+        async def serve() -> None:
+            nonlocal closing
+            try:
+                await self.app(scope, receive_tracking_body, send_tracking)
+            except Exception:
+                if response_started:
+                    raise  # part of an answer is out: only closing the connection (uvicorn's part) is left
+                logger.exception("%s %s failed", scope["method"], path)
+                closing = True
+                await refuse(InternalError("internal server error; the details are in the server log"))
 
         gated = path not in UNGATED_PATHS
         try:
@@ -136,12 +162,12 @@ class ServingGateMiddleware:
                 state["api_key"] = name
                 self.metrics.api_key_requests.labels(name).inc()
             if not gated:
-                await self.app(scope, receive_tracking_body, send_tracking)
+                await serve()
                 return
             self.lifecycle.request_started()
             self.metrics.http_in_flight.inc()
             try:
-                await self.app(scope, receive_tracking_body, send_tracking)
+                await serve()
             finally:
                 self.metrics.http_in_flight.dec()
                 self.lifecycle.request_finished()
