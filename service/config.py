@@ -42,6 +42,18 @@ PROVIDER_ALIASES = {
 }
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """The TLS material of both listeners (service.tls reads it)."""
+
+    certfile: Path
+    """The server's certificate chain (PEM): its certificate first, then any intermediates."""
+    keyfile: Path
+    """The certificate's private key (PEM, unencrypted)."""
+    ca_certs: Path | None = None
+    """CA certificates (PEM) that clients' certificates must be signed by; None: no client certificate asked."""
+
+
 class ServerSettings(BaseModel):
     """Where and how the server listens, what it serves, and who may call it."""
 
@@ -77,6 +89,21 @@ class ServerSettings(BaseModel):
     environment variable to a flag, which other users of the machine can see in the process list."""
     metrics_require_key: bool = False
     """With API keys on, require one for /metrics too (off: Prometheus scrapes without a key)."""
+    ssl_certfile: Path | None = None
+    """Serve HTTPS and gRPC over TLS with this certificate chain (PEM, the server's certificate first); needs
+    ssl_keyfile. Re-read when it changes (new connections get the new certificate). Unset: plain HTTP and gRPC."""
+    ssl_keyfile: Path | None = None
+    """The private key (PEM, unencrypted) of ssl_certfile's certificate."""
+    ssl_ca_certs: Path | None = None
+    """With TLS on, require a client certificate signed by one of these CAs (PEM) on both listeners (mutual TLS);
+    re-read when it changes. Unset: no client certificate is asked for."""
+
+    @property
+    def tls_files(self) -> TlsFiles | None:
+        """The TLS files when TLS is on, else None."""
+        if self.ssl_certfile is None or self.ssl_keyfile is None:
+            return None
+        return TlsFiles(self.ssl_certfile, self.ssl_keyfile, self.ssl_ca_certs)
 
 
 class LimitsSettings(BaseModel):
@@ -118,6 +145,9 @@ class LimitsSettings(BaseModel):
     grpc_keepalive_time_s: float = Field(default=60.0, gt=0.0)
     """The server pings a gRPC connection after this many seconds without activity, also between calls, to find
     peers that are gone without closing their connection."""
+    tls_handshake_timeout_s: float = Field(default=10.0, gt=0.0)
+    """With TLS on, a connection's TLS handshake must be done within this many seconds of its opening, else it is
+    closed; until then it counts in max_connections (HTTP) and in gRPC's connection cap."""
     grpc_keepalive_timeout_s: float = Field(default=20.0, gt=0.0)
     """A gRPC peer that does not answer a ping within this many seconds is dropped: its connection closed, its
     calls cancelled and their queued images dropped unrun."""
@@ -221,6 +251,14 @@ class Settings(ObservabilitySettings, RuntimeSettings, BatchingSettings, LimitsS
                 f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least max_upload_bytes "
                 f"({self.max_upload_bytes}), or the largest upload could never be admitted"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_files_go_together(self) -> Settings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile are set together: the certificate and its private key")
+        if self.ssl_ca_certs is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_ca_certs asks clients for certificates over TLS: set ssl_certfile and ssl_keyfile")
         return self
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -24,6 +25,9 @@ from service.metrics import ServiceMetrics
 from service.priority import thread_initializer
 from service.registry import ModelRegistry, RuntimeFactory, StartupError
 from service.runtime import available_cpus
+
+if TYPE_CHECKING:
+    from service.tls import ServerTls
 
 logger = logging.getLogger("service")
 
@@ -49,6 +53,15 @@ class ModelServer:
             )
         except ApiKeysError as exc:
             raise StartupError(str(exc)) from None
+        self.tls: ServerTls | None = None
+        """Both listeners' TLS material when TLS is on."""
+        if settings.tls_files is not None:
+            from service.tls import ServerTls, TlsError
+
+            try:
+                self.tls = ServerTls(settings.tls_files)
+            except TlsError as exc:
+                raise StartupError(f"TLS: {exc}") from None
         self.metrics = ServiceMetrics()
         self.lifecycle = Lifecycle()
         self.registry = ModelRegistry(settings, self.metrics, open_runtime)
@@ -91,6 +104,7 @@ class ModelServer:
             address=address,
             share_port=share_port,
             api_keys=self.api_keys,
+            tls=self.tls,
         )
 
     @asynccontextmanager
