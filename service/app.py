@@ -28,6 +28,7 @@ from service.dataplane import DataPlane
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 from service.model_server import ModelServer, ReadyHook
+from service.ratelimit import KeyRateLimits
 from service.registry import RuntimeFactory
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -54,6 +55,7 @@ def build_http_app(
     api_keys: ApiKeys,
     settings: Settings,
     lifespan: Lifespan,
+    rate_limits: KeyRateLimits | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="resnet-serve",
@@ -72,6 +74,7 @@ def build_http_app(
         lifecycle=lifecycle,
         metrics=metrics,
         api_keys=api_keys,
+        rate_limits=rate_limits,
         metrics_require_key=settings.metrics_require_key,
         access_log=settings.access_log,
     )

@@ -164,10 +164,12 @@ class DynamicBatcher(Generic[P, R]):
         if not self._policy.reserve(count, self._running_batch_size):
             raise Overloaded(self.overload_message(count))
 
-    def _enqueue(self, payloads: Sequence[P], deadline: float) -> list[asyncio.Future[ItemResult[R]]]:
+    def _enqueue(
+        self, payloads: Sequence[P], deadline: float, priority: int = 0
+    ) -> list[asyncio.Future[ItemResult[R]]]:
         loop = asyncio.get_running_loop()
         now = self._clock()
-        items = [QueuedItem(payload, now, deadline, loop.create_future()) for payload in payloads]
+        items = [QueuedItem(payload, now, deadline, loop.create_future(), priority) for payload in payloads]
         self._policy.enqueue_reserved(items)
         self._wakeup.set()
         if self._observer:
@@ -178,14 +180,14 @@ class DynamicBatcher(Generic[P, R]):
         """Estimated seconds until `count` new images would be done; None before the first batch has run."""
         return self._policy.expected_wait_s(count, self._running_batch_size)
 
-    def submit(self, payloads: Sequence[P], deadline: float) -> list[asyncio.Future[ItemResult[R]]]:
-        """Queue all payloads (all or none) and return one future per payload.
+    def submit(self, payloads: Sequence[P], deadline: float, priority: int = 0) -> list[asyncio.Future[ItemResult[R]]]:
+        """Queue all payloads (all or none) and return one future per payload (lower `priority` runs first).
 
         Raises `Overloaded` at once when they do not fit and `ShuttingDown` after `close()`. Cancelling a
         returned future tells the batcher its client is gone: the item is dropped before inference.
         """
         with self.reserve(len(payloads)) as reservation:
-            return reservation.submit(payloads, deadline)
+            return reservation.submit(payloads, deadline, priority)
 
     def overload_message(self, count: int) -> str:
         """Why a request of `count` images is refused right now, for the client."""
@@ -296,8 +298,9 @@ class ImageReservation(Generic[P, R]):
             self._batcher._reserve(count - self.count)
             self.count = count
 
-    def submit(self, payloads: Sequence[P], deadline: float) -> list[asyncio.Future[ItemResult[R]]]:
-        """Queue `payloads` in the reserved room (never refused for room) and release any room left over.
+    def submit(self, payloads: Sequence[P], deadline: float, priority: int = 0) -> list[asyncio.Future[ItemResult[R]]]:
+        """Queue `payloads` in the reserved room (never refused for room) and release any room left over; under
+        load, items of a lower `priority` number run first.
 
         Raises `ShuttingDown` after the batcher's `close()`. Cancelling a returned future tells the batcher its
         client is gone: the item is dropped before inference."""
@@ -306,7 +309,7 @@ class ImageReservation(Generic[P, R]):
         if self._batcher._closed:
             self.release()
             raise ShuttingDown(f"model {self._batcher.name} is shutting down")
-        futures = self._batcher._enqueue(payloads, deadline)
+        futures = self._batcher._enqueue(payloads, deadline, priority)
         self.count -= len(payloads)
         self.release()
         return futures

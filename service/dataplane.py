@@ -22,6 +22,7 @@ from typing import TypeVar
 import numpy as np
 
 from service.admission import Admission, ByteBudget, Ticket
+from service.auth import current_key
 from service.batching import ItemResult
 from service.config import LimitsSettings
 from service.contract import ModelDescription, ModelSource, ServableModel
@@ -298,8 +299,10 @@ class DataPlane:
         return prepared
 
     async def _infer(self, ticket: Ticket, tensors: Sequence[np.ndarray]) -> _Inferred:
-        """Queue the request's tensors in its reserved room and wait for their logits."""
-        futures = ticket.images.submit(list(tensors), ticket.deadline)
+        """Queue the request's tensors in its reserved room, at its API key's priority, and wait for their logits."""
+        key = current_key.get()
+        priority = key.priority.rank if key is not None else 0
+        futures = ticket.images.submit(list(tensors), ticket.deadline, priority)
         try:
             results: list[ItemResult[np.ndarray]] = list(await asyncio.gather(*futures))
         finally:

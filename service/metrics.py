@@ -7,6 +7,7 @@ they do in tests. All names start with ``resnet_serve_``; docs/SERVICE.md lists 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -19,6 +20,13 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """Set by the worker supervisor (service.workers) for its workers: metric values then live in files there."""
+
+
+def worker_shared_folder() -> Path | None:
+    """The private folder the worker supervisor made for its workers (metric values and rate-limit counters live
+    there), or None when this process serves alone."""
+    folder = os.environ.get(MULTIPROCESS_ENV)
+    return Path(folder) if folder else None
 
 
 class ModelBatchObserver:
@@ -131,6 +139,12 @@ class ServiceMetrics:
         self.api_key_requests = Counter(
             "resnet_serve_api_key_requests",
             "Requests let in with an API key, by the key's name (never the key).",
+            ["key"],
+            registry=r,
+        )
+        self.api_key_rate_limited = Counter(
+            "resnet_serve_api_key_rate_limited",
+            "Requests refused (429) because their API key was over its rate, by the key's name (never the key).",
             ["key"],
             registry=r,
         )

@@ -21,8 +21,9 @@ from service.config import Settings
 from service.dataplane import DataPlane
 from service.grpc.server import GrpcFrontEnd
 from service.lifecycle import Lifecycle
-from service.metrics import ServiceMetrics
+from service.metrics import ServiceMetrics, worker_shared_folder
 from service.priority import thread_initializer
+from service.ratelimit import KeyRateLimits
 from service.registry import ModelRegistry, RuntimeFactory, StartupError
 from service.runtime import available_cpus
 
@@ -62,6 +63,8 @@ class ModelServer:
                 self.tls = ServerTls(settings.tls_files)
             except TlsError as exc:
                 raise StartupError(f"TLS: {exc}") from None
+        self.rate_limits = KeyRateLimits(worker_shared_folder())
+        """Per-key request rates, shared by every worker process; nothing is made until a key with a rate is used."""
         self.metrics = ServiceMetrics()
         self.lifecycle = Lifecycle()
         self.registry = ModelRegistry(settings, self.metrics, open_runtime)
@@ -90,6 +93,7 @@ class ModelServer:
             lifecycle=self.lifecycle,
             metrics=self.metrics,
             api_keys=self.api_keys,
+            rate_limits=self.rate_limits,
             settings=self.settings,
             lifespan=lifespan,
         )
@@ -104,6 +108,7 @@ class ModelServer:
             address=address,
             share_port=share_port,
             api_keys=self.api_keys,
+            rate_limits=self.rate_limits,
             tls=self.tls,
         )
 

@@ -3,7 +3,8 @@
 - Request IDs: `X-Request-ID` is taken when it is valid (1 to 128 characters of letters, digits and ``._:-``),
   else one is made; it is echoed on every response, put in error bodies and in every log line about the request.
 - API keys (when on): a request without an accepted key is answered 401 before its body is read; probes, the
-  demo page and the docs stay open, /metrics too unless `metrics_require_key`.
+  demo page and the docs stay open, /metrics too unless `metrics_require_key`. A key over its rate is answered 429
+  with Retry-After (`service.ratelimit`); the key is `auth.current_key` while the request is handled.
 - Draining: new requests are refused with 503 while the server drains; requests in flight are counted.
 - An answer sent before the whole body arrived (401, 413, 415, 503, ...) carries ``Connection: close``: the
   server does not receive the rest of an upload it already refused (beyond the short lingering close of
@@ -24,10 +25,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import logs
 from service.api.errors import error_response
-from service.auth import KEY_REQUIRED, ApiKeys
-from service.errors import ServiceError, ShuttingDown, Unauthorized
+from service.auth import KEY_REQUIRED, ApiKey, ApiKeys, current_key
+from service.errors import RateLimited, ServiceError, ShuttingDown, Unauthorized
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
+from service.ratelimit import KeyRateLimits
 
 access_logger = logging.getLogger(logs.ACCESS_LOGGER)
 
@@ -63,6 +65,7 @@ class ServingGateMiddleware:
         lifecycle: Lifecycle,
         metrics: ServiceMetrics,
         api_keys: ApiKeys,
+        rate_limits: KeyRateLimits | None = None,
         metrics_require_key: bool = False,
         access_log: bool = True,
     ) -> None:
@@ -70,6 +73,7 @@ class ServingGateMiddleware:
         self.lifecycle = lifecycle
         self.metrics = metrics
         self.api_keys = api_keys
+        self.rate_limits = rate_limits if rate_limits is not None else KeyRateLimits()
         self.metrics_require_key = metrics_require_key
         self.access_log = access_log
 
@@ -78,8 +82,8 @@ class ServingGateMiddleware:
             return False
         return path != "/metrics" or self.metrics_require_key
 
-    def _key_name(self, scope: Scope) -> str | None:
-        return self.api_keys.name_for(_header(scope, b"authorization"), _header(scope, b"x-api-key"))
+    def _key(self, scope: Scope) -> ApiKey | None:
+        return self.api_keys.key_for(_header(scope, b"authorization"), _header(scope, b"x-api-key"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -124,17 +128,25 @@ class ServingGateMiddleware:
             await error_response(error, scope)(scope, receive_tracking_body, send_tracking)
 
         gated = path not in UNGATED_PATHS
+        key_token = None
         try:
             if gated and not self.lifecycle.accepting:
                 await refuse(ShuttingDown.draining())
                 return
             if self._needs_key(path):
-                name = self._key_name(scope)
-                if name is None:
+                key = self._key(scope)
+                if key is None:
                     await refuse(Unauthorized(KEY_REQUIRED))
                     return
-                state["api_key"] = name
-                self.metrics.api_key_requests.labels(name).inc()
+                state["api_key"] = key.name
+                try:
+                    self.rate_limits.admit(key)
+                except RateLimited as exc:
+                    self.metrics.api_key_rate_limited.labels(key.name).inc()
+                    await refuse(exc)
+                    return
+                self.metrics.api_key_requests.labels(key.name).inc()
+                key_token = current_key.set(key)
             if not gated:
                 await self.app(scope, receive_tracking_body, send_tracking)
                 return
@@ -153,6 +165,8 @@ class ServingGateMiddleware:
             self.metrics.http_request_seconds.labels(template).observe(elapsed)
             if self.access_log and gated:
                 self._log_access(scope, state, status, elapsed, received_bytes, sent_bytes)
+            if key_token is not None:
+                current_key.reset(key_token)
             logs.request_id.reset(token)
 
     @staticmethod

@@ -6,7 +6,9 @@ Every call of inference.GRPCInferenceService passes it before its request is par
   (while draining too, when ServerReady says false), without a key, and not counted as work in flight.
 - While the server drains, any other call is refused with UNAVAILABLE and HTTP's ``shutting_down`` message.
 - With API keys on, any other call needs one, in the metadata ``authorization: Bearer KEY`` or ``x-api-key: KEY``
-  (what HTTP takes as headers); without an accepted key it gets UNAUTHENTICATED and HTTP's 401 message.
+  (what HTTP takes as headers); without an accepted key it gets UNAUTHENTICATED and HTTP's 401 message, and over
+  its key's rate RESOURCE_EXHAUSTED with HTTP's 429 message and ``retry-after``. The key is `auth.current_key`
+  for the rest of the call (the call's task).
 - The calls let in count in the lifecycle's requests in flight from the moment their headers arrive until their
   handling ends, whatever the outcome, so that the SIGTERM drain waits for them as for HTTP requests.
 
@@ -25,12 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from service.auth import KEY_REQUIRED, ApiKeys
-from service.errors import ServiceError, ShuttingDown, Unauthorized
+from service.auth import KEY_REQUIRED, ApiKey, ApiKeys, current_key
+from service.errors import RateLimited, ServiceError, ShuttingDown, Unauthorized
 from service.grpc import errors
 from service.grpc.v2 import SERVICE_NAME
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
+from service.ratelimit import KeyRateLimits
 
 PROBES = frozenset({"ServerLive", "ServerReady"})
 
@@ -43,10 +46,17 @@ else:
 
 
 class ServingGate(_ServerInterceptor):
-    def __init__(self, lifecycle: Lifecycle, metrics: ServiceMetrics, api_keys: ApiKeys | None = None) -> None:
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        metrics: ServiceMetrics,
+        api_keys: ApiKeys | None = None,
+        rate_limits: KeyRateLimits | None = None,
+    ) -> None:
         self._lifecycle = lifecycle
         self._metrics = metrics
         self._api_keys = api_keys
+        self._rate_limits = rate_limits if rate_limits is not None else KeyRateLimits()
         self._prefix = f"/{SERVICE_NAME}/"
 
     async def intercept_service(
@@ -61,20 +71,26 @@ class ServingGate(_ServerInterceptor):
         if not self._lifecycle.accepting:
             return self._refusal(name, ShuttingDown.draining())
         if self._api_keys is not None and self._api_keys.enabled:
-            key_name = self._key_name(handler_call_details.invocation_metadata or ())
-            if key_name is None:
+            key = self._key(handler_call_details.invocation_metadata or ())
+            if key is None:
                 return self._refusal(name, Unauthorized(KEY_REQUIRED))
-            self._metrics.api_key_requests.labels(key_name).inc()
+            try:
+                self._rate_limits.admit(key)
+            except RateLimited as exc:
+                self._metrics.api_key_rate_limited.labels(key.name).inc()
+                return self._refusal(name, exc)
+            self._metrics.api_key_requests.labels(key.name).inc()
+            current_key.set(key)  # in the call's own task, for its handler; gone with the task
         call = asyncio.current_task()  # gRPC serves each call in a task of its own, interceptors included
         if call is not None:
             self._lifecycle.request_started()
             call.add_done_callback(lambda _: self._lifecycle.request_finished())
         return await continuation(handler_call_details)
 
-    def _key_name(self, metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
+    def _key(self, metadata: Sequence[tuple[str, str | bytes]]) -> ApiKey | None:
         assert self._api_keys is not None
         values = {key.lower(): value for key, value in metadata if isinstance(value, str)}
-        return self._api_keys.name_for(values.get("authorization"), values.get("x-api-key"))
+        return self._api_keys.key_for(values.get("authorization"), values.get("x-api-key"))
 
     def _refusal(self, method: str, refusal: ServiceError) -> grpc.RpcMethodHandler[bytes, None]:
         async def refuse(request: bytes, context: grpc.aio.ServicerContext[bytes, None]) -> None:

@@ -29,6 +29,7 @@ from service.grpc.proto.grpc_predict_v2_pb2_grpc import add_GRPCInferenceService
 from service.grpc.v2 import InferenceServicer
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
+from service.ratelimit import KeyRateLimits
 
 if TYPE_CHECKING:
     from service.tls import ServerTls
@@ -81,12 +82,13 @@ class GrpcFrontEnd:
         address: str | None = None,
         share_port: bool = False,
         api_keys: ApiKeys | None = None,
+        rate_limits: KeyRateLimits | None = None,
         tls: ServerTls | None = None,
     ) -> None:
         self._tls = tls
         self.address = address if address is not None else listen_address(settings.host, settings.grpc_port)
         self._share_port = share_port
-        self._gate = ServingGate(lifecycle, metrics, api_keys)
+        self._gate = ServingGate(lifecycle, metrics, api_keys, rate_limits)
         self.port: int | None = None
         """The port listened on, once started (the chosen one when `address` asks for port 0)."""
         self._settings = settings
