@@ -7,6 +7,7 @@ a flag wins over the environment. The docstring under each field is its document
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -89,6 +90,11 @@ class ServerSettings(BaseModel):
     environment variable to a flag, which other users of the machine can see in the process list."""
     metrics_require_key: bool = False
     """With API keys on, require one for /metrics too (off: Prometheus scrapes without a key)."""
+    cors_origins: Annotated[list[str], NoDecode] = []
+    """Origins whose pages may call the API from a browser (CORS), comma-separated, such as
+    https://app.example.com; `*` for any. Preflights are answered before the API key check, and the headers a client
+    reads (Inference-Header-Content-Length, Retry-After, X-Request-ID) are exposed. Empty: no CORS headers, so
+    browsers keep pages of other origins out."""
     ssl_certfile: Path | None = None
     """Serve HTTPS and gRPC over TLS with this certificate chain (PEM, the server's certificate first); needs
     ssl_keyfile. Re-read when it changes (new connections get the new certificate). Unset: plain HTTP and gRPC."""
@@ -97,6 +103,24 @@ class ServerSettings(BaseModel):
     ssl_ca_certs: Path | None = None
     """With TLS on, require a client certificate signed by one of these CAs (PEM) on both listeners (mutual TLS);
     re-read when it changes. Unset: no client certificate is asked for."""
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_are_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write a scheme and a host (and port), with no path, such as "
+                    f"https://app.example.com or http://127.0.0.1:3000; or * for any"
+                )
+        return value
 
     @property
     def tls_files(self) -> TlsFiles | None:
