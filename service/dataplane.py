@@ -50,6 +50,7 @@ from service.inference import (
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 from service.preprocess import ImageUpload, PreprocessedImage
+from service.statistics import ModelStatistics
 
 _T = TypeVar("_T")
 _JSON_SLACK_VALUES = 4096
@@ -100,6 +101,10 @@ class DataPlane:
         return self._limits.max_upload_bytes
 
     @property
+    def request_timeout_s(self) -> float:
+        return self._limits.request_timeout_s
+
+    @property
     def max_images_per_request(self) -> int:
         return self._limits.max_files_per_request
 
@@ -130,6 +135,19 @@ class DataPlane:
         """One model version (None: the default model; no version: the one that answers); `ModelNotFound`."""
         return self._models.get(name, version).describe()
 
+    def statistics(self, name: str | None = None, version: str | None = None) -> list[ModelStatistics]:
+        """Triton's statistics of every model version, or of one model (`ModelNotFound` when unknown), summed over
+        every worker process."""
+        if name:
+            chosen = [self._models.get(name, version)] if version else self._versions_of(name)
+        else:
+            chosen = list(self._models.all())
+        return self._metrics.model_statistics_of((model.name, model.version) for model in chosen)
+
+    def _versions_of(self, name: str) -> list[ServableModel]:
+        self._models.get(name)  # ModelNotFound when there is no such model
+        return [model for model in self._models.all() if model.name == name]
+
     def model_ready(self, name: str, version: str | None = None) -> bool:
         """Whether the model version takes requests now; `ModelNotFound` when there is no such model or version."""
         return self._models.get(name, version).ready and self._lifecycle.ready
@@ -152,6 +170,7 @@ class DataPlane:
             max_input_values=self._limits.max_files_per_request * model.spec.input_values + _JSON_SLACK_VALUES,
             on_admitted=self._metrics.requests.labels(model.name, request.protocol).inc,
         )
+        statistics = self._metrics.model_statistics(model.name, model.version)
         try:
             body = await request.body.receive(admission)
             ticket = admission.ticket
@@ -167,8 +186,12 @@ class DataPlane:
                 result = await _unless_client_leaves(work, body.client_gone)
             else:
                 result = await work
+        except BaseException:
+            statistics.record_failure(time.monotonic() - received_at)
+            raise
         finally:
             admission.close()
+        statistics.record_request(result[1])
         return InferenceResult(
             model=model.name,
             version=model.version,
@@ -268,6 +291,7 @@ class DataPlane:
         except (TimeoutError, DeadlineExceeded):
             raise DeadlineExceeded(deadline.message) from None
         self._metrics.images_classified.labels(model.name).inc(len(tensors))
+        ranked_at = time.monotonic()
         results = [
             OutputResult(output.name or model.spec.output_name, ranked=model.postprocess(inferred.logits, output.k))
             if output.ranked and output.k is not None
@@ -279,6 +303,7 @@ class DataPlane:
             queue_wait_s=inferred.queue_wait_s,
             inference_s=inferred.inference_s,
             total_s=time.monotonic() - ticket.received_at,
+            postprocess_s=time.monotonic() - ranked_at,
         )
         return results, timings, images
 

@@ -7,12 +7,15 @@ they do in tests. All names start with ``resnet_serve_``; docs/SERVICE.md lists 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from service.errors import ConnectionRefusal, DropReason, ServiceError, rejection_reasons
+from service.statistics import ModelStatistics, ModelStatisticsRecorder, StatisticsCollectors
+from service.statistics import collect as collect_statistics
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -32,7 +35,8 @@ def worker_shared_folder() -> Path | None:
 class ModelBatchObserver:
     """The batcher's metrics hooks for one model."""
 
-    def __init__(self, metrics: ServiceMetrics, model: str) -> None:
+    def __init__(self, metrics: ServiceMetrics, model: str, version: str = "1") -> None:
+        self._statistics = metrics.model_statistics(model, version)
         self._batch_size = metrics.batch_size.labels(model)
         self._inferred = metrics.images_inferred.labels(model)
         self._inference = metrics.inference_seconds.labels(model)
@@ -45,6 +49,7 @@ class ModelBatchObserver:
         self._batch_size.observe(size)
         self._inferred.inc(size)
         self._inference.observe(inference_s)
+        self._statistics.record_batch(size, inference_s)
 
     def item_dequeued(self, queue_wait_s: float) -> None:
         self._queue_wait.observe(queue_wait_s)
@@ -215,6 +220,9 @@ class ServiceMetrics:
             multiprocess_mode="livemin",
             registry=r,
         )
+        self.statistics = StatisticsCollectors(r)
+        """Triton's statistics extension (`service.statistics`)."""
+        self._recorders: dict[tuple[str, str], ModelStatisticsRecorder] = {}
         self.rejection_reasons = rejection_reasons()
         """Every reason an error class can be counted under, pre-created at zero so dashboards see every series."""
         for reason in self.rejection_reasons:
@@ -237,7 +245,14 @@ class ServiceMetrics:
     def connection_closed(self) -> None:
         self.open_connections.dec()
 
-    def register_model(self, model: str) -> ModelBatchObserver:
+    def model_statistics(self, model: str, version: str) -> ModelStatisticsRecorder:
+        """Where a model version's requests and batches are counted for the statistics extension."""
+        recorder = self._recorders.get((model, version))
+        if recorder is None:
+            recorder = self._recorders[(model, version)] = self.statistics.recorder(model, version)
+        return recorder
+
+    def register_model(self, model: str, version: str = "1") -> ModelBatchObserver:
         """Create the model's series and return the hooks its batcher reports to."""
         self.images_classified.labels(model)
         for drop in DropReason:
@@ -246,14 +261,23 @@ class ServiceMetrics:
         self.images_decoded.labels(model)
         self.images_inferred.labels(model)
         self.model_ready.labels(model).set(0)
-        return ModelBatchObserver(self, model)
+        return ModelBatchObserver(self, model, version)
 
-    def render(self) -> bytes:
-        """The exposition text; with several worker processes (PROMETHEUS_MULTIPROC_DIR set by the supervisor),
-        every worker's values, summed (gauges: the live workers' sum, or their minimum for readiness)."""
+    def _readable(self) -> CollectorRegistry:
+        """What to read values from: this process's registry, or with several worker processes
+        (PROMETHEUS_MULTIPROC_DIR set by the supervisor) every worker's values, summed (gauges: the live workers'
+        sum, or their minimum for readiness)."""
         if MULTIPROCESS_ENV in os.environ:
             merged = CollectorRegistry()
             # prometheus_client ships py.typed but leaves its multiprocess module unannotated.
             multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
-            return generate_latest(merged)
-        return generate_latest(self.registry)
+            return merged
+        return self.registry
+
+    def render(self) -> bytes:
+        """The exposition text, of every worker process when there are several."""
+        return generate_latest(self._readable())
+
+    def model_statistics_of(self, versions: Iterable[tuple[str, str]]) -> list[ModelStatistics]:
+        """The statistics extension's figures of these (model, version)s, of every worker process."""
+        return collect_statistics(self._readable().collect(), versions)

@@ -90,7 +90,7 @@ class ServedModel:
             max_queue_size=serving.max_queue_size,
             max_delay_s=serving.max_batch_delay_s,
             max_wait_s=serving.max_queue_wait_s,
-            observer=self.metrics.register_model(self.name),
+            observer=self.metrics.register_model(self.name, self.version),
             thread_initializer=thread_initializer(self.worker_nice),
         )
 

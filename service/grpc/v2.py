@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+from google.protobuf import json_format
 
 from service import __version__, logs
 from service.dataplane import DataPlane
@@ -36,7 +37,7 @@ from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceServicer
 from service.inference import InferenceRequest
 from service.metrics import ServiceMetrics
-from service.v2 import codec
+from service.v2 import codec, extensions
 
 access_logger = logging.getLogger(logs.ACCESS_LOGGER)
 logger = logging.getLogger(__name__)
@@ -187,6 +188,29 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             return messages.model_metadata(self._dataplane.model(request.name, request.version or None))
 
         return await self._call("ModelMetadata", context, serve)
+
+    async def ModelConfig(
+        self,
+        request: pb.ModelConfigRequest,
+        context: ServicerContext[pb.ModelConfigRequest, pb.ModelConfigResponse],
+    ) -> pb.ModelConfigResponse:
+        async def serve() -> pb.ModelConfigResponse:
+            model = self._dataplane.model(request.name, request.version or None)
+            config = extensions.model_config(model, request_timeout_s=self._dataplane.request_timeout_s)
+            return json_format.ParseDict({"config": config}, pb.ModelConfigResponse())
+
+        return await self._call("ModelConfig", context, serve)
+
+    async def ModelStatistics(
+        self,
+        request: pb.ModelStatisticsRequest,
+        context: ServicerContext[pb.ModelStatisticsRequest, pb.ModelStatisticsResponse],
+    ) -> pb.ModelStatisticsResponse:
+        async def serve() -> pb.ModelStatisticsResponse:
+            found = self._dataplane.statistics(request.name or None, request.version or None)
+            return json_format.ParseDict(extensions.statistics(found), pb.ModelStatisticsResponse())
+
+        return await self._call("ModelStatistics", context, serve)
 
     # ------------------------------------------------------------------------------------------ inference
 
