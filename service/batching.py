@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,7 +57,9 @@ class BatchObserver(Protocol):
 
     def items_dropped(self, reason: DropReason, count: int) -> None: ...
 
-    def queue_changed(self, depth: int) -> None: ...
+    def queue_changed(self, depth: int, drain_s: float = 0.0) -> None:
+        """`depth` images wait; the model needs `drain_s` seconds to finish them and those running or reserved."""
+        ...
 
 
 class DynamicBatcher(Generic[P, R]):
@@ -162,7 +165,7 @@ class DynamicBatcher(Generic[P, R]):
         if self._closed:
             raise ShuttingDown(f"model {self.name} is shutting down")
         if not self._policy.reserve(count, self._running_batch_size):
-            raise Overloaded(self.overload_message(count))
+            raise Overloaded(self.overload_message(count), retry_after_s=self.retry_after_s())
 
     def _enqueue(
         self, payloads: Sequence[P], deadline: float, priority: int = 0
@@ -172,9 +175,21 @@ class DynamicBatcher(Generic[P, R]):
         items = [QueuedItem(payload, now, deadline, loop.create_future(), priority) for payload in payloads]
         self._policy.enqueue_reserved(items)
         self._wakeup.set()
-        if self._observer:
-            self._observer.queue_changed(len(self._policy))
+        self._report_queue()
         return [item.waiter for item in items]
+
+    def drain_s(self) -> float:
+        """Seconds the model needs to finish what it holds (running, queued and reserved images) at its measured
+        drain rate; 0 before the first measurement."""
+        return self.expected_wait_s(0) or 0.0
+
+    def retry_after_s(self) -> int:
+        """What a refused client is told to wait: until what the model holds now is done (at least a second)."""
+        return max(1, math.ceil(self.drain_s()))
+
+    def _report_queue(self) -> None:
+        if self._observer:
+            self._observer.queue_changed(len(self._policy), self.drain_s())
 
     def expected_wait_s(self, count: int) -> float | None:
         """Estimated seconds until `count` new images would be done; None before the first batch has run."""
@@ -241,8 +256,8 @@ class DynamicBatcher(Generic[P, R]):
                 item.waiter.set_exception(
                     DeadlineExceeded(f"the request deadline passed while the image waited for model {self.name}")
                 )
+        self._report_queue()
         if self._observer:
-            self._observer.queue_changed(len(self._policy))
             if batch.expired:
                 self._observer.items_dropped(DropReason.TIMEOUT, len(batch.expired))
             if batch.abandoned:
@@ -271,6 +286,7 @@ class DynamicBatcher(Generic[P, R]):
             return
         finally:
             self._running_batch_size = 0
+            self._report_queue()  # the batch is done: less to drain
         inference_s = self._clock() - started
         self._policy.record_batch(len(items), inference_s)
         if self._observer:

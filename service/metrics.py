@@ -43,6 +43,7 @@ class ModelBatchObserver:
         self._queue_wait = metrics.queue_wait_seconds.labels(model)
         self._dropped = metrics.dropped_images
         self._depth = metrics.queue_depth.labels(model)
+        self._drain = metrics.queue_drain_seconds.labels(model)
         self._model = model
 
     def batch_ran(self, size: int, inference_s: float) -> None:
@@ -57,8 +58,9 @@ class ModelBatchObserver:
     def items_dropped(self, reason: DropReason, count: int) -> None:
         self._dropped.labels(self._model, reason).inc(count)
 
-    def queue_changed(self, depth: int) -> None:
+    def queue_changed(self, depth: int, drain_s: float = 0.0) -> None:
         self._depth.set(depth)
+        self._drain.set(drain_s)
 
 
 class ServiceMetrics:
@@ -139,6 +141,15 @@ class ServiceMetrics:
             "Images waiting in the batcher queue.",
             ["model"],
             multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.queue_drain_seconds = Gauge(
+            "resnet_serve_queue_drain_seconds",
+            "Seconds the model needs to finish the images it holds (running, queued, and admitted still arriving) at "
+            "its measured seconds per image: how long a request arriving now waits before its own images run. The "
+            "autoscaling signal (the highest of the worker processes); Retry-After is this, rounded up.",
+            ["model"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.api_key_requests = Counter(

@@ -424,3 +424,53 @@ def test_wait_bound_uses_measured_inference_time_and_says_why_it_refuses():
 
     runtime = run(scenario())
     assert runtime.batches == [["a", "b"], ["c"], ["d", "e"]]
+
+
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.drains: list[float] = []
+
+    def batch_ran(self, size: int, inference_s: float) -> None:
+        pass
+
+    def item_dequeued(self, queue_wait_s: float) -> None:
+        pass
+
+    def items_dropped(self, reason, count: int) -> None:
+        pass
+
+    def queue_changed(self, depth: int, drain_s: float = 0.0) -> None:
+        self.drains.append(drain_s)
+
+
+def test_retry_after_and_the_drain_gauge_follow_the_measured_drain_rate():
+    async def scenario():
+        runtime = GatedRuntime()
+        clock = FakeClock()
+        observer = RecordingObserver()
+        batcher = DynamicBatcher(runtime, name="m", max_batch_size=2, max_queue_size=4, clock=clock, observer=observer)
+        batcher.start()
+        try:
+            assert batcher.retry_after_s() == 1  # nothing measured yet: the least
+            first = batcher.submit(["a", "b"], deadline=FAR)
+            await runtime.wait_until_running()
+            clock.now += 3.0  # 1.5 s per image
+            runtime.gate.set()
+            await asyncio.gather(*first)
+            assert observer.drains[-1] == 0.0  # nothing left once the batch is done
+            runtime.gate.clear()
+            running = batcher.submit(["c"], deadline=FAR)
+            await runtime.wait_until_running()
+            queued = batcher.submit(["d", "e", "f", "g"], deadline=FAR)  # the queue is full
+            assert batcher.drain_s() == pytest.approx(5 * 1.5)
+            assert observer.drains[-1] == pytest.approx(7.5)
+            with pytest.raises(Overloaded) as refused:
+                batcher.submit(["h"], deadline=FAR)
+            assert refused.value.headers["Retry-After"] == "8"  # 7.5 s to drain, rounded up
+            runtime.gate.set()
+            await asyncio.gather(*running, *queued)
+        finally:
+            runtime.gate.set()
+            await batcher.close()
+
+    run(scenario())
