@@ -5,8 +5,11 @@ client certificates are required, is refused on both listeners; rotated files ta
 
 from __future__ import annotations
 
+import os
 import shutil
 import ssl
+import subprocess
+import sys
 from http.client import HTTPException
 from pathlib import Path
 
@@ -223,3 +226,18 @@ def test_a_key_that_does_not_match_its_certificate_stops_start_up_naming_the_fil
     assert f"{issued.certfile} and {foreign.keyfile}: not a PEM certificate chain and its matching private key" in (
         server.log()
     )
+
+
+def test_the_container_health_check_asks_over_https(start_server, pki):
+    issued = pki["ours"].issue_server()
+    server, _ = start_tls_server(start_server, issued)
+
+    def health_check(**env: str) -> int:
+        script = REPO_ROOT / "deploy" / "docker" / "healthcheck.py"
+        environment = {"PATH": os.environ["PATH"], "RESNET_SERVE_PORT": str(server.port), **env}
+        return subprocess.run(
+            [sys.executable, str(script)], env=environment, capture_output=True, timeout=60
+        ).returncode
+
+    assert health_check(RESNET_SERVE_SSL_CERTFILE=str(issued.certfile)) == 0
+    assert health_check() == 1  # plain HTTP to a TLS listener
