@@ -335,11 +335,12 @@ class BenchmarkRun:
             started = time.perf_counter()
             runtime = OnnxModelRuntime(case.path)
             session_load_s = time.perf_counter() - started
+            session = measure.DefaultSession(case.path)
             spec = measure.model_spec(runtime)
             self.specs[key] = spec
             self.results.model_inputs[key] = preprocessing_recipe(spec)
             timings = measure.raw_inference(
-                runtime, spec, self.plan.batch_sizes, min_seconds=self.plan.raw_min_s, min_runs=self.plan.raw_min_runs
+                session, spec, self.plan.batch_sizes, min_seconds=self.plan.raw_min_s, min_runs=self.plan.raw_min_runs
             )
             rows = [BatchRow(t.batch_size, t.seconds_per_batch * 1e3, t.images_per_second) for t in timings]
             raw = RawInference(key, case.title, rows, session_load_s=session_load_s)
@@ -351,8 +352,8 @@ class BenchmarkRun:
             self.results.raw.append(raw)
             if spec.color_mode == "L" and spec.crop_size == 28:
                 self._measure_accuracy(key, runtime, spec)
-            del runtime
-            gc.collect()  # frees the session and its thread pool before the next one
+            del runtime, session
+            gc.collect()  # frees the sessions and their thread pools before the next one
 
     def _measure_accuracy(self, key: str, runtime: OnnxModelRuntime, spec: ModelSpec) -> None:
         try:

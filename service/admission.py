@@ -132,6 +132,8 @@ class Admission:
         self._max_input_values = max_input_values
         self._on_admitted = on_admitted
         self.ticket: Ticket | None = None
+        self._closed = False
+        model.request_started()  # from the moment the request is resolved to it, the version stays loaded
 
     def __call__(self, declared_bytes: int | None) -> Ticket:
         """Room for one image in the model's queue and wait bound, and the declared body size in the byte budget;
@@ -161,3 +163,6 @@ class Admission:
     def close(self) -> None:
         if self.ticket is not None:
             self.ticket.close()
+        if not self._closed:
+            self._closed = True
+            self._model.request_finished()

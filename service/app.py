@@ -22,6 +22,7 @@ from service.api import classify, health, page, v2
 from service.api import metrics as metrics_api
 from service.api import models as models_api
 from service.api.errors import install_error_handlers
+from service.api.hot_paths import HotPaths
 from service.api.middleware import ServingGateMiddleware
 from service.auth import ApiKeys
 from service.config import Settings
@@ -81,6 +82,8 @@ def build_http_app(
     # What the routers' dependencies read (`api.deps`): the data plane and the metrics, nothing else.
     app.state.dataplane = dataplane
     app.state.metrics = metrics
+    # Added first, so within the gate: the inference routes skip FastAPI's routing stack (measured there).
+    app.add_middleware(HotPaths, dataplane=dataplane, metrics=metrics)
     app.add_middleware(
         ServingGateMiddleware,
         lifecycle=lifecycle,

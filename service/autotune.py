@@ -1,33 +1,45 @@
-"""Batch sizes that tune themselves: time the model at batch sizes 1, 2, 4, ... at start-up and keep the largest
-one that still buys throughput.
+"""Batch sizes that tune themselves: measured per model and machine on the served path, within a memory budget.
 
-On a CPU a bigger batch buys little (ResNet-50 here: 26.0 img/s at batch 1, 27.0 at 32) but costs latency, memory
-and warm-up; on a GPU the curve is steep. So the choice is measured, per model and machine, instead of fixed:
-the search doubles the batch while the doubled batch raises images per second by at least `MIN_GAIN`, and stops at
-the first that does not, or at the memory cap. What Triton leaves to an offline tool (Model Analyzer) happens here
-within the warm-up, whose runs are also what warms each measured shape.
+A model with `max_batch_size` "auto" becomes ready at batch 1 as soon as one batch of one has run; then, in the
+background, its batcher's own thread times batch sizes 1, 2, 4, ... as it serves them (the hand-off to that
+thread and the stacking of the batch included, not the session's time alone) and reads how much resident memory
+each new size added (ONNX Runtime's arena keeps the memory of the largest batch run). After each size the
+maximum moves to the best choice so far, so capacity grows within seconds of start-up. The choice: among the
+sizes whose memory fits the model's budget, the largest whose images per second are within `MIN_SHARE` of the
+best measured. A larger batch costs nothing when requests are few (a lone request runs alone, and batches only
+form from what waits), and on a CPU the raw curve is flat: each doubling buying under 5% said "batch 1", while
+serving at a larger batch amortises every per-batch cost and let request handling overlap inference (measured in
+docs/BENCHMARKS.md). What Triton leaves to an offline tool (Model Analyzer) happens here while serving.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
-MIN_GAIN = 0.05
-"""A doubled batch must raise throughput by at least this share to be chosen."""
+MIN_SHARE = 0.97
+"""A batch size is chosen while its served throughput is within 3% of the best measured (the noise of a timing)."""
 MAX_AUTO_BATCH = 64
 MAX_BATCH_INPUT_BYTES = 64 * 1024 * 1024
-"""The memory cap: the largest batch whose input tensor stays within this many bytes."""
+"""The largest batch whose input tensor stays within this many bytes is the largest the search tries."""
 TIMED_RUNS = 2
-"""Runs timed per batch size after one untimed run (which is the warm-up of that shape); the fastest counts."""
+"""Runs timed per batch size after one untimed run (which plans that shape's memory); the fastest counts."""
+DECLINE_SHARE = 0.90
+"""The search stops once two sizes in a row serve below this share of the best: larger ones will not pay."""
 
 
 @dataclass(frozen=True)
 class BatchTiming:
     batch_size: int
     seconds: float
-    """Fastest of the timed runs of one batch."""
+    """Served: from handing the batch to the model's thread to having its logits (fastest of the timed runs)."""
+    inference_s: float | None = None
+    """The session's own share of `seconds`."""
+    memory_bytes: int | None = None
+    """Resident memory held above what the model held before its first batch, after its first run at this size
+    (None where the platform does not say)."""
 
     @property
     def images_per_second(self) -> float:
@@ -38,6 +50,9 @@ class BatchTiming:
 class BatchCurve:
     timings: list[BatchTiming]
     chosen: int
+    memory_limit_bytes: int | None = None
+    finished: bool = True
+    """False while the search goes on."""
 
     def seconds_per_image(self, batch_size: int) -> float | None:
         for timing in self.timings:
@@ -47,18 +62,66 @@ class BatchCurve:
 
 
 def largest_batch(image_bytes: int, cap: int = MAX_AUTO_BATCH) -> int:
-    """The largest batch size the search may try: `cap`, or fewer when their input would pass the memory cap."""
+    """The largest batch size the search may try: `cap`, or fewer when their input would pass the input cap."""
     return max(1, min(cap, MAX_BATCH_INPUT_BYTES // max(1, image_bytes)))
 
 
-def choose(timings: Sequence[BatchTiming], min_gain: float = MIN_GAIN) -> int:
-    """The largest batch size of a doubling series whose throughput beat the previous one's by `min_gain`."""
-    chosen = timings[0]
-    for timing in timings[1:]:
-        if timing.images_per_second < chosen.images_per_second * (1 + min_gain):
+def _fits(timing: BatchTiming, memory_limit_bytes: int | None) -> bool:
+    return timing.batch_size == 1 or memory_limit_bytes is None or (timing.memory_bytes or 0) <= memory_limit_bytes
+
+
+def choose(timings: Sequence[BatchTiming], memory_limit_bytes: int | None = None, min_share: float = MIN_SHARE) -> int:
+    """The largest batch size within the memory budget whose served throughput is within `min_share` of the best
+    within it; batch 1 always fits (a model must serve)."""
+    fitting = [timing for timing in timings if _fits(timing, memory_limit_bytes)]
+    best = max(timing.images_per_second for timing in fitting)
+    return max(timing.batch_size for timing in fitting if timing.images_per_second >= best * min_share)
+
+
+def projected_memory_bytes(timings: Sequence[BatchTiming], batch_size: int) -> int | None:
+    """What a batch of `batch_size` would hold: the largest measured, plus the most memory any measured doubling
+    added per image, for each image more (one measurement alone: its memory per image). None: unknown."""
+    known = [t for t in timings if t.memory_bytes is not None]
+    if not known:
+        return None
+    last = max(known, key=lambda t: t.batch_size)
+    assert last.memory_bytes is not None
+    slopes = [
+        (later.memory_bytes - earlier.memory_bytes) / (later.batch_size - earlier.batch_size)
+        for earlier, later in pairwise(known)
+        if earlier.memory_bytes is not None and later.memory_bytes is not None and later.batch_size > earlier.batch_size
+    ]
+    per_image = max(slopes) if slopes else last.memory_bytes / last.batch_size
+    return round(last.memory_bytes + max(0.0, per_image) * (batch_size - last.batch_size))
+
+
+async def tune(
+    measure: Callable[[int], Awaitable[BatchTiming]],
+    *,
+    limit: int,
+    memory_limit_bytes: int | None,
+    on_step: Callable[[BatchCurve], None] | None = None,
+) -> BatchCurve:
+    """Measure batch sizes 1, 2, 4, ... up to `limit`, telling `on_step` the choice after each one. Stops before a
+    size projected to pass the memory budget, and once two sizes in a row serve clearly worse than the best."""
+    timings: list[BatchTiming] = []
+    size = 1
+    below = 0
+    while size <= limit:
+        projected = projected_memory_bytes(timings, size)
+        if timings and memory_limit_bytes is not None and projected is not None and projected > memory_limit_bytes:
             break
-        chosen = timing
-    return chosen.batch_size
+        timing = await measure(size)
+        timings.append(timing)
+        curve = BatchCurve(list(timings), choose(timings, memory_limit_bytes), memory_limit_bytes, finished=False)
+        if on_step is not None:
+            on_step(curve)
+        best = max(t.images_per_second for t in timings if _fits(t, memory_limit_bytes))
+        below = below + 1 if timing.images_per_second < best * DECLINE_SHARE else 0
+        if below >= 2 or not _fits(timing, memory_limit_bytes):
+            break
+        size *= 2
+    return BatchCurve(list(timings), choose(timings, memory_limit_bytes), memory_limit_bytes, finished=True)
 
 
 def fastest(
@@ -80,27 +143,3 @@ def fastest(
         if done >= 1 and clock() - started > budget_s:
             break
     return best
-
-
-def measure(
-    run: Callable[[int], object],
-    limit: int,
-    *,
-    clock: Callable[[], float] = time.perf_counter,
-    min_gain: float = MIN_GAIN,
-) -> BatchCurve:
-    """Time `run(batch_size)` at 1, 2, 4, ... up to `limit`, stopping at the first size that does not pay."""
-    timings: list[BatchTiming] = []
-    size = 1
-    while size <= limit:
-        run(size)  # the first run at a shape plans its memory and picks its kernels: not representative
-        best = float("inf")
-        for _ in range(TIMED_RUNS):
-            started = clock()
-            run(size)
-            best = min(best, clock() - started)
-        timings.append(BatchTiming(size, best))
-        if choose(timings, min_gain) != size:
-            break
-        size *= 2
-    return BatchCurve(timings, choose(timings, min_gain))

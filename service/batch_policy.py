@@ -156,6 +156,11 @@ class BatchPolicy(Generic[P]):
             return first_arrival
         return first_arrival + self.max_delay_s
 
+    def take_abandoned(self) -> int:
+        """How many abandoned items were dropped since this was last asked (or a batch was last taken)."""
+        count, self._abandoned_since_last_batch = self._abandoned_since_last_batch, 0
+        return count
+
     def take_batch(self, now: float) -> FormedBatch[P]:
         """Take up to `max_batch_size` live items, the highest priority first, in arrival order within one; expired
         ones are set aside, abandoned dropped."""

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from service.batch_policy import BatchPolicy, FormedBatch, QueuedItem
 from service.errors import DeadlineExceeded, DropReason, InferenceFailed, Overloaded, ShuttingDown
@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 P = TypeVar("P")
 R = TypeVar("R")
+X = TypeVar("X")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class BatchObserver(Protocol):
     def queue_changed(self, depth: int, drain_s: float = 0.0) -> None:
         """`depth` images wait; the model needs `drain_s` seconds to finish them and those running or reserved."""
         ...
+
+    def max_batch_size_changed(self, size: int) -> None: ...
 
 
 class DynamicBatcher(Generic[P, R]):
@@ -95,21 +99,33 @@ class DynamicBatcher(Generic[P, R]):
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
         self._running_batch_size = 0
+        self._alone_running = False
+        """A lone image runs (`run_alone`): the loop starts no batch until it is done."""
 
     @property
     def max_batch_size(self) -> int:
         return self._policy.max_batch_size
 
-    def tune(self, max_batch_size: int, seconds_per_image: float | None = None) -> None:
-        """Set the batch size chosen at warm-up, and seed the wait estimate with the measured seconds per image,
-        so that the wait bound holds from the first request on (before `start()`)."""
-        if self._task is not None:
-            raise RuntimeError(f"batcher {self.name} is already running")
+    def set_max_batch_size(self, max_batch_size: int) -> None:
+        """Change the largest batch from the next one formed on (batch-size tuning, while serving)."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self._policy.max_batch_size = max_batch_size
-        if seconds_per_image is not None:
+        if self._observer:
+            self._observer.max_batch_size_changed(max_batch_size)
+        self._wakeup.set()
+
+    def seed_seconds_per_image(self, seconds_per_image: float) -> None:
+        """Seed the wait estimate with a measured time, so that the wait bound holds from the first request on."""
+        if self._policy.seconds_per_image is None:
             self._policy.record_batch(1, seconds_per_image)
+
+    async def run_in_thread(self, function: Callable[[], T]) -> T:
+        """Call `function` in the batcher's own thread, between batches (measurements that must not run beside
+        the model's inference, such as batch-size tuning)."""
+        if self._executor is None:
+            raise RuntimeError(f"batcher {self.name} is not started")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function)
 
     @property
     def max_queue_size(self) -> int:
@@ -232,10 +248,76 @@ class DynamicBatcher(Generic[P, R]):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
+    def _idle_for(self, reserved: int) -> bool:
+        """Nothing queued, running, or held by a request other than the one holding `reserved` images, and no
+        batch delay asked for (with one, a lone image waits for company as configured)."""
+        return (
+            self.running
+            and self._policy.max_delay_s == 0
+            and not self._alone_running
+            and self._running_batch_size == 0
+            and len(self._policy) == 0
+            and self._policy.reserved == reserved
+        )
+
+    async def _run_alone(
+        self, reservation: ImageReservation[P, R], prepare: Callable[[], tuple[X, P]]
+    ) -> tuple[X, ItemResult[R]]:
+        """Prepare one payload and run it as a batch of one, in one hand-off to the batcher's thread."""
+        assert self._executor is not None
+        if self._closed:
+            raise ShuttingDown(f"model {self.name} is shutting down")
+        reservation.release()  # its one image is the batch that runs now
+        self._alone_running = True
+        self._running_batch_size = 1
+        clock, run_batch = self._clock, self._run_batch
+
+        def job() -> tuple[X, Collection[R], float, float]:
+            prepared, payload = prepare()
+            started = clock()
+            try:
+                outputs = run_batch([payload])
+            except Exception as exc:
+                raise _InferenceError from exc
+            return prepared, outputs, started, clock()
+
+        running = asyncio.get_running_loop().run_in_executor(self._executor, job)
+        running.add_done_callback(self._alone_done)
+        try:
+            # Shielded: a caller that leaves (deadline, client gone) does not end the run, which holds the
+            # thread until it is done; `_alone_done` lets the loop go on then.
+            prepared, outputs, started, ended = await asyncio.shield(running)
+        except _InferenceError as failure:
+            logger.error("inference failed for a batch of 1 on model %s", self.name, exc_info=failure.__cause__)
+            raise InferenceFailed(f"inference failed on model {self.name}; see the server log") from None
+        inference_s = ended - started
+        if self._observer:
+            self._observer.item_dequeued(0.0)
+            self._observer.batch_ran(1, inference_s)
+        self._policy.record_batch(1, inference_s)
+        (output,) = outputs
+        return prepared, ItemResult(output, 0.0, inference_s, 1)
+
+    def _alone_done(self, running: asyncio.Future[Any]) -> None:
+        if not running.cancelled():
+            running.exception()  # retrieved here too: its caller may have left
+        self._alone_running = False
+        self._running_batch_size = 0
+        self._wakeup.set()
+
     async def _loop(self) -> None:
         while not self._closed:
+            if self._alone_running:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
             ready_at = self._policy.ready_at()
             if ready_at is None:
+                # Abandoned images found while nothing else is queued are counted now, not with a later batch
+                # (which a lone request running alone may never form).
+                abandoned = self._policy.take_abandoned()
+                if abandoned and self._observer:
+                    self._observer.items_dropped(DropReason.CLIENT_DISCONNECTED, abandoned)
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -296,6 +378,10 @@ class DynamicBatcher(Generic[P, R]):
                 item.waiter.set_result(ItemResult(output, started - item.enqueued_at, inference_s, len(items)))
 
 
+class _InferenceError(Exception):
+    """`run_batch` raised (its cause) inside a lone run, as opposed to the payload's preparation."""
+
+
 class ImageReservation(Generic[P, R]):
     """Room for one request's images in a batcher, taken before its body is read and carried with it.
 
@@ -329,6 +415,18 @@ class ImageReservation(Generic[P, R]):
         self.count -= len(payloads)
         self.release()
         return futures
+
+    def alone(self) -> bool:
+        """Whether this request's one image would run at once on an idle model with nothing else in flight: then
+        `run_alone` skips the queue, and the hand-offs batching needs."""
+        return self.count == 1 and self._batcher._idle_for(reserved=1)
+
+    async def run_alone(self, prepare: Callable[[], tuple[X, P]]) -> tuple[X, ItemResult[R]]:
+        """Run `prepare()` (what the request still needs done before inference, such as decoding; it returns
+        something for the caller and the payload) and the payload's inference, one after the other in the
+        batcher's thread, as a batch of one. Only when `alone()`; raises what `prepare` raises, `InferenceFailed`
+        or `ShuttingDown`."""
+        return await self._batcher._run_alone(self, prepare)
 
     def release(self) -> None:
         if self.count:

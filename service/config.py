@@ -15,7 +15,15 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.modelspec import BatchDelayMs, BatchSizeSetting, QueueSize, QueueWaitMs, ServingOverrides, ThreadCount
+from service.modelspec import (
+    BatchDelayMs,
+    BatchSizeSetting,
+    MemoryMiB,
+    QueueSize,
+    QueueWaitMs,
+    ServingOverrides,
+    ThreadCount,
+)
 
 
 def _worker_count(value: object) -> int | str:
@@ -65,9 +73,20 @@ class ServerSettings(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
     """TCP port to listen on (0 picks a free one)."""
     model_dir: Path = BUNDLED_MODEL_DIR
-    """Folder whose *.onnx files are served, each under its file stem; defaults to the bundled repository."""
+    """The model repository: `name.onnx` files (version 1) and `name/<version>/model.onnx` folders, each model
+    served under its name; defaults to the bundled repository."""
     default_model: str | None = None
     """Model answering POST /v1/classify; unset: the only model, or the first by name when there are several."""
+    model_control_mode: Literal["none", "poll", "explicit"] = "none"
+    """How models change without a restart, in Triton's words: none (what is loaded at start stays), poll (the
+    repository is re-scanned every repository_poll_s: new or changed versions loaded, removed ones unloaded) or
+    explicit (only through the repository API's load and unload)."""
+    repository_poll_s: float = Field(default=5.0, gt=0.0)
+    """With model_control_mode poll: seconds between scans; a new or changed file is loaded once it has stayed
+    the same for a whole interval (so a file still being written is never loaded half)."""
+    allow_model_control_without_keys: bool = False
+    """With no API keys set, let anyone who reaches the port load and unload models (off: refused; with keys, an
+    admin key is needed)."""
     workers: WorkerCount = "auto"
     """Server processes sharing the port, each with its own event loop, sessions and share of the cores; auto:
     one per core when the models are cheap (under 5 ms an image, where one event loop is the limit), else one
@@ -137,6 +156,10 @@ class LimitsSettings(BaseModel):
 
     request_timeout_s: float = Field(default=30.0, gt=0.0)
     """Deadline of a classify request from its arrival; queued images past it are dropped and answered 504."""
+    memory_budget_mb: float | None = Field(default=None, gt=0.0)
+    """Resident memory the server may reach with a new model version loaded beside those serving: a load that would
+    pass it is refused, with the numbers, before it starts; unset: the container's memory limit (cgroup) when
+    there is one, else no check. With several workers, each gets its share."""
     max_files_per_request: int = Field(default=16, ge=1)
     """Most images (multipart parts named 'file') one classify request may carry."""
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
@@ -183,9 +206,10 @@ class BatchingSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, frozen=True)
 
     max_batch_size: BatchSizeSetting = "auto"
-    """Most images one ONNX Runtime call processes; auto: at start-up, time the model at batch sizes 1, 2, 4, ...
-    and keep the largest that still raises throughput by 5% (service/autotune.py). A model's own `serving`
-    section overrides this and the next four settings for that model."""
+    """Most images one ONNX Runtime call processes; auto: ready at once at batch 1, then time the served path at
+    batch sizes 1, 2, 4, ... in the background and keep the largest within 3% of the best throughput that fits
+    batch_memory_budget_mb (service/autotune.py). A model's own `serving` section overrides this and the other
+    batching settings, and intra_op_threads, for that model."""
     max_batch_delay_ms: BatchDelayMs = 0.0
     """How long the first queued image may wait for more to fill its batch; 0 runs at once when the model is idle."""
     max_queue_size: QueueSize = 256
@@ -193,6 +217,9 @@ class BatchingSettings(BaseModel):
     max_queue_wait_ms: QueueWaitMs | None = None
     """Refuse a request at once (503) when its images would wait longer than this for inference, estimated from
     the images ahead of it and the measured seconds per image; unset: only max_queue_size bounds the wait."""
+    batch_memory_budget_mb: MemoryMiB = 256.0
+    """Memory a model's batches may hold beyond its weights (ONNX Runtime keeps the largest batch's activations:
+    about 390 MB at batch 32 for ResNet-50); an auto batch size stays within it, measured as it is tuned."""
 
     @property
     def max_batch_delay_s(self) -> float:
@@ -326,6 +353,12 @@ class ServingSettings:
     max_queue_wait_ms: float | None
     intra_op_threads: int | None
     """None: the CPUs this process may use."""
+    batch_memory_budget_mb: float | None = None
+    """Caps an auto batch size (None: no cap)."""
+
+    @property
+    def batch_memory_budget_bytes(self) -> int | None:
+        return None if self.batch_memory_budget_mb is None else round(self.batch_memory_budget_mb * 1024 * 1024)
 
     @property
     def max_batch_delay_s(self) -> float:

@@ -28,6 +28,8 @@ class ModelState(StrEnum):
     LOADED = "loaded"
     WARMING_UP = "warming_up"
     READY = "ready"
+    UNLOADING = "unloading"
+    """Replaced or removed: it takes no new request and closes after its last one."""
     FAILED = "failed"
 
 
@@ -98,6 +100,14 @@ class ServableModel(ModelContract, Protocol):
 
     def reserve(self, count: int) -> ImageReservation[np.ndarray, np.ndarray]:
         """Room for `count` images in the model's queue, or `Overloaded` / `ShuttingDown` at once."""
+        ...
+
+    def request_started(self) -> None:
+        """A request resolved to this version holds it (it is not closed under the request) until..."""
+        ...
+
+    def request_finished(self) -> None:
+        """...the request ends, whatever the outcome."""
         ...
 
     def describe(self) -> ModelDescription: ...

@@ -168,7 +168,7 @@ class DataPlane:
             budget=self.upload_bytes,
             max_images=self._limits.max_files_per_request,
             max_input_values=self._limits.max_files_per_request * model.spec.input_values + _JSON_SLACK_VALUES,
-            on_admitted=self._metrics.requests.labels(model.name, request.protocol).inc,
+            on_admitted=self._metrics.requests.labels(model.name, model.version, request.protocol).inc,
         )
         statistics = self._metrics.model_statistics(model.name, model.version)
         try:
@@ -277,20 +277,23 @@ class DataPlane:
         preprocess_s = 0.0
         try:
             async with asyncio.timeout(ticket.deadline - time.monotonic()):
-                if isinstance(inputs, EncodedImages):
+                if len(inputs) == 1 and ticket.images.alone():
+                    prepared, inferred = await self._run_alone(ticket, inputs)
+                elif isinstance(inputs, EncodedImages):
                     prepared = await self._decode(model, inputs.uploads)
-                    images = [
-                        ImageInfo(upload.filename, image.width, image.height)
-                        for upload, image in zip(inputs.uploads, prepared, strict=True)
-                    ]
-                    preprocess_s = max(image.seconds for image in prepared)
-                    tensors: Sequence[np.ndarray] = [image.tensor for image in prepared]
+                    inferred = await self._infer(ticket, [image.tensor for image in prepared])
                 else:
-                    tensors = list(inputs.array)
-                inferred = await self._infer(ticket, tensors)
+                    prepared = None
+                    inferred = await self._infer(ticket, list(inputs.array))
         except (TimeoutError, DeadlineExceeded):
             raise DeadlineExceeded(deadline.message) from None
-        self._metrics.images_classified.labels(model.name).inc(len(tensors))
+        if prepared is not None and isinstance(inputs, EncodedImages):
+            images = [
+                ImageInfo(upload.filename, image.width, image.height)
+                for upload, image in zip(inputs.uploads, prepared, strict=True)
+            ]
+            preprocess_s = max(image.seconds for image in prepared)
+        self._metrics.images_classified.labels(model.name, model.version).inc(len(inputs))
         ranked_at = time.monotonic()
         results = [
             OutputResult(output.name or model.spec.output_name, ranked=model.postprocess(inferred.logits, output.k))
@@ -307,10 +310,36 @@ class DataPlane:
         )
         return results, timings, images
 
+    async def _run_alone(self, ticket: Ticket, inputs: ModelInputs) -> tuple[list[PreprocessedImage] | None, _Inferred]:
+        """A lone image on an idle model: decoded (when encoded) and inferred in one hand-off to the model's own
+        thread, with no queue, decode pool or batcher wake-up in between; what arrives meanwhile is batched."""
+        model = ticket.model
+        if isinstance(inputs, EncodedImages):
+            upload = inputs.uploads[0]
+            self._metrics.images_decoded.labels(model.name, model.version).inc()
+
+            def decode() -> tuple[PreprocessedImage | None, np.ndarray]:
+                image = model.preprocess(upload)
+                return image, image.tensor
+
+            prepare = decode
+        else:
+            tensor = inputs.array[0]
+
+            def prepare() -> tuple[PreprocessedImage | None, np.ndarray]:
+                return None, tensor
+
+        image, result = await ticket.images.run_alone(prepare)
+        inferred = _Inferred(result.value[None], result.queue_wait_s, result.inference_s)
+        if image is None:
+            return None, inferred
+        self._metrics.preprocess_seconds.labels(model.name, model.version).observe(image.seconds)
+        return [image], inferred
+
     async def _decode(self, model: ServableModel, uploads: Sequence[ImageUpload]) -> list[PreprocessedImage]:
         """The model's preprocess stage for every upload, in parallel in the decode pool; the first error wins."""
         loop = asyncio.get_running_loop()
-        self._metrics.images_decoded.labels(model.name).inc(len(uploads))
+        self._metrics.images_decoded.labels(model.name, model.version).inc(len(uploads))
         jobs = [loop.run_in_executor(self._decode_pool, model.preprocess, upload) for upload in uploads]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
         prepared: list[PreprocessedImage] = []
@@ -318,7 +347,7 @@ class DataPlane:
             if isinstance(outcome, BaseException):
                 raise outcome
             prepared.append(outcome)
-        histogram = self._metrics.preprocess_seconds.labels(model.name)
+        histogram = self._metrics.preprocess_seconds.labels(model.name, model.version)
         for image in prepared:
             histogram.observe(image.seconds)
         return prepared

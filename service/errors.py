@@ -137,6 +137,30 @@ class InvalidParameter(ServiceError):
     reason = "invalid_request"
 
 
+class ModelControlRefused(ServiceError):
+    """Loading or unloading models needs an admin key (or, with no keys, a server started to allow it)."""
+
+    status_code = 403
+    code = "forbidden"
+    reason = "forbidden"
+
+
+class ModelControlOff(ServiceError):
+    """The server's model control mode does not take this change (loads and unloads need `explicit`)."""
+
+    status_code = 400
+    code = "model_control_off"
+    reason = "invalid_request"
+
+
+class InsufficientMemory(ServiceError):
+    """Loading a model version beside those serving would pass the server's memory budget."""
+
+    status_code = 507
+    code = "insufficient_memory"
+    reason = "insufficient_memory"
+
+
 class Overloaded(ServiceError):
     """The model's queue has no room; the client should retry after ``Retry-After`` seconds."""
 

@@ -35,16 +35,18 @@ def worker_shared_folder() -> Path | None:
 class ModelBatchObserver:
     """The batcher's metrics hooks for one model."""
 
-    def __init__(self, metrics: ServiceMetrics, model: str, version: str = "1") -> None:
+    def __init__(self, metrics: ServiceMetrics, model: str, version: str) -> None:
         self._statistics = metrics.model_statistics(model, version)
-        self._batch_size = metrics.batch_size.labels(model)
-        self._inferred = metrics.images_inferred.labels(model)
-        self._inference = metrics.inference_seconds.labels(model)
-        self._queue_wait = metrics.queue_wait_seconds.labels(model)
+        self._batch_size = metrics.batch_size.labels(model, version)
+        self._inferred = metrics.images_inferred.labels(model, version)
+        self._inference = metrics.inference_seconds.labels(model, version)
+        self._queue_wait = metrics.queue_wait_seconds.labels(model, version)
         self._dropped = metrics.dropped_images
-        self._depth = metrics.queue_depth.labels(model)
-        self._drain = metrics.queue_drain_seconds.labels(model)
+        self._depth = metrics.queue_depth.labels(model, version)
+        self._drain = metrics.queue_drain_seconds.labels(model, version)
+        self._max_batch_size = metrics.max_batch_size.labels(model, version)
         self._model = model
+        self._version = version
 
     def batch_ran(self, size: int, inference_s: float) -> None:
         self._batch_size.observe(size)
@@ -56,11 +58,14 @@ class ModelBatchObserver:
         self._queue_wait.observe(queue_wait_s)
 
     def items_dropped(self, reason: DropReason, count: int) -> None:
-        self._dropped.labels(self._model, reason).inc(count)
+        self._dropped.labels(self._model, self._version, reason).inc(count)
 
     def queue_changed(self, depth: int, drain_s: float = 0.0) -> None:
         self._depth.set(depth)
         self._drain.set(drain_s)
+
+    def max_batch_size_changed(self, size: int) -> None:
+        self._max_batch_size.set(size)
 
 
 class ServiceMetrics:
@@ -111,35 +116,35 @@ class ServiceMetrics:
         self.preprocess_seconds = Histogram(
             "resnet_serve_preprocess_seconds",
             "Decode and preprocess time per image.",
-            ["model"],
+            ["model", "version"],
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
         self.queue_wait_seconds = Histogram(
             "resnet_serve_queue_wait_seconds",
             "Time an image waited in the batcher queue before its batch ran.",
-            ["model"],
+            ["model", "version"],
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
         self.inference_seconds = Histogram(
             "resnet_serve_inference_seconds",
             "ONNX Runtime time per batch.",
-            ["model"],
+            ["model", "version"],
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
         self.batch_size = Histogram(
             "resnet_serve_batch_size",
             "Images per batch run.",
-            ["model"],
+            ["model", "version"],
             buckets=BATCH_SIZE_BUCKETS,
             registry=r,
         )
         self.queue_depth = Gauge(
             "resnet_serve_queue_depth",
             "Images waiting in the batcher queue.",
-            ["model"],
+            ["model", "version"],
             multiprocess_mode="livesum",
             registry=r,
         )
@@ -148,7 +153,14 @@ class ServiceMetrics:
             "Seconds the model needs to finish the images it holds (running, queued, and admitted still arriving) at "
             "its measured seconds per image: how long a request arriving now waits before its own images run. The "
             "autoscaling signal (the highest of the worker processes); Retry-After is this, rounded up.",
-            ["model"],
+            ["model", "version"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.max_batch_size = Gauge(
+            "resnet_serve_max_batch_size",
+            "The model's largest batch now: its setting, or with auto what tuning has chosen so far.",
+            ["model", "version"],
             multiprocess_mode="livemax",
             registry=r,
         )
@@ -167,25 +179,25 @@ class ServiceMetrics:
         self.requests = Counter(
             "resnet_serve_requests",
             "Inference requests admitted, by model and protocol (v1, v2-http, v2-grpc).",
-            ["model", "protocol"],
+            ["model", "version", "protocol"],
             registry=r,
         )
         self.images_classified = Counter(
             "resnet_serve_images_classified",
             "Images classified successfully.",
-            ["model"],
+            ["model", "version"],
             registry=r,
         )
         self.images_decoded = Counter(
             "resnet_serve_images_decoded",
             "Images handed to the decode pool (decode and preprocess work started).",
-            ["model"],
+            ["model", "version"],
             registry=r,
         )
         self.images_inferred = Counter(
             "resnet_serve_images_inferred",
             "Images run through the model (the sum of batch sizes).",
-            ["model"],
+            ["model", "version"],
             registry=r,
         )
         self.decode_memory_bytes = Gauge(
@@ -209,7 +221,7 @@ class ServiceMetrics:
         self.dropped_images = Counter(
             "resnet_serve_dropped_images",
             f"Queued images dropped without inference: {', '.join(DropReason)}.",
-            ["model", "reason"],
+            ["model", "version", "reason"],
             registry=r,
         )
         self.connections_refused = Counter(
@@ -227,7 +239,7 @@ class ServiceMetrics:
         self.model_ready = Gauge(
             "resnet_serve_model_ready",
             "1 when the model is loaded, warmed up and its batcher running.",
-            ["model"],
+            ["model", "version"],
             multiprocess_mode="livemin",
             registry=r,
         )
@@ -264,14 +276,14 @@ class ServiceMetrics:
         return recorder
 
     def register_model(self, model: str, version: str = "1") -> ModelBatchObserver:
-        """Create the model's series and return the hooks its batcher reports to."""
-        self.images_classified.labels(model)
+        """Create the model version's series and return the hooks its batcher reports to."""
+        self.images_classified.labels(model, version)
         for drop in DropReason:
             # Series at zero from the start: with worker processes an untouched family would not be exported.
-            self.dropped_images.labels(model, drop)
-        self.images_decoded.labels(model)
-        self.images_inferred.labels(model)
-        self.model_ready.labels(model).set(0)
+            self.dropped_images.labels(model, version, drop)
+        self.images_decoded.labels(model, version)
+        self.images_inferred.labels(model, version)
+        self.model_ready.labels(model, version).set(0)
         return ModelBatchObserver(self, model, version)
 
     def _readable(self) -> CollectorRegistry:

@@ -53,6 +53,7 @@ BatchDelayMs = Annotated[float, Field(ge=0.0, le=10_000.0)]
 QueueSize = Annotated[int, Field(ge=1)]
 QueueWaitMs = Annotated[float, Field(gt=0.0)]
 ThreadCount = Annotated[int, Field(ge=1)]
+MemoryMiB = Annotated[float, Field(gt=0.0)]
 
 
 class ModelSpecError(ValueError):
@@ -145,6 +146,8 @@ class ServingOverrides(BaseModel):
     """Refuse a request when its images would wait longer than this for this model."""
     intra_op_threads: ThreadCount | None = None
     """ONNX Runtime threads of this model's session."""
+    batch_memory_budget_mb: MemoryMiB | None = None
+    """Memory this model's batches may hold beyond its weights, which caps an "auto" batch size."""
 
     def as_dict(self) -> dict[str, Any]:
         """Only the settings this model sets."""

@@ -1,9 +1,17 @@
-"""The one home of every served model: open, check, batch, warm up, describe and close it.
+"""The one home of every served model version: load, route, swap, unload and describe them.
 
-A `ServedModel` is the model contract the data plane drives (`preprocess`, `run_batch`, `postprocess`), bound to
-its own spec, session and serving settings. Its state changes here and nowhere else: loaded -> warming_up ->
-ready, or failed. `ModelRegistry` loads a model repository into served models before the server listens (a bad
-model fails start-up with a message naming the file and the problem) and warms them up in the background.
+`ModelRegistry.load()` opens what the repository's version policies select before the server listens (a bad model
+fails start-up with a message naming the file and the problem); `warm_up_and_start()` warms them up in the
+background. After start-up, `reconcile(name)` brings one model in line with the repository (the poller calls it
+for every model, the repository API's load for one): versions the policy selects that are new or whose files
+changed are opened, warmed up and tuned beside those that serve, and only then take traffic; versions it no
+longer selects leave the routing once another version of the model is ready, and are closed after the last
+request that holds them (`ServedModel.unload`), which returns their memory. A version that fails to load is kept
+out with its reason, and the versions already serving go on serving. A load that would pass the memory budget
+with both versions resident is refused before it starts, with the numbers.
+
+Routing: a request naming a version gets that version; one naming none gets the pinned `default_version` when it
+is ready, else the highest ready version.
 """
 
 from __future__ import annotations
@@ -15,21 +23,20 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-
 from service import repository
-from service.autotune import BatchCurve, largest_batch
-from service.batching import DynamicBatcher, ImageReservation
-from service.config import ServingSettings, Settings
-from service.contract import ModelDescription, ModelState
+from service.config import Settings
+from service.contract import ModelState
 from service.decode_memory import DecodeMemory
-from service.errors import ModelNotFound
+from service.errors import InsufficientMemory, ModelNotFound, NotReady
+from service.memory import cgroup_memory_limit_bytes, resident_memory_bytes
 from service.metrics import ServiceMetrics
-from service.modelspec import AUTO, ModelSpec, ModelSpecError
-from service.postprocess import ScoredLabel, rank
-from service.preprocess import DecodeOptions, ImageUpload, PreprocessedImage, preprocess_upload
-from service.priority import call_in_lowered_thread, thread_initializer
-from service.runtime import InferenceRuntime, OnnxModelRuntime, available_cpus, run_batch
+from service.modelspec import ModelSpecError
+from service.preprocess import DecodeOptions
+from service.priority import call_in_lowered_thread
+from service.runtime import InferenceRuntime, available_cpus
+from service.served_model import ServedModel, open_onnx_runtime, warm_up_sizes
+
+__all__ = ["ModelRegistry", "RuntimeFactory", "StartupError", "VersionStatus", "warm_up_sizes"]
 
 logger = logging.getLogger("service")
 
@@ -41,163 +48,99 @@ class StartupError(RuntimeError):
     """The model repository cannot be served; the message says what to fix."""
 
 
-def open_onnx_runtime(path: Path, providers: Sequence[str], intra_op_threads: int | None) -> OnnxModelRuntime:
-    return OnnxModelRuntime(path, providers=providers, intra_op_threads=intra_op_threads)
+class LoadFailed(Exception):
+    """One model version cannot be served; the message says why."""
 
 
-@dataclass(eq=False)
-class ServedModel:
-    """A model as served. Its stages are bound at construction to its spec and session, so that a request goes
-    from the data plane straight into preprocess.py, runtime.py and postprocess.py."""
+@dataclass(frozen=True)
+class VersionStatus:
+    """One line of the repository index: a model version on disk or loaded, its state and why."""
 
     name: str
-    path: Path
-    spec: ModelSpec
-    serving: ServingSettings
-    overridden: tuple[str, ...]
-    runtime: InferenceRuntime
-    decode_options: DecodeOptions
-    metrics: ServiceMetrics
-    worker_nice: int = 0
-    """How much lower than the event loop the threads running this model's batches are (service.priority)."""
-    version: str = "1"
-    is_default: bool = False
-    """Whether requests that name no model go to this one (the registry decides)."""
-    state: ModelState = field(default=ModelState.LOADED, init=False)
-    error: str | None = field(default=None, init=False)
-    preprocess: Callable[[ImageUpload], PreprocessedImage] = field(init=False, repr=False)
-    run_batch: Callable[[Sequence[np.ndarray]], np.ndarray] = field(init=False, repr=False)
-    postprocess: Callable[[np.ndarray, int], list[list[ScoredLabel]]] = field(init=False, repr=False)
-    batcher: DynamicBatcher[np.ndarray, np.ndarray] = field(init=False, repr=False)
-    batch_curve: BatchCurve | None = field(default=None, init=False)
-    """What the warm-up measured when the batch size is "auto"."""
+    version: str
+    state: str
+    """READY, LOADING, UNLOADING or UNAVAILABLE (Triton's words)."""
+    reason: str = ""
 
-    @property
-    def auto_batch(self) -> bool:
-        return self.serving.max_batch_size == AUTO and self.runtime.supports_batches()
 
-    def __post_init__(self) -> None:
-        self.preprocess = partial(preprocess_upload, spec=self.spec, options=self.decode_options)
-        self.run_batch = partial(run_batch, runtime=self.runtime, spec=self.spec)
-        self.postprocess = partial(rank, labels=self.spec.labels)
-        serving = self.serving
-        self.batcher = DynamicBatcher(
-            self.run_batch,
-            name=self.name,
-            max_batch_size=serving.max_batch_size
-            if isinstance(serving.max_batch_size, int) and self.runtime.supports_batches()
-            else 1,
-            max_queue_size=serving.max_queue_size,
-            max_delay_s=serving.max_batch_delay_s,
-            max_wait_s=serving.max_queue_wait_s,
-            observer=self.metrics.register_model(self.name, self.version),
-            thread_initializer=thread_initializer(self.worker_nice),
-        )
+_INDEX_STATES = {
+    ModelState.LOADED: "LOADING",
+    ModelState.WARMING_UP: "LOADING",
+    ModelState.READY: "READY",
+    ModelState.UNLOADING: "UNLOADING",
+    ModelState.FAILED: "UNAVAILABLE",
+}
+
+
+@dataclass
+class _Model:
+    """One model's versions: those serving or on their way, those that failed, and the pinned default."""
+
+    name: str
+    versions: dict[int, ServedModel] = field(default_factory=dict)
+    failures: dict[int, str] = field(default_factory=dict)
+    pinned: int | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def route(self, version: str | None) -> ServedModel:
+        if version is not None:
+            number = int(version) if version.isdigit() else None
+            if number is not None and number in self.versions:
+                return self.versions[number]
+            if number is not None and number in self.failures:
+                raise NotReady(f"model {self.name!r} version {number} is unavailable: {self.failures[number]}")
+            known = ", ".join(map(str, sorted(self.versions))) or "none"
+            raise ModelNotFound(f"model {self.name!r} has no version {version!r}; its versions: {known}")
+        ready = [number for number, model in self.versions.items() if model.ready]
+        if self.pinned is not None and self.pinned in ready:
+            return self.versions[self.pinned]
+        if ready:
+            return self.versions[max(ready)]
+        if self.versions:
+            return self.versions[max(self.versions)]  # not ready: the data plane says why
+        reasons = "; ".join(f"version {number}: {reason}" for number, reason in sorted(self.failures.items()))
+        raise NotReady(f"model {self.name!r} has no version that can serve ({reasons or 'none loaded'})")
 
     @property
     def ready(self) -> bool:
-        return self.state is ModelState.READY and self.batcher.running
+        return any(model.ready for model in self.versions.values())
 
-    def reserve(self, count: int) -> ImageReservation[np.ndarray, np.ndarray]:
-        return self.batcher.reserve(count)
-
-    def describe(self) -> ModelDescription:
-        return ModelDescription(
-            name=self.name,
-            version=self.version,
-            versions=(self.version,),
-            state=self.state,
-            error=self.error,
-            spec=self.spec,
-            is_default=self.is_default,
-            serving=ServingSettings(
-                max_batch_size=self.batcher.max_batch_size,
-                max_batch_delay_ms=self.serving.max_batch_delay_ms,
-                max_queue_size=self.serving.max_queue_size,
-                max_queue_wait_ms=self.serving.max_queue_wait_ms,
-                intra_op_threads=self.runtime.intra_op_threads,
-            ),
-            overridden=self.overridden,
-            execution_provider=self.runtime.provider,
-            intra_op_threads=self.runtime.intra_op_threads,
-            queue_depth=self.batcher.queue_depth,
-            seconds_per_image=self.batcher.seconds_per_image,
-            batch_size_source=self._batch_size_source(),
-            batch_curve=self.batch_curve,
-        )
-
-    def _batch_size_source(self) -> str:
-        if not self.runtime.supports_batches():
-            return "fixed batch axis"
-        if self.serving.max_batch_size == AUTO:
-            return "auto" if self.batch_curve is not None else "auto (not measured yet)"
-        return "model" if "max_batch_size" in self.overridden else "flag"
-
-    def _set_state(self, state: ModelState, error: str | None = None) -> None:
-        self.state = state
-        self.error = error
-        self.metrics.model_ready.labels(self.name).set(1 if state is ModelState.READY else 0)
-
-    async def warm_up_and_start(self) -> bool:
-        """Warm the model up (measuring its batch curve when the batch size is auto), then start the batcher;
-        False (and state failed) if warm-up raised."""
-        self._set_state(ModelState.WARMING_UP)
-        spec = self.spec
-        shape = (spec.channels, spec.crop_size, spec.crop_size)
-        try:
-            if self.auto_batch:
-                limit = largest_batch(4 * spec.channels * spec.crop_size * spec.crop_size)
-                curve = await asyncio.to_thread(self.runtime.measure_batches, limit, shape, spec.output_name)
-                self.batch_curve = curve
-                self.batcher.tune(curve.chosen, curve.seconds_per_image(curve.chosen))
-                warmed = ", ".join(f"{t.batch_size}: {t.images_per_second:.1f}" for t in curve.timings)
-                logger.info(
-                    "model %s: images per second by batch size %s; batch size %d chosen",
-                    self.name,
-                    warmed,
-                    curve.chosen,
-                )
-            else:
-                sizes = warm_up_sizes(self.batcher.max_batch_size)
-                await asyncio.to_thread(self.runtime.warm_up, sizes, shape, spec.output_name)
-        except Exception as exc:
-            logger.exception("warm-up of model %s failed; the server stays not ready", self.name)
-            self._set_state(ModelState.FAILED, f"warm-up failed: {exc}")
-            return False
-        self.batcher.start()
-        self._set_state(ModelState.READY)
-        logger.info("model %s warmed up and ready (batch size up to %d)", self.name, self.batcher.max_batch_size)
-        return True
-
-    async def close(self) -> None:
-        await self.batcher.close()
-        self.metrics.model_ready.labels(self.name).set(0)
-
-
-def warm_up_sizes(max_batch_size: int) -> list[int]:
-    """The batch sizes warmed up for a fixed maximum: powers of two and the maximum itself. Warming every size
-    from 1 to 32 took 5.9 s on ResNet-50; the sizes in between plan their memory on their first batch instead."""
-    sizes = [1]
-    while sizes[-1] * 2 <= max_batch_size:
-        sizes.append(sizes[-1] * 2)
-    return sizes if sizes[-1] == max_batch_size else [*sizes, max_batch_size]
+    def refresh(self) -> None:
+        names = tuple(str(number) for number in sorted(self.versions))
+        for model in self.versions.values():
+            model.versions = names
 
 
 class ModelRegistry:
-    """The served models by name, and which one answers requests that name none."""
+    """The served model versions by name, and which one answers requests that name none."""
 
     def __init__(self, settings: Settings, metrics: ServiceMetrics, open_runtime: RuntimeFactory | None = None) -> None:
         self._settings = settings
         self._metrics = metrics
         self._open_runtime = open_runtime or open_onnx_runtime
-        self._models: dict[str, ServedModel] = {}
+        self._models: dict[str, _Model] = {}
+        self._unloading: set[asyncio.Task[None]] = set()
         self.default_model: str | None = None
         self.decode_memory = DecodeMemory(settings.max_decode_bytes, metrics.decode_memory_bytes.set)
         """One budget for the decodes of every model."""
+        limit = cgroup_memory_limit_bytes()
+        self.memory_budget_bytes: int | None = (
+            round(settings.memory_budget_mb * 2**20) if settings.memory_budget_mb is not None else limit
+        )
+
+    # ------------------------------------------------------------------------------------------ what is served
 
     @property
     def models(self) -> list[ServedModel]:
-        return [self._models[name] for name in sorted(self._models)]
+        """Every loaded model version, sorted by name and version."""
+        return [
+            self._models[name].versions[number]
+            for name in sorted(self._models)
+            for number in sorted(self._models[name].versions)
+        ]
+
+    def all(self) -> list[ServedModel]:
+        return self.models
 
     @property
     def loaded(self) -> bool:
@@ -205,39 +148,187 @@ class ModelRegistry:
 
     @property
     def ready(self) -> bool:
-        """Every model warmed up with its batcher running."""
-        return self.loaded and all(model.ready for model in self._models.values())
+        """Every model has a ready version (a version that failed beside one that serves does not count)."""
+        return self.loaded and all(entry.ready for entry in self._models.values())
 
     def get(self, name: str | None, version: str | None = None) -> ServedModel:
         """The named model (the default one for None) at `version` (None: the one that answers by default);
-        ModelNotFound if there is no such model or version."""
+        ModelNotFound if there is no such model or version, NotReady if the version failed to load."""
         key = self.default_model if name is None else name
-        model = self._models.get(key) if key is not None else None
-        if model is None:
+        entry = self._models.get(key) if key is not None else None
+        if entry is None:
             served = ", ".join(sorted(self._models)) or "none yet (the server is starting)"
             raise ModelNotFound(f"no model named {key!r}; served models: {served}")
-        if version is not None and version != model.version:
-            raise ModelNotFound(
-                f"model {model.name!r} has no version {version!r}; its only version is {model.version!r}"
-            )
-        return model
+        return entry.route(version)
 
-    def all(self) -> list[ServedModel]:
-        """Every model version, sorted by name (and version)."""
-        return self.models
+    def index(self) -> list[VersionStatus]:
+        """Every model version on disk or loaded, with its state and the reason for a failure."""
+        statuses: dict[tuple[str, int], VersionStatus] = {}
+        try:
+            on_disk = repository.scan(self._settings.model_dir)
+        except repository.RepositoryError as exc:
+            logger.warning("cannot read the model repository for the index: %s", exc)
+            on_disk = {}
+        for name, disk in on_disk.items():
+            for number in disk.versions:
+                statuses[(name, number)] = VersionStatus(name, str(number), "UNAVAILABLE", "not loaded")
+        for name, entry in self._models.items():
+            for number, reason in entry.failures.items():
+                statuses[(name, number)] = VersionStatus(name, str(number), "UNAVAILABLE", reason)
+            for number, model in entry.versions.items():
+                statuses[(name, number)] = VersionStatus(
+                    name, str(number), _INDEX_STATES[model.state], model.error or ""
+                )
+        return [statuses[key] for key in sorted(statuses)]
+
+    # ------------------------------------------------------------------------------------------ start-up
 
     def load(self) -> None:
-        """Open and check every model of the repository (blocking: run it in a thread); raises StartupError."""
+        """Open and check what the repository's policies select (blocking: run it in a thread); StartupError."""
         settings = self._settings
         try:
-            files = repository.discover(settings.model_dir)
-            models = [self._load_one(model_file) for model_file in files]
-            self.default_model = repository.choose_default_model([m.name for m in models], settings.default_model)
-        except (repository.RepositoryError, ModelSpecError, ValueError) as exc:
+            disk = repository.scan(settings.model_dir)
+            files = [version for entry in disk.values() for version in entry.selected]
+            if not files:
+                raise repository.RepositoryError(
+                    f"no *.onnx model files in {settings.model_dir} (nor <name>/<version>/model.onnx)"
+                )
+            self.default_model = repository.choose_default_model(sorted(disk), settings.default_model)
+            models: dict[str, _Model] = {}
+            for model_file in files:
+                entry = models.setdefault(
+                    model_file.name, _Model(model_file.name, pinned=disk[model_file.name].config.default_version)
+                )
+                entry.versions[model_file.version] = self._open_version(model_file)
+        except (repository.RepositoryError, ModelSpecError, ValueError, LoadFailed) as exc:
             raise StartupError(str(exc)) from None
-        self._models = {model.name: model for model in models}
-        for model in models:
-            model.is_default = model.name == self.default_model
+        for entry in models.values():
+            entry.refresh()
+        self._models = models
+        self._mark_default()
+
+    def _mark_default(self) -> None:
+        for entry in self._models.values():
+            for model in entry.versions.values():
+                model.is_default = entry.name == self.default_model
+
+    async def warm_up_and_start(self) -> bool:
+        """Warm every model up and start its batcher, one at a time; True when all are ready."""
+        outcomes = [await model.warm_up_and_start() for model in self.models]
+        return all(outcomes)
+
+    async def batch1_seconds_per_image(self) -> dict[str, float]:
+        """Each model's inference time for one image alone, timed now, once the server is ready: the fastest of
+        many runs, so that a busy machine's stall does not make a cheap model look slow."""
+        return {model.name: await model.batch1_seconds() for model in self.models}
+
+    # ------------------------------------------------------------------------------------------ changes
+
+    async def reconcile(self, name: str, *, stable: Callable[[repository.ModelFile], bool] | None = None) -> None:
+        """Bring one model in line with the repository: load the versions its policy selects that are new or
+        changed (those `stable` accepts: files no longer being written), retire those it no longer selects once
+        another is ready, and the whole model when it is gone from disk. Raises LoadFailed (with every reason)
+        when a selected version could not be loaded; what served goes on serving."""
+        entry = self._models.get(name) or _Model(name)
+        async with entry.lock:
+            disk = repository.scan_model(self._settings.model_dir, name)
+            if disk is None:
+                if name in self._models:
+                    logger.info("model %s is gone from the repository: unloading it", name)
+                    del self._models[name]
+                    for model in list(entry.versions.values()):
+                        self._retire(model)
+                return
+            self._models.setdefault(name, entry)
+            entry.pinned = disk.config.default_version
+            failures = []
+            selected = disk.selected
+            for model_file in selected:
+                current = entry.versions.get(model_file.version)
+                if current is not None and current.stamp == self._stamp(model_file):
+                    continue
+                if stable is not None and not stable(model_file):
+                    continue
+                try:
+                    await self._load_beside(entry, model_file)
+                except LoadFailed as exc:
+                    failures.append(str(exc))
+            wanted = {model_file.version for model_file in selected}
+            if any(entry.versions[number].ready for number in wanted if number in entry.versions):
+                for number in [number for number in entry.versions if number not in wanted]:
+                    self._retire(entry.versions.pop(number))
+                for number in [number for number in entry.failures if number not in wanted]:
+                    del entry.failures[number]
+            entry.refresh()
+            self._mark_default()
+            if failures:
+                raise LoadFailed("; ".join(failures))
+
+    async def unload_model(self, name: str) -> None:
+        """Take the model out of the routing now and close each version after its last request."""
+        entry = self._models.get(name)
+        if entry is None:
+            raise ModelNotFound(f"no model named {name!r} is loaded")
+        async with entry.lock:
+            self._models.pop(name, None)
+            for model in list(entry.versions.values()):
+                self._retire(model)
+            logger.info("model %s unloaded from the routing; each version closes after its last request", name)
+
+    def _stamp(self, model_file: repository.ModelFile) -> object:
+        config = repository.FileStamp.of(model_file.config) if model_file.config is not None else None
+        sidecar = repository.FileStamp.of(model_file.sidecar) if model_file.sidecar is not None else None
+        return (model_file.stamp, sidecar, config)
+
+    async def _load_beside(self, entry: _Model, model_file: repository.ModelFile) -> None:
+        """Open, warm up and tune one version while the others serve; it takes traffic only once ready."""
+        label = f"{model_file.name} version {model_file.version}"
+        try:
+            self._check_memory(entry, model_file)
+            model = await asyncio.to_thread(self._open_version, model_file)
+        except (LoadFailed, InsufficientMemory, repository.RepositoryError, ModelSpecError, ValueError) as exc:
+            reason = exc.message if isinstance(exc, InsufficientMemory) else str(exc)
+            entry.failures[model_file.version] = reason
+            logger.error("cannot load %s: %s; what served goes on serving", label, reason)
+            raise LoadFailed(f"{label}: {reason}") from None
+        model.is_default = entry.name == self.default_model
+        if not await model.warm_up_and_start(tune_first=True):
+            entry.failures[model_file.version] = model.error or "warm-up failed"
+            await model.close()
+            raise LoadFailed(f"{label}: {model.error}")
+        previous = entry.versions.get(model_file.version)
+        entry.versions[model_file.version] = model
+        entry.failures.pop(model_file.version, None)
+        if previous is not None:
+            self._retire(previous)  # the same version, reloaded from changed files
+        logger.info("%s loaded and serving", label)
+
+    def _check_memory(self, entry: _Model, model_file: repository.ModelFile) -> None:
+        budget = self.memory_budget_bytes
+        resident = resident_memory_bytes()
+        if budget is None or resident is None:
+            return
+        measured = [model.memory_bytes for model in entry.versions.values() if model.memory_bytes]
+        batches = round(self._settings.batch_memory_budget_mb * 2**20)
+        needed = max(measured) if measured else model_file.path.stat().st_size + batches
+        if resident + needed > budget:
+            raise InsufficientMemory(
+                f"loading {model_file.name} version {model_file.version} needs about {needed / 2**20:.0f} MiB beside "
+                f"the {resident / 2**20:.0f} MiB this server holds, over its memory budget of {budget / 2**20:.0f} MiB "
+                f"(--memory-budget-mb); unload a version first, or give the server more memory"
+            )
+
+    def _retire(self, model: ServedModel) -> None:
+        task = asyncio.get_running_loop().create_task(model.unload(), name=f"unload-{model.name}-{model.version}")
+        self._unloading.add(task)
+        task.add_done_callback(self._unloading.discard)
+
+    async def close(self) -> None:
+        for model in self.models:
+            await model.close()
+        await asyncio.gather(*self._unloading, return_exceptions=True)
+
+    # ------------------------------------------------------------------------------------------ opening
 
     def _open(self, model_file: repository.ModelFile, threads: int | None) -> InferenceRuntime:
         # ONNX Runtime creates the session's thread pool now, and its threads inherit this thread's priority.
@@ -245,10 +336,12 @@ class ModelRegistry:
         try:
             return call_in_lowered_thread(open_runtime, self._settings.worker_nice)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
-            raise StartupError(f"{model_file.path.name}: ONNX Runtime cannot load the model: {exc}") from None
+            raise LoadFailed(f"{model_file.path.name}: ONNX Runtime cannot load the model: {exc}") from None
 
-    def _load_one(self, model_file: repository.ModelFile) -> ServedModel:
+    def _open_version(self, model_file: repository.ModelFile) -> ServedModel:
+        """Open and check one version (blocking); LoadFailed, or a ModelSpecError or ValueError naming the file."""
         settings = self._settings
+        before = resident_memory_bytes()
         sidecar_threads = repository.sidecar_serving(model_file).intra_op_threads
         runtime = self._open(model_file, sidecar_threads or settings.intra_op_threads)
         metadata = repository.read_metadata(model_file, runtime)
@@ -260,7 +353,8 @@ class ModelRegistry:
         try:
             runtime.check_compatible(metadata.spec)
         except ValueError as exc:
-            raise StartupError(f"{model_file.path.name}: the graph does not match its metadata: {exc}") from None
+            raise LoadFailed(f"{model_file.path.name}: the graph does not match its metadata: {exc}") from None
+        after = resident_memory_bytes()
         model = ServedModel(
             name=model_file.name,
             path=model_file.path,
@@ -273,11 +367,16 @@ class ModelRegistry:
             ),
             metrics=self._metrics,
             worker_nice=settings.worker_nice,
+            version=str(model_file.version),
+            stamp=self._stamp(model_file),
+            memory_bytes=None if before is None or after is None else max(0, after - before),
         )
         spec = metadata.spec
         logger.info(
-            "loaded model %s from %s: %d classes, %s %dx%d input, provider %s, %d intra-op threads, batch size %s%s",
+            "loaded model %s version %d from %s: %d classes, %s %dx%d input, provider %s, %d intra-op threads, batch "
+            "size %s%s",
             model.name,
+            model_file.version,
             model_file.path,
             spec.num_classes,
             spec.color_mode,
@@ -289,22 +388,3 @@ class ModelRegistry:
             f" (own serving settings: {', '.join(model.overridden)})" if model.overridden else "",
         )
         return model
-
-    async def warm_up_and_start(self) -> bool:
-        """Warm every model up and start its batcher, one model at a time; True when all are ready."""
-        outcomes = [await model.warm_up_and_start() for model in self.models]
-        return all(outcomes)
-
-    async def batch1_seconds_per_image(self) -> dict[str, float]:
-        """Each model's inference time for one image alone, timed now, once the server is ready: the fastest of
-        many runs, so that a busy machine's stall does not make a cheap model look slow."""
-        costs: dict[str, float] = {}
-        for model in self.models:
-            spec = model.spec
-            shape = (spec.channels, spec.crop_size, spec.crop_size)
-            costs[model.name] = await asyncio.to_thread(model.runtime.batch1_seconds, shape, spec.output_name)
-        return costs
-
-    async def close(self) -> None:
-        for model in self.models:
-            await model.close()

@@ -7,6 +7,7 @@ use: inside a container the host's core count is the wrong answer (onnxruntime #
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, cast
@@ -79,9 +80,7 @@ class InferenceRuntime(Protocol):
         self, batch_sizes: Iterable[int], sample_shape: Sequence[int], output_name: str | None = None
     ) -> None: ...
 
-    def measure_batches(
-        self, limit: int, sample_shape: Sequence[int], output_name: str | None = None
-    ) -> autotune.BatchCurve: ...
+    def time_batch(self, batch: np.ndarray, output_name: str | None = None) -> float: ...
 
     def batch1_seconds(self, sample_shape: Sequence[int], output_name: str | None = None) -> float: ...
 
@@ -185,19 +184,11 @@ class OnnxModelRuntime:
         for size in batch_sizes:
             self.run(np.zeros((size, *sample_shape), dtype=np.float32), output_name)
 
-    def measure_batches(
-        self, limit: int, sample_shape: Sequence[int], output_name: str | None = None
-    ) -> autotune.BatchCurve:
-        """Time batch sizes 1, 2, 4, ... up to `limit` (warming each) and choose one (service.autotune)."""
-        inputs = {size: np.zeros((size, *sample_shape), dtype=np.float32) for size in (1,)}
-
-        def run(size: int) -> None:
-            batch = inputs.get(size)
-            if batch is None:
-                batch = inputs[size] = np.zeros((size, *sample_shape), dtype=np.float32)
-            self.run(batch, output_name)
-
-        return autotune.measure(run, limit)
+    def time_batch(self, batch: np.ndarray, output_name: str | None = None) -> float:
+        """Seconds one run of `batch` takes (batch-size tuning: `service.autotune`)."""
+        started = time.perf_counter()
+        self.run(batch, output_name)
+        return time.perf_counter() - started
 
     def batch1_seconds(self, sample_shape: Sequence[int], output_name: str | None = None) -> float:
         """One image's inference time alone: the fastest of up to 20 runs within about 0.1 s (after a warm one)."""

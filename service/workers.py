@@ -38,6 +38,7 @@ from types import FrameType
 from typing import Any, cast
 
 from service.config import Settings
+from service.memory import cgroup_memory_limit_bytes
 
 logger = logging.getLogger("service")
 
@@ -63,6 +64,9 @@ def split_settings(settings: Settings, count: int, cpus: int) -> Settings:
     def split(threads: int | None) -> int:
         return max(1, (threads or cpus) // count)
 
+    limit = cgroup_memory_limit_bytes()
+    budget = settings.memory_budget_mb or (None if limit is None else limit / 2**20)
+
     return settings.model_copy(
         update={
             "workers": 1,
@@ -71,6 +75,7 @@ def split_settings(settings: Settings, count: int, cpus: int) -> Settings:
             "max_connections": max(1, math.ceil(settings.max_connections / count)),
             "max_inflight_bytes": max(settings.max_upload_bytes, settings.max_inflight_bytes // count),
             "max_decode_bytes": max(1024 * 1024, settings.max_decode_bytes // count),
+            "memory_budget_mb": None if budget is None else budget / count,
         }
     )
 

@@ -49,9 +49,10 @@ TopK = Annotated[
 ]
 
 
-async def _classify(
+async def classify(
     request: Request, dataplane: DataPlane, model_name: str | None, top_k: int | None
 ) -> ClassifyResponse:
+    """The route's work, shared by the FastAPI routes below and the lean dispatcher (`api.hot_paths`)."""
     result = await dataplane.infer(
         InferenceRequest(
             model_name,
@@ -79,7 +80,7 @@ async def classify_with_model(
     name: Annotated[str, Path(description="Model name (its file stem in the model repository).")],
     top_k: TopK = None,
 ) -> ClassifyResponse:
-    return await _classify(request, dataplane, name, top_k)
+    return await classify(request, dataplane, name, top_k)
 
 
 @router.post(
@@ -92,4 +93,4 @@ async def classify_with_model(
 async def classify_with_default_model(
     request: Request, dataplane: DataPlaneDep, top_k: TopK = None
 ) -> ClassifyResponse:
-    return await _classify(request, dataplane, None, top_k)
+    return await classify(request, dataplane, None, top_k)

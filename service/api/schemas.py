@@ -94,6 +94,11 @@ class PreprocessingOut(_Schema):
 class BatchSizeTimingOut(_Schema):
     batch_size: int
     images_per_second: float
+    """Served: the hand-off to the model's thread, stacking and the session's run."""
+    inference_images_per_second: float | None
+    """The session's run alone."""
+    memory_mb: float | None
+    """Resident memory the model held above its weights after its first batch of this size."""
 
 
 class BatchingOut(_Schema):
@@ -102,9 +107,12 @@ class BatchingOut(_Schema):
 
     max_batch_size: int
     max_batch_size_source: str
-    """auto (measured at warm-up, see batch_curve), model (its serving section), flag, or fixed batch axis."""
+    """auto (tuned while serving, see batch_curve; "auto (tuning)" until done), model (its serving section), flag,
+    or fixed batch axis."""
     batch_curve: list[BatchSizeTimingOut] | None
-    """With auto: the throughput measured at each batch size tried at warm-up."""
+    """With auto: what was measured at each batch size tried so far."""
+    batch_memory_budget_mb: float | None
+    """What an auto batch size's memory must fit."""
     max_batch_delay_ms: float
     max_queue_size: int
     max_queue_wait_ms: float | None
@@ -170,9 +178,15 @@ class ModelOut(_Schema):
                 batch_curve=None
                 if model.batch_curve is None
                 else [
-                    BatchSizeTimingOut(batch_size=t.batch_size, images_per_second=t.images_per_second)
+                    BatchSizeTimingOut(
+                        batch_size=t.batch_size,
+                        images_per_second=t.images_per_second,
+                        inference_images_per_second=None if t.inference_s is None else t.batch_size / t.inference_s,
+                        memory_mb=None if t.memory_bytes is None else t.memory_bytes / 2**20,
+                    )
                     for t in model.batch_curve.timings
                 ],
+                batch_memory_budget_mb=serving.batch_memory_budget_mb,
                 max_batch_delay_ms=serving.max_batch_delay_ms,
                 max_queue_size=serving.max_queue_size,
                 max_queue_wait_ms=serving.max_queue_wait_ms,

@@ -21,6 +21,7 @@ from service.api.deps import DataPlaneDep
 from service.api.uploads import UploadLimits
 from service.api.v2_messages import HEADER_LENGTH, V2HttpBody, encode_response
 from service.contract import ModelDescription
+from service.dataplane import DataPlane
 from service.inference import InferenceRequest
 from service.v2 import codec, extensions
 
@@ -145,7 +146,8 @@ def _compress(body: bytes, request: Request) -> tuple[bytes, dict[str, str]]:
     return body, {}
 
 
-async def _infer(request: Request, dataplane: DataPlaneDep, name: str, version: str | None) -> Response:
+async def infer_response(request: Request, dataplane: DataPlane, name: str, version: str | None) -> Response:
+    """The route's work, shared by the FastAPI routes below and the lean dispatcher (`api.hot_paths`)."""
     body = V2HttpBody(request, UploadLimits(dataplane.max_upload_bytes))
     result = await dataplane.infer(
         InferenceRequest(name, body, version=version, protocol="v2-http", received_at=time.monotonic())
@@ -161,9 +163,9 @@ async def _infer(request: Request, dataplane: DataPlaneDep, name: str, version: 
 
 @router.post("/models/{name}/infer", openapi_extra=_INFER_BODY, summary="Inference (Open Inference Protocol)")
 async def infer(request: Request, dataplane: DataPlaneDep, name: ModelName) -> Response:
-    return await _infer(request, dataplane, name, None)
+    return await infer_response(request, dataplane, name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer", openapi_extra=_INFER_BODY, summary="Inference, for a version")
 async def infer_version(request: Request, dataplane: DataPlaneDep, name: ModelName, version: Version) -> Response:
-    return await _infer(request, dataplane, name, version)
+    return await infer_response(request, dataplane, name, version)

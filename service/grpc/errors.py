@@ -14,11 +14,14 @@ from service.errors import (
     DeadlineExceeded,
     ImageTooLarge,
     InferenceFailed,
+    InsufficientMemory,
     InternalError,
     InvalidImage,
     InvalidParameter,
     InvalidTensor,
     MalformedRequest,
+    ModelControlOff,
+    ModelControlRefused,
     ModelNotFound,
     NotReady,
     Overloaded,
@@ -52,6 +55,9 @@ STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
     InferenceFailed: grpc.StatusCode.INTERNAL,
     InternalError: grpc.StatusCode.INTERNAL,
     Unauthorized: grpc.StatusCode.UNAUTHENTICATED,
+    ModelControlRefused: grpc.StatusCode.PERMISSION_DENIED,
+    ModelControlOff: grpc.StatusCode.FAILED_PRECONDITION,
+    InsufficientMemory: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 """Every error class a client can meet, and the status code it leaves a gRPC call with (docs/SERVICE.md)."""
 

@@ -238,9 +238,10 @@ class GatedRuntime:
         self.warm_up_gate.wait()
         self.inner.warm_up(*args)
 
-    def measure_batches(self, *args: Any) -> Any:
+    def time_batch(self, *args: Any) -> float:
+        # Warm-up at batch 1 and batch-size tuning: held by the warm-up gate, not counted as served batches.
         self.warm_up_gate.wait()
-        return self.inner.measure_batches(*args)
+        return self.inner.time_batch(*args)
 
     def batch1_seconds(self, *args: Any) -> float:
         return self.inner.batch1_seconds(*args)
@@ -322,14 +323,36 @@ def to_png() -> Callable[[np.ndarray], bytes]:
     return png_bytes
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """/metrics as {(sample name, sorted labels): value}."""
-    text = httpx.get(url + "/metrics", timeout=30).text
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+class MetricSamples(dict[SampleKey, float]):
+    """{(sample name, sorted labels): value}. A key whose labels are a subset of the series' (a test that names
+    the model, not its version) reads the sum of every series that has them, 0 when none does."""
+
+    def __missing__(self, key: SampleKey) -> float:
+        name, labels = key
+        wanted = set(labels)
+        return sum(
+            value for (sample, sample_labels), value in self.items() if sample == name and wanted <= set(sample_labels)
+        )
+
+    def get(self, key: SampleKey, default: float | None = None) -> float | None:  # type: ignore[override]
+        value = self[key]
+        return default if value == 0 and key not in self and default is not None else value
+
+
+def parse_metrics(text: str) -> MetricSamples:
+    samples = MetricSamples()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
+
+
+def scrape(url: str) -> MetricSamples:
+    """/metrics as {(sample name, sorted labels): value}."""
+    return parse_metrics(httpx.get(url + "/metrics", timeout=30).text)
 
 
 @pytest.fixture

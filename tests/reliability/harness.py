@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import Settings
-from tests.integration.conftest import REPO_ROOT, ServerProcess, poll  # noqa: F401 - poll is for the tests
+from tests.integration.conftest import REPO_ROOT, ServerProcess, parse_metrics, poll  # noqa: F401 - poll is for the tests
 
 HANG_LIMIT_S = 60.0
 """Only turns a hang into a failure; no test asserts that anything is fast."""
@@ -49,8 +48,7 @@ def parser_flags(parser: str | None) -> tuple[str, ...]:
     return () if parser is None else ("--http", parser)
 
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
+from tests.integration.conftest import MetricSamples as Samples  # noqa: E402
 
 # --- raw HTTP ----------------------------------------------------------------------------------------------------
 
@@ -217,11 +215,7 @@ def metrics(port: int) -> Samples:
     """/metrics as {(sample name, sorted labels): value}, read over a connection the server has closed on return."""
     response = exchange(port, request_bytes("GET", "/metrics"))
     assert response.status == 200, response
-    samples: Samples = {}
-    for family in text_string_to_metric_families(response.body.decode()):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
+    return parse_metrics(response.body.decode())
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:

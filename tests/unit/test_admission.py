@@ -19,6 +19,8 @@ class StandInModel:
     """Just what admission asks of a served model: its name and room in its (real) batcher."""
 
     def __init__(self, name: str = "toy", *, max_queue_size: int = 8) -> None:
+        self.holds = 0
+        """Requests resolved to this model that have not ended."""
         self.name = name
         self.batcher: DynamicBatcher[object, object] = DynamicBatcher(
             self.run_batch, name=name, max_batch_size=4, max_queue_size=max_queue_size
@@ -30,6 +32,12 @@ class StandInModel:
 
     def reserve(self, count: int) -> ImageReservation[object, object]:
         return self.batcher.reserve(count)
+
+    def request_started(self) -> None:
+        self.holds += 1
+
+    def request_finished(self) -> None:
+        self.holds -= 1
 
 
 def ticket_for(model: StandInModel, budget: ByteBudget, *, max_images: int = 4, max_input_values: int = 1000) -> Ticket:

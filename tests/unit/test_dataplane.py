@@ -54,6 +54,8 @@ class ToyModel:
     """A served model whose image b"class:2" decodes to a tensor of 2s and is classified as class 2 (logit 10)."""
 
     def __init__(self, name: str = "toy", *, max_batch_size: int = 4, max_queue_size: int = 16) -> None:
+        self.holds = 0
+        """Requests resolved to this model that have not ended."""
         self.name = name
         self.version = "1"
         self.spec = SPEC
@@ -64,12 +66,15 @@ class ToyModel:
         self.entered = threading.Event()
         """Set when a batch reaches the model (before the gate)."""
         self.ran: list[list[float]] = []
+        self.decoded_in: list[str] = []
+        """The thread each image was decoded in."""
         """The class of every image run, batch by batch."""
         self.batcher: DynamicBatcher[np.ndarray, np.ndarray] = DynamicBatcher(
             self.run_batch, name=name, max_batch_size=max_batch_size, max_queue_size=max_queue_size
         )
 
     def preprocess(self, upload: ImageUpload) -> PreprocessedImage:
+        self.decoded_in.append(threading.current_thread().name)
         if not upload.data.startswith(b"class:"):
             raise InvalidImage("not a toy image").for_file(upload.filename)
         value = float(upload.data.removeprefix(b"class:"))
@@ -95,6 +100,12 @@ class ToyModel:
 
     def reserve(self, count: int) -> ImageReservation[np.ndarray, np.ndarray]:
         return self.batcher.reserve(count)
+
+    def request_started(self) -> None:
+        self.holds += 1
+
+    def request_finished(self) -> None:
+        self.holds -= 1
 
     def describe(self) -> ModelDescription:
         return ModelDescription(
@@ -465,6 +476,44 @@ def test_a_body_must_take_the_admission():
         dataplane = await started(model)
         with pytest.raises(RuntimeError, match="without admission"):
             await dataplane.infer(InferenceRequest("toy", Unadmitted()))
+        await stop(dataplane, model)
+
+    asyncio.run(scenario())
+
+
+def test_a_lone_request_on_an_idle_model_is_decoded_and_inferred_in_one_hand_off():
+    async def scenario() -> None:
+        model = ToyModel()
+        dataplane = await started(model)
+        result = await dataplane.infer(InferenceRequest("toy", Body(images(2)), outputs=ranked()))
+        assert top_classes(result) == [2] and result.timings.queue_wait_s == 0.0
+        assert model.decoded_in == ["batcher-toy_0"]  # the model's own thread: no decode pool, no queue
+        with pytest.raises(InvalidImage, match=r"0\.toy: not a toy image"):
+            await dataplane.infer(InferenceRequest("toy", Body(images("garbage")), outputs=ranked()))
+        two = await dataplane.infer(InferenceRequest("toy", Body(images(1, 3)), outputs=ranked()))
+        assert top_classes(two) == [1, 3] and all(name.startswith("decode") for name in model.decoded_in[2:])
+        assert nothing_held(dataplane, model)
+        await stop(dataplane, model)
+
+    asyncio.run(scenario())
+
+
+def test_batching_takes_over_as_soon_as_work_overlaps():
+    async def scenario() -> None:
+        model = ToyModel(max_batch_size=4)
+        dataplane = await started(model)
+        first = await hold_first_batch(dataplane, model)  # a lone request, running alone and held
+        waiting = [
+            asyncio.ensure_future(dataplane.infer(InferenceRequest("toy", Body(images(c)), outputs=ranked())))
+            for c in (1, 2, 3)
+        ]
+        while model.batcher.queue_depth < 3:
+            await asyncio.sleep(0.001)
+        model.gate.set()
+        assert top_classes(await first) == [0]
+        assert [top_classes(result) for result in await asyncio.gather(*waiting)] == [[1], [2], [3]]
+        assert model.ran == [[0.0], [1.0, 2.0, 3.0]]  # the three that arrived meanwhile ran as one batch
+        assert nothing_held(dataplane, model)
         await stop(dataplane, model)
 
     asyncio.run(scenario())

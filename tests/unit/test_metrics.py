@@ -22,10 +22,10 @@ def families(metrics: ServiceMetrics) -> dict[str, str]:
 
 def test_two_apps_in_one_process_have_separate_registries():
     first, second = ServiceMetrics(), ServiceMetrics()
-    first.images_classified.labels("m").inc(3)
+    first.images_classified.labels("m", "1").inc(3)
     second.register_model("m")
-    assert 'resnet_serve_images_classified_total{model="m"} 3.0' in first.render().decode()
-    assert 'resnet_serve_images_classified_total{model="m"} 0.0' in second.render().decode()
+    assert 'resnet_serve_images_classified_total{model="m",version="1"} 3.0' in first.render().decode()
+    assert 'resnet_serve_images_classified_total{model="m",version="1"} 0.0' in second.render().decode()
 
 
 def test_every_metric_is_prefixed_and_documented():
@@ -48,7 +48,7 @@ def test_queue_depth_follows_the_batcher():
     metrics = ServiceMetrics()
     observer = metrics.register_model("m")
     observer.queue_changed(7)
-    assert 'resnet_serve_queue_depth{model="m"} 7.0' in metrics.render().decode()
+    assert 'resnet_serve_queue_depth{model="m",version="1"} 7.0' in metrics.render().decode()
 
 
 def test_every_rejection_reason_starts_at_zero():

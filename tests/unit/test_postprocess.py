@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.postprocess import softmax, top_k
+from service.postprocess import SMALL_ROWS_VALUES, rank, softmax, top_k
 
 
 def test_softmax_rows_are_probabilities_matching_the_definition():
@@ -53,3 +53,25 @@ def test_top_k_of_all_classes_is_a_permutation():
 def test_top_k_refuses_k_out_of_range(k):
     with pytest.raises(ValueError, match="between 1 and 4"):
         top_k(np.zeros((2, 4)), k)
+
+
+@pytest.mark.parametrize("shape", [(1, 10), (3, 7), (1, 1000), (40, 10)])
+def test_rank_gives_the_same_labels_and_scores_on_either_path(shape):
+    """Small outputs are ranked in plain Python, large ones with numpy: the same answer, ties included."""
+    rng = np.random.default_rng(sum(shape))
+    logits = rng.normal(size=shape).astype(np.float32)
+    logits[:, 1] = logits[:, 0]  # a tie
+    labels = [f"class-{i}" for i in range(shape[1])]
+    k = min(5, shape[1])
+    expected_indices, expected_scores = top_k(softmax(logits), k)
+    ranked = rank(logits, k, labels=labels)
+    assert (logits.size <= SMALL_ROWS_VALUES) == (shape[0] * shape[1] <= SMALL_ROWS_VALUES)
+    assert [[label.index for label in row] for row in ranked] == expected_indices.tolist()
+    assert all(label.label == labels[label.index] for row in ranked for label in row)
+    np.testing.assert_allclose([[label.score for label in row] for row in ranked], expected_scores, rtol=1e-12)
+
+
+def test_rank_refuses_k_out_of_range_on_either_path():
+    for classes in (10, 1000):
+        with pytest.raises(ValueError, match="k must be between 1 and"):
+            rank(np.zeros((1, classes), np.float32), classes + 1, labels=[str(i) for i in range(classes)])

@@ -82,13 +82,18 @@ def test_a_bad_repository_is_a_startup_error(tmp_path):
         loaded(tmp_path)
 
 
-def test_auto_batch_size_is_measured_at_warm_up_and_shown(tiny_model_dir):
+def test_auto_batch_size_is_tuned_while_serving_and_shown(tiny_model_dir):
     registry = loaded(tiny_model_dir, max_batch_size="auto")
     model = registry.get("tiny-gray")
     assert model.describe().batch_size_source == "auto (not measured yet)"
 
     async def warm() -> None:
         assert await registry.warm_up_and_start()
+        assert model.ready and model.batcher.max_batch_size == 1  # serving at once, at batch 1
+        for _ in range(6000):
+            if model.describe().batch_size_source == "auto":
+                break
+            await asyncio.sleep(0.01)
         await registry.close()
 
     asyncio.run(warm())

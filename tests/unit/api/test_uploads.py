@@ -42,6 +42,8 @@ class StandInModel:
     """Just what admission asks of a served model: its name and room in its (real) batcher."""
 
     def __init__(self) -> None:
+        self.holds = 0
+        """Requests resolved to this model that have not ended."""
         self.name = "toy"
         self.batcher: DynamicBatcher[object, object] = DynamicBatcher(
             self.run_batch, name=self.name, max_batch_size=4, max_queue_size=16
@@ -53,6 +55,12 @@ class StandInModel:
 
     def reserve(self, count: int) -> ImageReservation[object, object]:
         return self.batcher.reserve(count)
+
+    def request_started(self) -> None:
+        self.holds += 1
+
+    def request_finished(self) -> None:
+        self.holds -= 1
 
 
 class Admit:
