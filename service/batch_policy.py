@@ -43,6 +43,8 @@ class QueuedItem(Generic[P]):
     """An asyncio.Future (or anything with `done()`); done means the client no longer waits."""
     priority: int = 0
     """Lower runs first; 0 is the default."""
+    trace: Any = None
+    """Its request's span context, for the batch's span to link to (service.tracing); None when tracing is off."""
 
 
 @dataclass

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from service import tracing
 from service.batch_policy import BatchPolicy, FormedBatch, QueuedItem
 from service.errors import DeadlineExceeded, DropReason, InferenceFailed, Overloaded, ShuttingDown
 
@@ -48,6 +49,8 @@ class ItemResult(Generic[R]):
     queue_wait_s: float
     inference_s: float
     batch_size: int
+    started_at: float = 0.0
+    """When its batch started (the batcher's monotonic clock)."""
 
 
 class BatchObserver(Protocol):
@@ -188,7 +191,8 @@ class DynamicBatcher(Generic[P, R]):
     ) -> list[asyncio.Future[ItemResult[R]]]:
         loop = asyncio.get_running_loop()
         now = self._clock()
-        items = [QueuedItem(payload, now, deadline, loop.create_future(), priority) for payload in payloads]
+        link = tracing.link()
+        items = [QueuedItem(payload, now, deadline, loop.create_future(), priority, link) for payload in payloads]
         self._policy.enqueue_reserved(items)
         self._wakeup.set()
         self._report_queue()
@@ -294,9 +298,11 @@ class DynamicBatcher(Generic[P, R]):
         if self._observer:
             self._observer.item_dequeued(0.0)
             self._observer.batch_ran(1, inference_s)
+        if tracing.enabled():
+            tracing.batch_ran(self.name, [tracing.link()], started, ended)
         self._policy.record_batch(1, inference_s)
         (output,) = outputs
-        return prepared, ItemResult(output, 0.0, inference_s, 1)
+        return prepared, ItemResult(output, 0.0, inference_s, 1, started)
 
     def _alone_done(self, running: asyncio.Future[Any]) -> None:
         if not running.cancelled():
@@ -369,13 +375,16 @@ class DynamicBatcher(Generic[P, R]):
         finally:
             self._running_batch_size = 0
             self._report_queue()  # the batch is done: less to drain
-        inference_s = self._clock() - started
+        ended = self._clock()
+        inference_s = ended - started
         self._policy.record_batch(len(items), inference_s)
         if self._observer:
             self._observer.batch_ran(len(items), inference_s)
+        if tracing.enabled():
+            tracing.batch_ran(self.name, [item.trace for item in items], started, ended)
         for item, output in zip(items, outputs, strict=False):
             if not item.waiter.done():
-                item.waiter.set_result(ItemResult(output, started - item.enqueued_at, inference_s, len(items)))
+                item.waiter.set_result(ItemResult(output, started - item.enqueued_at, inference_s, len(items), started))
 
 
 class _InferenceError(Exception):

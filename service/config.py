@@ -271,7 +271,7 @@ class RuntimeSettings(BaseModel):
 
 
 class ObservabilitySettings(BaseModel):
-    """Logs."""
+    """Logs and traces."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, frozen=True)
 
@@ -282,6 +282,10 @@ class ObservabilitySettings(BaseModel):
     request ID), written off the event loop."""
     log_format: Literal["text", "json"] = "text"
     """Log lines as text for people, or one JSON object per line for a log stack."""
+    tracing: bool = False
+    """Trace requests with OpenTelemetry (needs the `otel` extra): a span per request with its stages (receive,
+    admission, decode, queue wait, inference, encode) and a span per batch linked to its requests, sent by OTLP;
+    the exporter, sampling and resource come from the standard OTEL_* variables."""
 
 
 class Settings(ObservabilitySettings, RuntimeSettings, BatchingSettings, LimitsSettings, ServerSettings, BaseSettings):

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from service import tracing
 from service.admission import Admission, ByteBudget, Ticket
 from service.auth import current_key
 from service.batching import ItemResult
@@ -70,6 +71,10 @@ class _Inferred:
     logits: np.ndarray
     queue_wait_s: float
     inference_s: float
+    started_at: float = 0.0
+    """When the (last) batch that ran the request's images started, on the batcher's monotonic clock."""
+    alone: bool = False
+    """Decoded and inferred in one hand-off to the model's thread (`_run_alone`)."""
 
 
 class DataPlane:
@@ -171,8 +176,10 @@ class DataPlane:
             on_admitted=self._metrics.requests.labels(model.name, model.version, request.protocol).inc,
         )
         statistics = self._metrics.model_statistics(model.name, model.version)
+        tracing.annotate(model=model.name, **{"model.version": model.version})
         try:
-            body = await request.body.receive(admission)
+            with tracing.stage("receive"):
+                body = await request.body.receive(tracing.traced("admission", admission))
             ticket = admission.ticket
             if ticket is None:
                 raise RuntimeError("the request body was received without admission")
@@ -280,7 +287,8 @@ class DataPlane:
                 if len(inputs) == 1 and ticket.images.alone():
                     prepared, inferred = await self._run_alone(ticket, inputs)
                 elif isinstance(inputs, EncodedImages):
-                    prepared = await self._decode(model, inputs.uploads)
+                    with tracing.stage("decode"):
+                        prepared = await self._decode(model, inputs.uploads)
                     inferred = await self._infer(ticket, [image.tensor for image in prepared])
                 else:
                     prepared = None
@@ -294,6 +302,11 @@ class DataPlane:
             ]
             preprocess_s = max(image.seconds for image in prepared)
         self._metrics.images_classified.labels(model.name, model.version).inc(len(inputs))
+        if tracing.enabled():
+            tracing.annotate(images=len(inputs))
+            alone_decode_s = preprocess_s if inferred.alone else 0.0
+            tracing.ran(inferred.started_at, inferred.queue_wait_s, inferred.inference_s, alone_decode_s)
+            tracing.encode_begins()
         ranked_at = time.monotonic()
         results = [
             OutputResult(output.name or model.spec.output_name, ranked=model.postprocess(inferred.logits, output.k))
@@ -330,7 +343,7 @@ class DataPlane:
                 return None, tensor
 
         image, result = await ticket.images.run_alone(prepare)
-        inferred = _Inferred(result.value[None], result.queue_wait_s, result.inference_s)
+        inferred = _Inferred(result.value[None], result.queue_wait_s, result.inference_s, result.started_at, alone=True)
         if image is None:
             return None, inferred
         self._metrics.preprocess_seconds.labels(model.name, model.version).observe(image.seconds)
@@ -367,6 +380,7 @@ class DataPlane:
             logits=np.stack([result.value for result in results]),
             queue_wait_s=max(result.queue_wait_s for result in results),
             inference_s=max(result.inference_s for result in results),
+            started_at=max(result.started_at for result in results),
         )
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
+from service import tracing
 from service.auth import ApiKeys, ApiKeysError
 from service.config import Settings
 from service.dataplane import DataPlane
@@ -63,6 +64,13 @@ class ModelServer:
                 self.tls = ServerTls(settings.tls_files)
             except TlsError as exc:
                 raise StartupError(f"TLS: {exc}") from None
+        self._owns_tracing = False
+        if settings.tracing and not tracing.enabled():  # (a test may have set up its own exporter)
+            try:
+                tracing.configure()
+            except tracing.TracingUnavailable as exc:
+                raise StartupError(str(exc)) from None
+            self._owns_tracing = True
         self.rate_limits = KeyRateLimits(worker_shared_folder())
         """Per-key request rates, shared by every worker process; nothing is made until a key with a rate is used."""
         self.metrics = ServiceMetrics()
@@ -132,6 +140,8 @@ class ModelServer:
             await registry.close()
             self.lifecycle.mark_stopped()
             self.dataplane.close()
+            if self._owns_tracing:
+                tracing.shutdown()  # sends the spans still waiting
             logger.info("models unloaded")
 
     async def _warm_up(self) -> None:

@@ -22,6 +22,7 @@ import threading
 import time
 from functools import partial
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -32,7 +33,9 @@ from service.http_protocol import LINGER_S, ReceiptLimits, guarded_protocol
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 from service.model_server import ModelServer
-from service.tls import ServerTls
+
+if TYPE_CHECKING:
+    from service.tls import ServerTls
 
 logger = logging.getLogger("service")
 

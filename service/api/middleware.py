@@ -9,7 +9,8 @@
 - An answer sent before the whole body arrived (401, 413, 415, 503, ...) carries ``Connection: close``: the
   server does not receive the rest of an upload it already refused (beyond the short lingering close of
   `service.http_protocol`, which lets a client still writing read the answer).
-- Metrics and the access log line, once the response is sent.
+- Metrics and the access log line, once the response is sent; with tracing on, the request's span
+  (`service.tracing`), a child of the caller's when it sends a W3C traceparent.
 
 A pure ASGI middleware (no BaseHTTPMiddleware), so request bodies still stream through untouched.
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import logs
+from service import logs, tracing
 from service.api.errors import error_response
 from service.auth import KEY_REQUIRED, ApiKey, ApiKeys, current_key
 from service.errors import RateLimited, ServiceError, ShuttingDown, Unauthorized
@@ -113,6 +114,8 @@ class ServingGateMiddleware:
             nonlocal status, sent_bytes
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if trace is not None:
+                    tracing.answer_started(trace)
                 headers = list(message.get("headers", []))
                 if not body_read or self.lifecycle.retiring:
                     headers = [(k, v) for k, v in headers if k.lower() != b"connection"]
@@ -129,6 +132,11 @@ class ServingGateMiddleware:
 
         gated = path not in UNGATED_PATHS
         key_token = None
+        trace = (
+            tracing.start_request(f"{scope['method']} {path}", tracing.header_carrier(scope["headers"]), request_id)
+            if gated and tracing.enabled()
+            else None
+        )
         try:
             if gated and not self.lifecycle.accepting:
                 await refuse(ShuttingDown.draining())
@@ -167,6 +175,9 @@ class ServingGateMiddleware:
                 self._log_access(scope, state, status, elapsed, received_bytes, sent_bytes)
             if key_token is not None:
                 current_key.reset(key_token)
+            if trace is not None:  # named as OpenTelemetry's HTTP conventions say: the method, and the route if known
+                name = f"{scope['method']} {template}" if route is not None else scope["method"]
+                tracing.end_request(trace, name, **{"http.response.status_code": status, "url.path": path})
             logs.request_id.reset(token)
 
     @staticmethod

@@ -23,7 +23,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf import json_format
 
-from service import __version__, logs
+from service import __version__, logs, tracing
 from service.dataplane import DataPlane
 from service.errors import (
     ClientDisconnected,
@@ -46,6 +46,7 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 PROTOCOL = "v2-grpc"
 """The `protocol` label of resnet_serve_requests_total."""
 
+_PROBES = ("ServerLive", "ServerReady")
 _DEADLINE_SLACK_S = 0.05
 """gRPC cancels a call at its deadline by its own clock, which can be a few milliseconds ahead of what
 `time_remaining()` computes: a call cancelled this close to its deadline was cancelled by it."""
@@ -77,10 +78,17 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         }
         request_id = logs.request_id_from(metadata.get("x-request-id"))
         token = logs.request_id.set(request_id)
+        trace = (
+            tracing.start_request(f"gRPC {method}", metadata, request_id)
+            if tracing.enabled() and method not in _PROBES
+            else None
+        )
         context.set_trailing_metadata((("x-request-id", request_id),))
         self._metrics.grpc_in_flight.inc()
         try:
-            return await serve()
+            response = await serve()
+            tracing.answer_started(trace)
+            return response
         except ServiceError as exc:
             code = errors.status_code(exc)
             await self._refuse(method, context, exc, code)
@@ -109,7 +117,8 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             self._metrics.grpc_in_flight.dec()
             self._metrics.grpc_requests.labels(method, code.name).inc()
             self._metrics.grpc_request_seconds.labels(method).observe(elapsed)
-            if self._access_log and method not in ("ServerLive", "ServerReady"):
+            tracing.end_request(trace, **{"rpc.grpc.status_code": code.value[0]})
+            if self._access_log and method not in _PROBES:
                 peer = context.peer()
                 access_logger.info(
                     '%s "gRPC %s" %s %.1f ms',

@@ -138,7 +138,12 @@ def test_health_and_metadata(bundled):
     assert triton.is_model_ready(BUNDLED) and triton.is_model_ready(BUNDLED, model_version="1")
     assert not triton.is_model_ready("no-such-model")
     server = triton.get_server_metadata(as_json=True)
-    assert server["name"] == "resnet-serve" and server["extensions"] == ["binary_tensor_data", "classification"]
+    assert server["name"] == "resnet-serve" and server["extensions"] == [
+        "binary_tensor_data",
+        "classification",
+        "model_configuration",
+        "statistics",
+    ]
     assert server["version"] == http_client(bundled).get_server_metadata()["version"]
     metadata = triton.get_model_metadata(BUNDLED, as_json=True)
     assert metadata["platform"] == "onnxruntime_onnx" and metadata["versions"] == ["1"]
