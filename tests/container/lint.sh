@@ -2,7 +2,7 @@
 # Static checks of the container and deployment files; needs no Docker daemon and no network.
 #
 #   hadolint          Dockerfile, Dockerfile.gpu, tests/container/prometheus.Dockerfile
-#   compose config    docker-compose.yml, with and without the gpu profile, with the test override, with TLS
+#   compose config    docker-compose.yml, with and without the gpu profile, with the test override, with TLS, with tracing
 #   kubectl kustomize deploy/k8s, then kubernetes-validate --strict on the output (Kubernetes 1.30 and latest);
 #                     the same for the example overlays in deploy/overlays (TLS, autoscaling on queue pressure)
 #   check_manifests   what ties the objects together, the KServe example, the Grafana dashboard
@@ -64,6 +64,8 @@ step "compose config" compose_config -f docker-compose.yml
 step "compose config --profile gpu" compose_config -f docker-compose.yml --profile gpu
 step "compose config with the test override" compose_test_config
 step "compose config with TLS (deploy/compose/tls.yml)" compose_config -f docker-compose.yml -f deploy/compose/tls.yml
+step "compose config with tracing (deploy/compose/tracing.yml)" \
+  compose_config -f docker-compose.yml -f deploy/compose/tracing.yml
 step "kubectl kustomize deploy/k8s" render_kustomization
 step "kubernetes-validate --strict (latest)" "$kubernetes_validate" --strict --quiet "$work/rendered.yaml"
 step "kubernetes-validate --strict ($oldest_kubernetes)" \
