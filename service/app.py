@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from service import __version__
-from service.api import classify, health, page, v2
+from service.api import classify, health, page, repository, v2
 from service.api import metrics as metrics_api
 from service.api import models as models_api
 from service.api.errors import install_error_handlers
@@ -110,6 +110,7 @@ def build_http_app(
     app.include_router(health.router)
     app.include_router(metrics_api.router)
     app.include_router(v2.router)
+    app.include_router(repository.router)
     app.include_router(
         page.build_router(openapi_url=app.openapi_url, title=app.title, swagger_ui_parameters=app.swagger_ui_parameters)
     )

@@ -32,6 +32,7 @@ from service.errors import (
     DeadlineExceeded,
     InvalidParameter,
     InvalidTensor,
+    ModelControlOff,
     NotReady,
 )
 from service.inference import (
@@ -50,7 +51,9 @@ from service.inference import (
 )
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
+from service.model_control import Caller, ModelControl
 from service.preprocess import ImageUpload, PreprocessedImage
+from service.registry import VersionStatus
 from service.statistics import ModelStatistics
 
 _T = TypeVar("_T")
@@ -87,10 +90,12 @@ class DataPlane:
         lifecycle: Lifecycle,
         metrics: ServiceMetrics,
         limits: LimitsSettings,
+        control: ModelControl | None = None,
         decode_threads: int,
         decode_thread_initializer: Callable[[], None] | None = None,
     ) -> None:
         self._models = models
+        self._control = control
         self._lifecycle = lifecycle
         self._metrics = metrics
         self._limits = limits
@@ -156,6 +161,25 @@ class DataPlane:
     def model_ready(self, name: str, version: str | None = None) -> bool:
         """Whether the model version takes requests now; `ModelNotFound` when there is no such model or version."""
         return self._models.get(name, version).ready and self._lifecycle.ready
+
+    # ---------------------------------------------------------------------------------------------- model control
+
+    def repository_index(self) -> list[VersionStatus]:
+        """Every model version on disk or loaded, with its state and the reason for a failure."""
+        return self._controlled().index()
+
+    async def load_model(self, name: str, caller: Caller, *, default_version: int | None = None) -> None:
+        """Load or reload a model from the repository (new versions serve once ready, old ones close after their
+        last request); `default_version` pins the version that answers requests naming none."""
+        await self._controlled().load(name, caller, default_version=default_version)
+
+    async def unload_model(self, name: str, caller: Caller) -> None:
+        await self._controlled().unload(name, caller)
+
+    def _controlled(self) -> ModelControl:
+        if self._control is None:
+            raise ModelControlOff("this server has no model control")
+        return self._control
 
     # ---------------------------------------------------------------------------------------------- inference
 

@@ -153,6 +153,15 @@ class ModelControlOff(ServiceError):
     reason = "invalid_request"
 
 
+class ModelLoadFailed(ServiceError):
+    """A model version the repository API was asked to load cannot be served (corrupt file, wrong input shape,
+    missing labels): the message says why; the versions that served go on serving."""
+
+    status_code = 400
+    code = "model_load_failed"
+    reason = "invalid_request"
+
+
 class InsufficientMemory(ServiceError):
     """Loading a model version beside those serving would pass the server's memory budget."""
 

@@ -60,6 +60,7 @@ ACCESS_FIELDS = (
     "path",
     "status",
     "model",
+    "version",
     "images",
     "bytes",
     "latency_ms",

@@ -23,6 +23,7 @@ from service.dataplane import DataPlane
 from service.grpc.server import GrpcFrontEnd
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics, worker_shared_folder
+from service.model_control import ModelControl
 from service.priority import thread_initializer
 from service.ratelimit import KeyRateLimits
 from service.registry import ModelRegistry, RuntimeFactory, StartupError
@@ -76,11 +77,13 @@ class ModelServer:
         self.metrics = ServiceMetrics()
         self.lifecycle = Lifecycle()
         self.registry = ModelRegistry(settings, self.metrics, open_runtime)
+        self.control = ModelControl(self.registry, settings, api_keys_enabled=lambda: self.api_keys.enabled)
         self.dataplane = DataPlane(
             self.registry,
             lifecycle=self.lifecycle,
             metrics=self.metrics,
             limits=settings,
+            control=self.control,
             decode_threads=settings.decode_threads or available_cpus(),
             decode_thread_initializer=thread_initializer(settings.worker_nice),
         )
@@ -137,6 +140,7 @@ class ModelServer:
             self.lifecycle.begin_drain()
             warm_up.cancel()
             await asyncio.gather(warm_up, return_exceptions=True)
+            await self.control.stop()
             await registry.close()
             self.lifecycle.mark_stopped()
             self.dataplane.close()
@@ -146,6 +150,8 @@ class ModelServer:
 
     async def _warm_up(self) -> None:
         if await self.registry.warm_up_and_start():
+            # A worker that starts after explicit loads and unloads makes them before it is ready.
+            await self.control.start()
             self.lifecycle.mark_ready()
             logger.info("all %d model(s) ready", len(self.registry.models))
             if self._on_ready is not None:

@@ -80,6 +80,7 @@ class _Model:
     versions: dict[int, ServedModel] = field(default_factory=dict)
     failures: dict[int, str] = field(default_factory=dict)
     pinned: int | None = None
+    pinned_by_api: int | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def route(self, version: str | None) -> ServedModel:
@@ -224,11 +225,23 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------------------------------ changes
 
-    async def reconcile(self, name: str, *, stable: Callable[[repository.ModelFile], bool] | None = None) -> None:
+    @property
+    def names(self) -> list[str]:
+        """The models loaded now."""
+        return sorted(self._models)
+
+    async def reconcile(
+        self,
+        name: str,
+        *,
+        stable: Callable[[repository.ModelFile], bool] | None = None,
+        default_version: int | None = None,
+    ) -> None:
         """Bring one model in line with the repository: load the versions its policy selects that are new or
         changed (those `stable` accepts: files no longer being written), retire those it no longer selects once
         another is ready, and the whole model when it is gone from disk. Raises LoadFailed (with every reason)
-        when a selected version could not be loaded; what served goes on serving."""
+        when a selected version could not be loaded; what served goes on serving. `default_version` pins the
+        version that answers requests naming none (until another load pins another), over config.json's."""
         entry = self._models.get(name) or _Model(name)
         async with entry.lock:
             disk = repository.scan_model(self._settings.model_dir, name)
@@ -240,7 +253,9 @@ class ModelRegistry:
                         self._retire(model)
                 return
             self._models.setdefault(name, entry)
-            entry.pinned = disk.config.default_version
+            if default_version is not None:
+                entry.pinned_by_api = default_version
+            entry.pinned = entry.pinned_by_api or disk.config.default_version
             failures = []
             selected = disk.selected
             for model_file in selected:
@@ -319,6 +334,7 @@ class ModelRegistry:
             )
 
     def _retire(self, model: ServedModel) -> None:
+        model.mark_unloading()
         task = asyncio.get_running_loop().create_task(model.unload(), name=f"unload-{model.name}-{model.version}")
         self._unloading.add(task)
         task.add_done_callback(self._unloading.discard)

@@ -117,9 +117,13 @@ class ServedModel:
     def requests_holding(self) -> int:
         return self._holds
 
-    async def unload(self) -> None:
-        """Take no new request (it is out of the routing already), let those that hold it finish, then close it."""
+    def mark_unloading(self) -> None:
+        """It is out of the routing: no new request comes to it (`unload` finishes the job)."""
         self._set_state(ModelState.UNLOADING)
+
+    async def unload(self) -> None:
+        """Let the requests that hold it finish, then close it (after `mark_unloading`)."""
+        self.mark_unloading()
         if self._holds:
             self._released = asyncio.Event()
             await self._released.wait()

@@ -45,6 +45,8 @@ logger = logging.getLogger("service")
 CHEAP_MODEL_S_PER_IMAGE = 0.005
 """Below this inference time per image (batch 1), serving overhead rivals the model's: one worker per core."""
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTROL_DIR_ENV = "RESNET_SERVE_CONTROL_DIR"
+"""service.model_control reads it (the supervisor imports nothing from there: it stays light)."""
 _POLL_S = 0.2
 
 
@@ -189,6 +191,9 @@ class Supervisor:
         settings = self.settings
         metrics_dir = tempfile.mkdtemp(prefix="resnet-serve-metrics-")
         os.environ[MULTIPROCESS_ENV] = metrics_dir
+        # Where the workers log and acknowledge explicit model loads and unloads (service.model_control).
+        control_dir = tempfile.mkdtemp(prefix="resnet-serve-control-")
+        os.environ[CONTROL_DIR_ENV] = control_dir
         sock = _bind(settings.host, settings.port)
         port = sock.getsockname()[1]
         self.settings = settings = settings.model_copy(update={"port": port})
@@ -207,6 +212,7 @@ class Supervisor:
         finally:
             sock.close()
             shutil.rmtree(metrics_dir, ignore_errors=True)
+            shutil.rmtree(control_dir, ignore_errors=True)
 
     def _supervise(self, sock: socket.socket) -> int:
         settings = self.settings

@@ -50,13 +50,14 @@ TopK = Annotated[
 
 
 async def classify(
-    request: Request, dataplane: DataPlane, model_name: str | None, top_k: int | None
+    request: Request, dataplane: DataPlane, model_name: str | None, top_k: int | None, version: str | None = None
 ) -> ClassifyResponse:
     """The route's work, shared by the FastAPI routes below and the lean dispatcher (`api.hot_paths`)."""
     result = await dataplane.infer(
         InferenceRequest(
             model_name,
             UploadedImages(request, UploadLimits(dataplane.max_upload_bytes)),
+            version=version,
             outputs=[RequestedOutput(ranked=True, k=top_k, asked_as="top_k")],
             protocol="v1",
             received_at=time.monotonic(),
@@ -81,6 +82,23 @@ async def classify_with_model(
     top_k: TopK = None,
 ) -> ClassifyResponse:
     return await classify(request, dataplane, name, top_k)
+
+
+@router.post(
+    "/v1/models/{name}/versions/{version}/classify",
+    response_model=ClassifyResponse,
+    responses=_ERRORS,
+    openapi_extra=_UPLOAD_BODY,
+    summary="Classify images with one version of the named model",
+)
+async def classify_with_model_version(
+    request: Request,
+    dataplane: DataPlaneDep,
+    name: Annotated[str, Path(description="Model name (its file stem in the model repository).")],
+    version: Annotated[str, Path(description="Model version (a positive integer).")],
+    top_k: TopK = None,
+) -> ClassifyResponse:
+    return await classify(request, dataplane, name, top_k, version)
 
 
 @router.post(

@@ -66,7 +66,7 @@ def _top_k(request: Request) -> int | None:
 
 
 async def _classify(request: Request, dataplane: DataPlane, params: dict[str, str]) -> Response:
-    answer = await classify.classify(request, dataplane, params.get("name"), _top_k(request))
+    answer = await classify.classify(request, dataplane, params.get("name"), _top_k(request), params.get("version"))
     return Response(answer.model_dump_json(), media_type="application/json")
 
 
@@ -77,6 +77,11 @@ async def _infer(request: Request, dataplane: DataPlane, params: dict[str, str])
 _ROUTES = (
     _Route(re.compile(r"/v1/classify"), "/v1/classify", _classify),
     _Route(re.compile(rf"/v1/models/{_NAME}/classify"), "/v1/models/{name}/classify", _classify),
+    _Route(
+        re.compile(rf"/v1/models/{_NAME}/versions/{_VERSION}/classify"),
+        "/v1/models/{name}/versions/{version}/classify",
+        _classify,
+    ),
     _Route(re.compile(rf"/v2/models/{_NAME}/infer"), "/v2/models/{name}/infer", _infer),
     _Route(
         re.compile(rf"/v2/models/{_NAME}/versions/{_VERSION}/infer"),

@@ -147,6 +147,7 @@ class ServingGateMiddleware:
                     await refuse(Unauthorized(KEY_REQUIRED))
                     return
                 state["api_key"] = key.name
+                state["api_key_role"] = key.role  # what model control asks of a load or unload (service.api.repository)
                 try:
                     self.rate_limits.admit(key)
                 except RateLimited as exc:
@@ -195,12 +196,17 @@ class ServingGateMiddleware:
             "bytes": {"received": received, "sent": sent},
             "client": address,
             "model": state.get("model"),
+            "version": state.get("version"),
             "images": state.get("images"),
             "timings_ms": state.get("timings_ms"),
             "api_key": state.get("api_key"),
             "protocol": state.get("protocol"),
         }
-        model = f" model={state['model']} images={state.get('images')}" if state.get("model") else ""
+        model = (
+            f" model={state['model']} version={state.get('version')} images={state.get('images')}"
+            if state.get("model")
+            else ""
+        )
         access_logger.info(
             '%s "%s %s" %d %.1f ms%s', address or "-", scope["method"], target, status, latency_ms, model, extra=extra
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import BaseModel, ConfigDict
 
 from service.contract import ModelDescription
@@ -45,6 +47,8 @@ class StageTimingsOut(_Schema):
 
 class ClassifyResponse(_Schema):
     model: str
+    version: str
+    """The model version that answered."""
     results: list[ClassificationOut]
     """One entry per uploaded image, in upload order."""
     timings_ms: StageTimingsOut
@@ -57,6 +61,7 @@ class ClassifyResponse(_Schema):
         assert result.images is not None and ranked_output.ranked is not None
         return cls(
             model=result.model,
+            version=result.version,
             results=[
                 ClassificationOut(
                     filename=image.filename,
@@ -123,11 +128,22 @@ class BatchingOut(_Schema):
     """Which of these settings come from the model's own `serving` section (sidecar or ONNX metadata)."""
 
 
+class VersionOut(_Schema):
+    version: str
+    state: str
+    """loaded, warming_up, ready, unloading or failed."""
+    error: str | None = None
+
+
 class ModelOut(_Schema):
     name: str
+    version: str
+    """The version described: the one that answers requests naming none, unless a version was asked for."""
+    versions: list[VersionOut]
+    """Every version the server has of this model, with its state."""
     ready: bool
     state: str
-    """loaded, warming_up, ready or failed."""
+    """loaded, warming_up, ready, unloading or failed."""
     error: str | None = None
     labels: list[str]
     input: InputSpecOut
@@ -145,11 +161,13 @@ class ModelOut(_Schema):
     """Whether POST /v1/classify uses this model."""
 
     @classmethod
-    def from_description(cls, model: ModelDescription) -> ModelOut:
+    def from_description(cls, model: ModelDescription, versions: Sequence[ModelDescription] = ()) -> ModelOut:
         spec = model.spec
         serving = model.serving
         return cls(
             name=model.name,
+            version=model.version,
+            versions=[VersionOut(version=v.version, state=str(v.state), error=v.error) for v in versions or (model,)],
             ready=model.state == "ready",
             state=str(model.state),
             error=model.error,

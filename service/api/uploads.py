@@ -205,6 +205,7 @@ class UploadedImages:
 def _admitted(request: Request, admit: Admit, declared: int | None, protocol: str) -> Ticket:
     ticket = admit(declared)
     request.state.model, request.state.protocol = ticket.model.name, protocol
+    request.state.version = ticket.model.version
     return ticket
 
 

@@ -22,6 +22,7 @@ from service.errors import (
     MalformedRequest,
     ModelControlOff,
     ModelControlRefused,
+    ModelLoadFailed,
     ModelNotFound,
     NotReady,
     Overloaded,
@@ -57,6 +58,7 @@ STATUS_CODES: dict[type[ServiceError], grpc.StatusCode] = {
     Unauthorized: grpc.StatusCode.UNAUTHENTICATED,
     ModelControlRefused: grpc.StatusCode.PERMISSION_DENIED,
     ModelControlOff: grpc.StatusCode.FAILED_PRECONDITION,
+    ModelLoadFailed: grpc.StatusCode.INTERNAL,
     InsufficientMemory: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 """Every error class a client can meet, and the status code it leaves a gRPC call with (docs/SERVICE.md)."""

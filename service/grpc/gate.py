@@ -22,6 +22,7 @@ see CANCELLED for calls sent before the signal. The listener is stopped once the
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +31,10 @@ import grpc
 from service.auth import KEY_REQUIRED, ApiKey, ApiKeys, current_key
 from service.errors import RateLimited, ServiceError, ShuttingDown, Unauthorized
 from service.grpc import errors
-from service.grpc.v2 import SERVICE_NAME
+from service.grpc.messages import SERVICE_NAME
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
+from service.model_control import Caller
 from service.ratelimit import KeyRateLimits
 
 PROBES = frozenset({"ServerLive", "ServerReady"})
@@ -43,6 +45,10 @@ if TYPE_CHECKING:
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
     _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("grpc_caller", default=Caller())  # noqa: B039 - frozen
+"""Who makes the call (its key's name and role), for the RPCs that need to know: set in the call's own task."""
 
 
 class ServingGate(_ServerInterceptor):
@@ -80,7 +86,9 @@ class ServingGate(_ServerInterceptor):
                 self._metrics.api_key_rate_limited.labels(key.name).inc()
                 return self._refusal(name, exc)
             self._metrics.api_key_requests.labels(key.name).inc()
-            current_key.set(key)  # in the call's own task, for its handler; gone with the task
+            # In the call's own task, for its handler; gone with the task.
+            current_key.set(key)
+            CALLER.set(Caller(key_name=key.name, role=key.role))
         call = asyncio.current_task()  # gRPC serves each call in a task of its own, interceptors included
         if call is not None:
             self._lifecycle.request_started()

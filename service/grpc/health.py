@@ -16,7 +16,7 @@ from contextlib import suppress
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.grpc.v2 import SERVICE_NAME
+from service.grpc.messages import SERVICE_NAME
 
 SERVING: int = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -9,7 +9,8 @@ the typed ``contents``) into `codec.InputTensor`s, and the codec counts and conv
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextvars
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,9 +19,13 @@ from service.contract import ModelDescription
 from service.errors import InvalidParameter, InvalidTensor
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.inference import Admit, InferenceResult, ReceivedBody, RequestedOutput, RequestParameters
+from service.registry import VersionStatus
 from service.v2 import codec
 from service.v2.codec import InputTensor
 
+SERVICE_NAME = "inference.GRPCInferenceService"
+SERVED_BY: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("grpc_served_by", default=None)
+"""The model and version a call was admitted to, for its access line (set in the call's own task)."""
 _SHARED_MEMORY = "shared_memory_region"
 
 
@@ -62,6 +67,7 @@ class GrpcBody:
         # The message is whole already (gRPC bounds it by max_upload_bytes); its size still counts in the byte
         # budget shared with HTTP while the request holds it.
         ticket = admit(self._message.ByteSize())
+        SERVED_BY.set((ticket.model.name, ticket.model.version))
         parsed = infer_request(self._message)
         return ReceivedBody(
             codec.model_inputs(parsed.inputs, ticket),
@@ -142,3 +148,35 @@ def model_metadata(model: ModelDescription) -> pb.ModelMetadataResponse:
         inputs=[tensor(name=spec.input_name, datatype=codec.FP32, shape=codec.input_shape(*spec.input_shape))],
         outputs=[tensor(name=spec.output_name, datatype=codec.FP32, shape=[-1, spec.num_classes])],
     )
+
+
+def repository_index(statuses: Sequence[VersionStatus], *, ready_only: bool) -> pb.RepositoryIndexResponse:
+    index = pb.RepositoryIndexResponse.ModelIndex
+    return pb.RepositoryIndexResponse(
+        models=[
+            index(name=status.name, version=status.version, state=status.state, reason=status.reason)
+            for status in statuses
+            if not ready_only or status.state == "READY"
+        ]
+    )
+
+
+def load_default_version(request: pb.RepositoryModelLoadRequest) -> int | None:
+    """The version to pin, from the `default_version` parameter; file and config parameters are refused, as
+    over HTTP (models load from the repository folder only)."""
+    for key in request.parameters:
+        if key.startswith("file:") or key == "config":
+            raise InvalidParameter(
+                f"parameter {key!r} is not supported: models load from the server's repository folder only, with "
+                f"the configuration found there (publish files into the repository, then load)"
+            )
+    if "default_version" not in request.parameters:
+        return None
+    parameter = request.parameters["default_version"]
+    choice = parameter.WhichOneof("parameter_choice")
+    value = getattr(parameter, choice) if choice else None
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidParameter(f"parameters.default_version must be a positive integer, got {value!r}")
+    return value

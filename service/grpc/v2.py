@@ -32,7 +32,7 @@ from service.errors import (
     ModelNotFound,
     ServiceError,
 )
-from service.grpc import errors, messages
+from service.grpc import errors, gate, messages
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceServicer
 from service.inference import InferenceRequest
@@ -42,7 +42,7 @@ from service.v2 import codec, extensions
 access_logger = logging.getLogger(logs.ACCESS_LOGGER)
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "inference.GRPCInferenceService"
+SERVICE_NAME = messages.SERVICE_NAME
 PROTOCOL = "v2-grpc"
 """The `protocol` label of resnet_serve_requests_total."""
 
@@ -120,18 +120,22 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             tracing.end_request(trace, **{"rpc.grpc.status_code": code.value[0]})
             if self._access_log and method not in _PROBES:
                 peer = context.peer()
+                model, version = messages.SERVED_BY.get() or (None, None)
                 access_logger.info(
-                    '%s "gRPC %s" %s %.1f ms',
+                    '%s "gRPC %s" %s %.1f ms%s',
                     peer,
                     method,
                     code.name,
                     elapsed * 1000,
+                    f" model={model} version={version}" if model else "",
                     extra={
                         "method": f"gRPC {method}",
                         "status": code.name,
                         "latency_ms": round(elapsed * 1000, 2),
                         "client": peer,
                         "protocol": PROTOCOL,
+                        "model": model,
+                        "version": version,
                     },
                 )
             logs.request_id.reset(token)
@@ -220,6 +224,41 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             return json_format.ParseDict(extensions.statistics(found), pb.ModelStatisticsResponse())
 
         return await self._call("ModelStatistics", context, serve)
+
+    # ------------------------------------------------------------------------------------------ repository
+
+    async def RepositoryIndex(
+        self,
+        request: pb.RepositoryIndexRequest,
+        context: ServicerContext[pb.RepositoryIndexRequest, pb.RepositoryIndexResponse],
+    ) -> pb.RepositoryIndexResponse:
+        async def serve() -> pb.RepositoryIndexResponse:
+            return messages.repository_index(self._dataplane.repository_index(), ready_only=request.ready)
+
+        return await self._call("RepositoryIndex", context, serve)
+
+    async def RepositoryModelLoad(
+        self,
+        request: pb.RepositoryModelLoadRequest,
+        context: ServicerContext[pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse],
+    ) -> pb.RepositoryModelLoadResponse:
+        async def serve() -> pb.RepositoryModelLoadResponse:
+            default_version = messages.load_default_version(request)
+            await self._dataplane.load_model(request.model_name, gate.CALLER.get(), default_version=default_version)
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._call("RepositoryModelLoad", context, serve)
+
+    async def RepositoryModelUnload(
+        self,
+        request: pb.RepositoryModelUnloadRequest,
+        context: ServicerContext[pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse],
+    ) -> pb.RepositoryModelUnloadResponse:
+        async def serve() -> pb.RepositoryModelUnloadResponse:
+            await self._dataplane.unload_model(request.model_name, gate.CALLER.get())
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._call("RepositoryModelUnload", context, serve)
 
     # ------------------------------------------------------------------------------------------ inference
 

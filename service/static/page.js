@@ -186,7 +186,9 @@
 
   function describeModel(model) {
     if (!model) return "";
-    const parts = [`${model.architecture} trained on ${model.dataset}`];
+    const parts = [`version ${model.version}`, `${model.architecture} trained on ${model.dataset}`];
+    const others = (model.versions || []).filter((entry) => entry.version !== model.version);
+    if (others.length) parts.push(`also ${others.map((entry) => `version ${entry.version} (${entry.state})`).join(", ")}`);
     if (typeof model.test_accuracy === "number") parts.push(`${(model.test_accuracy * 100).toFixed(1)}% test accuracy`);
     parts.push(`${model.labels.length} classes`);
     parts.push(`${model.precision} on ${model.execution_provider.replace(/ExecutionProvider$/, "")}`);

@@ -15,9 +15,11 @@ from tritonclient.utils import InferenceServerException
 from service.config import Settings
 from tests.images import random_png
 from tests.integration.conftest import poll, scrape
+from tests.integration.repository_files import free_port, write_version
 from tests.integration.test_v2_grpc import GrpcServerProcess
 
 LIMITED = "limited-key-0123456789abcdef"
+ADMIN = "admin-key-0123456789abcdef"
 FREE = "free-key-0123456789abcdef"
 
 
@@ -130,22 +132,54 @@ def test_under_load_a_high_priority_key_is_served_before_a_low_priority_one(in_t
     assert runtime.batch_sizes == [1] * 7
 
 
-def test_roles_are_read_and_an_admin_key_is_an_ordinary_key_for_inference(start_server, tmp_path):
+def test_only_an_admin_key_loads_and_unloads_models_over_http_and_grpc(
+    start_server, tmp_path, make_classifier, gray_spec
+):
+    write_version(tmp_path / "models" / "m", make_classifier, gray_spec, 1)
     keys = tmp_path / "keys"
-    keys.write_text(f"ops:{FREE} role=admin\n")
-    server = start_server("--workers", "1", "--api-keys-file", str(keys)).wait_ready()
-    answer = httpx.post(
-        server.url + "/v1/classify",
-        headers={"Authorization": f"Bearer {FREE}"},
-        files={"file": ("x.png", random_png(3), "image/png")},
-    )
-    assert answer.status_code == 200
-    keys.write_text(f"ops:{FREE} role=root\n")  # a broken rewrite is refused, naming the entry, never the key
+    keys.write_text(f"ops:{ADMIN} role=admin\nci:{FREE}\n")
+    grpc_port = free_port()
+    server = start_server(
+        "--workers",
+        "1",
+        "--model-dir",
+        str(tmp_path / "models"),
+        "--model-control-mode",
+        "explicit",
+        "--api-keys-file",
+        str(keys),
+        "--grpc-port",
+        str(grpc_port),
+    ).wait_ready()
+    unload = f"{server.url}/v2/repository/models/m/unload"
+    over_grpc = tritongrpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+
+    assert httpx.post(unload, timeout=60).status_code == 401  # no key
+    refused = httpx.post(unload, headers={"X-API-Key": FREE}, timeout=60)  # an infer key (the default role)
+    assert refused.status_code == 403 and "that needs a key with role=admin" in refused.text
+    with pytest.raises(InferenceServerException) as forbidden:
+        over_grpc.unload_model("m", headers={"x-api-key": FREE})
+    assert forbidden.value.status() == "StatusCode.PERMISSION_DENIED"
+    assert (
+        httpx.post(
+            server.url + "/v1/classify",
+            headers={"X-API-Key": FREE},
+            files={"file": ("x.png", random_png(1), "image/png")},
+        ).status_code
+        == 200
+    )  # and it classifies
+
+    assert httpx.post(unload, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60).status_code == 200
+    assert httpx.get(server.url + "/v1/models/m", headers={"X-API-Key": ADMIN}).status_code == 404
+    over_grpc.load_model("m", headers={"authorization": f"Bearer {ADMIN}"})
+    poll(lambda: over_grpc.is_model_ready("m", headers={"x-api-key": ADMIN}), "the model to be loaded again")
+
+    keys.write_text(f"ops:{ADMIN} role=root\n")  # a broken rewrite is refused, naming the entry, never the key
     poll(
         lambda: (
-            httpx.get(server.url + "/v1/models", headers={"X-API-Key": FREE}).status_code == 200
+            httpx.get(server.url + "/v1/models", headers={"X-API-Key": ADMIN}).status_code == 200
             and "role must be infer or admin, got 'root'" in server.log()
         ),
         "the broken rewrite to be logged",
     )
-    assert FREE not in server.log()
+    assert ADMIN not in server.log() and FREE not in server.log()

@@ -142,6 +142,7 @@ def test_health_and_metadata(bundled):
         "binary_tensor_data",
         "classification",
         "model_configuration",
+        "model_repository",
         "statistics",
     ]
     assert server["version"] == http_client(bundled).get_server_metadata()["version"]

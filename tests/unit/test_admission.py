@@ -22,6 +22,7 @@ class StandInModel:
         self.holds = 0
         """Requests resolved to this model that have not ended."""
         self.name = name
+        self.version = "1"
         self.batcher: DynamicBatcher[object, object] = DynamicBatcher(
             self.run_batch, name=name, max_batch_size=4, max_queue_size=max_queue_size
         )

@@ -81,6 +81,9 @@ def test_the_wire_format_is_triton_s():
         "ModelInfer",
         "ModelConfig",
         "ModelStatistics",
+        "RepositoryIndex",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
     }
 
 
