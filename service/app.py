@@ -79,11 +79,12 @@ def build_http_app(
         docs_url=None,
         redoc_url=None,
     )
-    # What the routers' dependencies read (`api.deps`): the data plane and the metrics, nothing else.
+    # What the routers' dependencies read (`api.deps`): the data plane, the metrics and the limits, nothing else.
     app.state.dataplane = dataplane
     app.state.metrics = metrics
+    app.state.limits = settings
     # Added first, so within the gate: the inference routes skip FastAPI's routing stack (measured there).
-    app.add_middleware(HotPaths, dataplane=dataplane, metrics=metrics)
+    app.add_middleware(HotPaths, dataplane=dataplane, metrics=metrics, limits=settings)
     app.add_middleware(
         ServingGateMiddleware,
         lifecycle=lifecycle,

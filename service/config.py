@@ -173,6 +173,12 @@ class LimitsSettings(BaseModel):
     more is refused with 413."""
     max_image_pixels: int = Field(default=50_000_000, ge=1)
     """Largest image (width x height, before any resizing) that is decoded; larger ones get 413."""
+    max_json_depth: int = Field(default=32, ge=4, le=500)
+    """Deepest nesting of arrays and objects an Open Inference Protocol JSON body may have (a request needs about
+    8); deeper ones get 400 before they are parsed."""
+    max_json_integer_digits: int = Field(default=40, ge=20, le=4000)
+    """Most digits an integer in an Open Inference Protocol JSON body may have (float32's largest value has 39);
+    a longer one gets 400 as soon as the parser meets it."""
     header_timeout_s: float = Field(default=10.0, gt=0.0)
     """A request's head must arrive within this many seconds of its first byte (or of the connection opening),
     else 408 and the connection is closed."""
@@ -184,11 +190,21 @@ class LimitsSettings(BaseModel):
     """Open HTTP connections beyond which a new one is answered 503 and closed at once (keep it below the
     process's file-descriptor limit)."""
     grpc_max_concurrent_streams: int = Field(default=100, ge=1)
-    """Calls one gRPC connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); the client holds
-    further ones back until one ends."""
+    """Calls one gRPC connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). gRPC core also
+    counts calls the server is still finishing against it (its rapid-reset defence), so a client that keeps this
+    many in flight on one connection sees some refused with UNAVAILABLE (never started, safe to retry)."""
     grpc_max_concurrent_rpcs: int = Field(default=1000, ge=1)
-    """gRPC calls the server handles at once over all connections (health watches included); a call beyond it is
-    refused at once with RESOURCE_EXHAUSTED."""
+    """Calls of the inference service the server handles at once over all connections (the probes and the health
+    service aside); a call beyond it is refused at once with RESOURCE_EXHAUSTED."""
+    grpc_max_health_watches: int = Field(default=100, ge=1)
+    """Health Watch streams open at once over all connections; one more is refused with RESOURCE_EXHAUSTED. They
+    count in no other limit, so they can never take the room of inference calls."""
+    grpc_max_health_watches_per_connection: int = Field(default=4, ge=1)
+    """Health Watch streams one gRPC connection may have open at once; one more is refused with
+    RESOURCE_EXHAUSTED."""
+    grpc_max_metadata_bytes: int = Field(default=8192, ge=1024)
+    """Size of a gRPC call's metadata (its headers) from which gRPC starts refusing calls with RESOURCE_EXHAUSTED,
+    all of them from twice this size."""
     grpc_keepalive_time_s: float = Field(default=60.0, gt=0.0)
     """The server pings a gRPC connection after this many seconds without activity, also between calls, to find
     peers that are gone without closing their connection."""

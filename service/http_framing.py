@@ -6,6 +6,9 @@ when the framing itself is hostile, before the parser or the app has seen the of
 
 - a head larger than the limit (431);
 - Content-Length together with Transfer-Encoding (RFC 9112 §6.1: request smuggling; 400);
+- a Transfer-Encoding whose final coding is not chunked, or with chunked twice (400), or with a coding before
+  chunked that we do not implement, such as gzip (501, RFC 9112 §6.1: ignoring it would read another body than
+  the one a proxy in front of us sees);
 - conflicting or malformed Content-Length values (400);
 - a chunk, or chunks in total, declaring more bytes than the upload limit (413, at once, before they arrive).
 
@@ -202,8 +205,23 @@ class RequestFramingScanner:
             )
             return
         if codings:
-            if codings[-1] != b"chunked":
-                self._state = _State.LOST  # not a valid request framing: the parser refuses it
+            if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+                events.append(
+                    FramingViolation(
+                        400,
+                        "the request's Transfer-Encoding must end with chunked, applied once (RFC 9112 section 6.1)",
+                    )
+                )
+                return
+            if len(codings) > 1:
+                others = ", ".join(coding.decode("latin-1") for coding in codings[:-1])
+                events.append(
+                    FramingViolation(
+                        501,
+                        f"Transfer-Encoding {others} is not implemented; send the body chunked only, and compress it "
+                        f"with Content-Encoding instead",
+                    )
+                )
                 return
             events.append(HeadComplete(Framing.CHUNKED, None))
             self._declared_total = 0

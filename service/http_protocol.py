@@ -10,8 +10,8 @@ wraps uvicorn's protocol class (h11 or httptools, the same way) so that each con
 - is refused with 503 and closed at once when `max_connections` are already open, before it can hold a file
   descriptor idle;
 - is refused before the parser or the app sees the bytes when its framing is hostile (`http_framing`):
-  Content-Length with Transfer-Encoding (400), a chunk declaring more than the upload limit (413), an oversized
-  head (431).
+  Content-Length with Transfer-Encoding (400), a Transfer-Encoding not ending in a single chunked (400) or with
+  a coding we do not implement (501), a chunk declaring more than the upload limit (413), an oversized head (431).
 
 Every refusal writes one JSON error (the shape of `service.errors.error_body`) with ``Connection: close`` and
 closes the connection; what it refused is counted by the `observer`.
@@ -40,10 +40,15 @@ from http import HTTPStatus
 from typing import Any, Protocol, cast
 
 from service.errors import ConnectionRefusal, error_body
-from service.http_framing import BodyComplete, FramingViolation, RequestFramingScanner
+from service.http_framing import BodyComplete, FramingViolation, HeadComplete, RequestFramingScanner
 
 REFUSAL_EXTENSION = "resnet_serve.refused"
 """Scope extension set on a request the guard refused while the app was reading it: {"status", "reason"}."""
+BODY_RECEIVED_EXTENSION = "resnet_serve.body_received"
+"""Scope extension on every request: a callable that says whether the request's whole body has reached the server
+(read by the app or not). An answer sent before the app read the body need not close the connection when it has:
+nothing more of that request will arrive, and a client of a burst keeps its connection instead of paying (and
+making the server pay) for a new one after each refusal."""
 LINGER_S = 2.0
 """Longest a closed connection keeps reading and discarding what its client still sends (see above)."""
 _CODES = {
@@ -51,6 +56,7 @@ _CODES = {
     408: "request_timeout",
     413: "upload_too_large",
     431: "headers_too_large",
+    501: "not_implemented",
     503: "too_many_connections",
 }
 
@@ -119,16 +125,67 @@ def refusal_bytes(status: int, message: str) -> bytes:
 
 
 class _LingeringCloseTransport:
-    """The transport as uvicorn sees it: everything passes through, but `close()` asks the protocol first."""
+    """The transport as uvicorn sees it: everything passes through, but `close()` asks the protocol first, and
+    small writes made in one turn of the event loop leave as one.
 
-    def __init__(self, transport: asyncio.Transport, close: Any) -> None:
+    uvicorn writes a response's head and its body separately, two system calls where one does: on a loopback or
+    a busy server each costs as much as the rest of a refusal's sending. Writes are gathered until the end of the
+    loop's current turn (`call_soon`), so a head and a body written back to back go out together; a write that
+    would gather more than `COALESCE_BYTES` goes out at once, after what was gathered, so large bodies are never
+    copied. Closing, `write_eof` and the buffer size uvicorn's flow control reads all count what is gathered."""
+
+    COALESCE_BYTES = 64 * 1024
+
+    def __init__(self, transport: asyncio.Transport, close: Any, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._close = close
+        self._loop = loop
+        self._gathered: list[bytes] = []
+        self._gathered_bytes = 0
         self.close_requested = False
 
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if self._gathered_bytes + len(data) > self.COALESCE_BYTES:
+            self.flush()
+            self._transport.write(data)
+            return
+        if not self._gathered:
+            self._loop.call_soon(self.flush)
+        self._gathered.append(bytes(data))
+        self._gathered_bytes += len(data)
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def flush(self) -> None:
+        """Write what was gathered now (a no-op when nothing is)."""
+        if not self._gathered:
+            return
+        data = self._gathered[0] if len(self._gathered) == 1 else b"".join(self._gathered)
+        self._gathered.clear()
+        self._gathered_bytes = 0
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + self._gathered_bytes
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
     def close(self) -> None:
+        self.flush()
         self.close_requested = True
         self._close()
+
+    def abort(self) -> None:
+        self._gathered.clear()
+        self._gathered_bytes = 0
+        self._transport.abort()
 
     def is_closing(self) -> bool:
         return self.close_requested or self._transport.is_closing()
@@ -152,6 +209,9 @@ def guarded_protocol(
         _refused = False
         _lingering: asyncio.TimerHandle | None = None
         _discarded = 0
+        _heads = 0
+        _bodies = 0
+        _marked_cycle: Any = None
         _made = False
 
         if handshakes is not None:
@@ -165,7 +225,8 @@ def guarded_protocol(
             if handshakes is not None:
                 handshakes.end(self)
             self._socket_transport: Any = transport
-            super().connection_made(_LingeringCloseTransport(transport, self._close))  # type: ignore[arg-type]
+            self._wrapped = _LingeringCloseTransport(cast(asyncio.Transport, transport), self._close, self.loop)
+            super().connection_made(self._wrapped)
             observer.connection_opened()
             self._scanner = RequestFramingScanner(
                 max_head_bytes=limits.max_head_bytes, max_body_bytes=limits.max_body_bytes
@@ -198,8 +259,25 @@ def guarded_protocol(
             now = time.monotonic()
             if (was_between and data) or any(isinstance(event, BodyComplete) for event in events):
                 self._request_started_at = now
+            for event in events:
+                if isinstance(event, HeadComplete):
+                    self._heads += 1
+                elif isinstance(event, BodyComplete):
+                    self._bodies += 1
             self._follow(now)
             super().data_received(data)
+            self._mark_body_received()
+
+        def _mark_body_received(self) -> None:
+            """Give the request uvicorn made last its BODY_RECEIVED_EXTENSION: it is the one whose head the scanner
+            saw last. (A request whose head arrived with a later one in the same read is never the last made; it
+            goes without, and an early answer to it closes the connection, as without the guard's help.)"""
+            cycle: Any = getattr(self, "cycle", None)
+            if cycle is None or cycle is self._marked_cycle or not self._scanner.following:
+                return
+            self._marked_cycle = cycle
+            index = self._heads
+            cycle.scope.setdefault("extensions", {})[BODY_RECEIVED_EXTENSION] = lambda: self._bodies >= index
 
         def eof_received(self) -> bool | None:
             if self._lingering is not None:

@@ -269,7 +269,15 @@ def preprocess_image(
     """Bytes of one upload -> the model's input tensor and what the client should hear about the image."""
     started = time.perf_counter()
     opened, image_format, full_size = open_image(data, spec, options, content_type)
-    cost = decode_cost_bytes(opened.mode, opened.size, spec.color_mode, _header_orientation(opened))
+    cost = decode_cost_bytes(
+        opened.mode,
+        opened.size,
+        spec.color_mode,
+        _header_orientation(opened),
+        resize_size=spec.resize_size,
+        crop_size=spec.crop_size,
+        max_resized_pixels=options.max_image_pixels,
+    )
     failure: ServiceError | None = None
     with options.memory.hold(cost) if options.memory is not None else nullcontext():
         try:

@@ -23,13 +23,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api import classify, v2
 from service.api.errors import error_response
+from service.config import LimitsSettings
 from service.dataplane import DataPlane
-from service.errors import InternalError, InvalidParameter, ServiceError
+from service.errors import InvalidParameter, ServiceError
 from service.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[Request, DataPlane, dict[str, str]], Awaitable[Response]]
+Handler = Callable[[Request, DataPlane, LimitsSettings, dict[str, str]], Awaitable[Response]]
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,13 @@ def _top_k(request: Request) -> int | None:
     return int(raw)
 
 
-async def _classify(request: Request, dataplane: DataPlane, params: dict[str, str]) -> Response:
+async def _classify(request: Request, dataplane: DataPlane, limits: LimitsSettings, params: dict[str, str]) -> Response:
     answer = await classify.classify(request, dataplane, params.get("name"), _top_k(request), params.get("version"))
     return Response(answer.model_dump_json(), media_type="application/json")
 
 
-async def _infer(request: Request, dataplane: DataPlane, params: dict[str, str]) -> Response:
-    return await v2.infer_response(request, dataplane, params["name"], params.get("version"))
+async def _infer(request: Request, dataplane: DataPlane, limits: LimitsSettings, params: dict[str, str]) -> Response:
+    return await v2.infer_response(request, dataplane, limits, params["name"], params.get("version"))
 
 
 _ROUTES = (
@@ -94,9 +95,10 @@ _ROUTES = (
 class HotPaths:
     """ASGI middleware: POSTs to the inference routes are served here, everything else by the app within."""
 
-    def __init__(self, app: ASGIApp, *, dataplane: DataPlane, metrics: ServiceMetrics) -> None:
+    def __init__(self, app: ASGIApp, *, dataplane: DataPlane, metrics: ServiceMetrics, limits: LimitsSettings) -> None:
         self.app = app
         self._dataplane = dataplane
+        self._limits = limits
         self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -112,12 +114,10 @@ class HotPaths:
 
     async def _serve(self, route: _Route, params: dict[str, str], scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            response = await route.handler(Request(scope, receive), self._dataplane, params)
+            response = await route.handler(Request(scope, receive), self._dataplane, self._limits, params)
         except ServiceError as error:
             response = self._refused(error, scope)
-        except Exception:
-            logger.exception("%s %s failed", scope["method"], scope["path"])
-            response = self._refused(InternalError("internal server error; the details are in the server log"), scope)
+        # Anything else is a bug: it reaches the serving gate, which answers 500 and closes the connection.
         await response(scope, receive, send)
 
     def _refused(self, error: ServiceError, scope: Scope) -> Response:

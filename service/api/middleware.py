@@ -8,7 +8,12 @@
 - Draining: new requests are refused with 503 while the server drains; requests in flight are counted.
 - An answer sent before the whole body arrived (401, 413, 415, 503, ...) carries ``Connection: close``: the
   server does not receive the rest of an upload it already refused (beyond the short lingering close of
-  `service.http_protocol`, which lets a client still writing read the answer).
+  `service.http_protocol`, which lets a client still writing read the answer). When the body has all arrived
+  already (the protocol guard says so), the connection stays open: a refusal in a burst then costs neither side
+  a new connection.
+- An exception no handler expected is answered here, 500 ``internal_error`` with ``Connection: close`` and the
+  request's ID, its traceback logged: the connection is closed after it (the request's state is unknown), and a
+  client that kept it alive must hear so rather than meet a reset on its next request.
 - Metrics and the access log line, once the response is sent; with tracing on, the request's span
   (`service.tracing`), a child of the caller's when it sends a W3C traceparent.
 
@@ -27,12 +32,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import logs, tracing
 from service.api.errors import error_response
 from service.auth import KEY_REQUIRED, ApiKey, ApiKeys, current_key
-from service.errors import RateLimited, ServiceError, ShuttingDown, Unauthorized
+from service.errors import InternalError, RateLimited, ServiceError, ShuttingDown, Unauthorized
+from service.http_protocol import BODY_RECEIVED_EXTENSION
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 from service.ratelimit import KeyRateLimits
 
 access_logger = logging.getLogger(logs.ACCESS_LOGGER)
+logger = logging.getLogger(__name__)
 
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 """Always answered: readiness must show while draining, and probes carry no keys."""
@@ -56,6 +63,11 @@ def _has_body(scope: Scope) -> bool:
         if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
             return True
     return False
+
+
+def _body_received(scope: Scope) -> bool:
+    received = scope.get("extensions", {}).get(BODY_RECEIVED_EXTENSION)
+    return received is not None and bool(received())
 
 
 class ServingGateMiddleware:
@@ -100,6 +112,8 @@ class ServingGateMiddleware:
         body_read = not _has_body(scope)
         received_bytes = 0
         path = scope["path"]
+        response_started = False
+        closing = False
 
         async def receive_tracking_body() -> Message:
             nonlocal body_read, received_bytes
@@ -111,13 +125,14 @@ class ServingGateMiddleware:
             return message
 
         async def send_tracking(message: Message) -> None:
-            nonlocal status, sent_bytes
+            nonlocal status, sent_bytes, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 if trace is not None:
                     tracing.answer_started(trace)
                 headers = list(message.get("headers", []))
-                if not body_read or self.lifecycle.retiring:
+                if closing or self.lifecycle.retiring or not (body_read or _body_received(scope)):
                     headers = [(k, v) for k, v in headers if k.lower() != b"connection"]
                     headers.append((b"connection", b"close"))
                 headers.append((b"x-request-id", request_id.encode("latin-1")))
@@ -129,6 +144,17 @@ class ServingGateMiddleware:
         async def refuse(error: ServiceError) -> None:
             self.metrics.count_rejection(error)
             await error_response(error, scope)(scope, receive_tracking_body, send_tracking)
+
+        async def serve() -> None:
+            nonlocal closing
+            try:
+                await self.app(scope, receive_tracking_body, send_tracking)
+            except Exception:
+                if response_started:
+                    raise  # part of an answer is out: only closing the connection (uvicorn's part) is left
+                logger.exception("%s %s failed", scope["method"], path)
+                closing = True
+                await refuse(InternalError("internal server error; the details are in the server log"))
 
         gated = path not in UNGATED_PATHS
         key_token = None
@@ -157,12 +183,12 @@ class ServingGateMiddleware:
                 self.metrics.api_key_requests.labels(key.name).inc()
                 key_token = current_key.set(key)
             if not gated:
-                await self.app(scope, receive_tracking_body, send_tracking)
+                await serve()
                 return
             self.lifecycle.request_started()
             self.metrics.http_in_flight.inc()
             try:
-                await self.app(scope, receive_tracking_body, send_tracking)
+                await serve()
             finally:
                 self.metrics.http_in_flight.dec()
                 self.lifecycle.request_finished()

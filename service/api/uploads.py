@@ -18,7 +18,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 FILE_FIELD = "file"
+MAX_BOUNDARY_CHARS = 70
+"""RFC 2046 §5.1.1: a multipart boundary has 1 to 70 characters (every client we know of stays within it)."""
 
 
 @dataclass(frozen=True)
@@ -147,11 +149,22 @@ class _MultipartCollector:
         self.finished = True
 
 
-async def _read_multipart(
-    request: Request, boundary: bytes | None, limits: UploadLimits, accounting: UploadAccounting
-) -> list[ImageUpload]:
+def check_boundary(boundary: bytes | None) -> bytes:
+    """The multipart boundary of Content-Type, refused (400) before admission when missing or over RFC 2046's 70
+    characters (the parser's own, larger limit raises an error of its own)."""
     if not boundary:
         raise MalformedRequest("multipart/form-data without a boundary parameter in Content-Type")
+    if len(boundary) > MAX_BOUNDARY_CHARS:
+        raise MalformedRequest(
+            f"the multipart boundary has {len(boundary)} characters; at most {MAX_BOUNDARY_CHARS} are allowed "
+            f"(RFC 2046 section 5.1.1)"
+        )
+    return boundary
+
+
+async def _read_multipart(
+    request: Request, boundary: bytes, limits: UploadLimits, accounting: UploadAccounting
+) -> list[ImageUpload]:
     collector = _MultipartCollector(accounting)
     try:
         parser = MultipartParser(boundary, collector.callbacks())
@@ -159,7 +172,7 @@ async def _read_multipart(
             async for chunk in chunks:
                 parser.write(chunk)
         parser.finalize()
-    except MultipartParseError as exc:
+    except FormParserError as exc:  # MultipartParseError and the parser's other refusals
         raise MalformedRequest(f"the multipart body is malformed ({exc})") from None
     if not collector.finished:
         raise MalformedRequest("the multipart body ended before its closing boundary")
@@ -187,10 +200,11 @@ class UploadedImages:
     async def receive(self, admit: Admit) -> ReceivedBody:
         request, limits = self._request, self._limits
         check_media_type(request)
-        ticket = _admitted(request, admit, declared_length(request, limits), "v1")
         media_type, options = parse_options_header(request.headers.get("content-type"))
-        if media_type == b"multipart/form-data":
-            uploads = await _read_multipart(request, options.get(b"boundary"), limits, ticket)
+        boundary = check_boundary(options.get(b"boundary")) if media_type == b"multipart/form-data" else None
+        ticket = _admitted(request, admit, declared_length(request, limits), "v1")
+        if boundary is not None:
+            uploads = await _read_multipart(request, boundary, limits, ticket)
         else:
             body = bytearray()
             async with aclosing(_chunks(request, limits, ticket)) as chunks:

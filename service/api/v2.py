@@ -17,9 +17,10 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from service import __version__
-from service.api.deps import DataPlaneDep
+from service.api.deps import DataPlaneDep, LimitsDep
 from service.api.uploads import UploadLimits
-from service.api.v2_messages import HEADER_LENGTH, V2HttpBody, encode_response
+from service.api.v2_messages import HEADER_LENGTH, JsonLimits, V2HttpBody, encode_response
+from service.config import LimitsSettings
 from service.contract import ModelDescription
 from service.dataplane import DataPlane
 from service.inference import InferenceRequest
@@ -137,18 +138,73 @@ async def model_version_metadata(dataplane: DataPlaneDep, name: ModelName, versi
 # ------------------------------------------------------------------------------------------------ inference
 
 
+_ANSWER_CODINGS = ("gzip", "deflate", "identity")
+"""What an answer can be sent as, in our order of preference among equally wanted codings."""
+
+
+def _quality(text: str) -> float | None:
+    """An Accept-Encoding weight (RFC 9110 §12.4.2: 0 to 1, at most three decimals); None when malformed."""
+    name, _, value = text.partition("=")
+    if name.strip().lower() != "q":
+        return 1.0  # another parameter: codings take none, ignore it
+    try:
+        weight = float(value.strip())
+    except ValueError:
+        return None
+    return weight if 0.0 <= weight <= 1.0 else None
+
+
+def response_encoding(accept_encoding: str | None) -> str:
+    """The content coding to answer in, from the request's Accept-Encoding (RFC 9110 §12.5.3): the acceptable
+    coding (weight above 0) with the highest weight, `*` standing for any coding not named; identity when the
+    header is absent, names nothing we can send, or only refuses codings. Identity named by no entry counts as
+    acceptable but least wanted; when even it is refused, we still answer uncompressed rather than 406, as most
+    servers do."""
+    if not accept_encoding:
+        return "identity"
+    weights: dict[str, float] = {}
+    for entry in accept_encoding.split(","):
+        coding, *parameters = entry.split(";")
+        coding = coding.strip().lower()
+        if not coding:
+            continue
+        weight = 1.0
+        for parameter in parameters:
+            found = _quality(parameter)
+            weight = 0.0 if found is None else min(weight, found)
+        weights[coding] = weight
+    if "x-gzip" in weights and "gzip" not in weights:
+        weights["gzip"] = weights["x-gzip"]
+    default = weights.get("*")
+    ranked = []
+    for preference, coding in enumerate(_ANSWER_CODINGS):
+        named = weights.get(coding, default)
+        # Identity that no entry names is acceptable but least wanted.
+        weight = named if named is not None else (0.0005 if coding == "identity" else 0.0)
+        if weight > 0:
+            ranked.append((-weight, preference, coding))
+    return min(ranked)[2] if ranked else "identity"
+
+
 def _compress(body: bytes, request: Request) -> tuple[bytes, dict[str, str]]:
-    accepted = request.headers.get("accept-encoding", "").lower()
-    if "gzip" in accepted:
-        return gzip.compress(body, compresslevel=5), {"Content-Encoding": "gzip"}
-    if "deflate" in accepted:
-        return zlib.compress(body, 5), {"Content-Encoding": "deflate"}
-    return body, {}
+    # The answer depends on Accept-Encoding whichever coding is chosen: caches must key on it.
+    encoding = response_encoding(request.headers.get("accept-encoding"))
+    if encoding == "gzip":
+        return gzip.compress(body, compresslevel=5), {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+    if encoding == "deflate":
+        return zlib.compress(body, 5), {"Content-Encoding": "deflate", "Vary": "Accept-Encoding"}
+    return body, {"Vary": "Accept-Encoding"}
 
 
-async def infer_response(request: Request, dataplane: DataPlane, name: str, version: str | None) -> Response:
+async def infer_response(
+    request: Request, dataplane: DataPlane, limits: LimitsSettings, name: str, version: str | None
+) -> Response:
     """The route's work, shared by the FastAPI routes below and the lean dispatcher (`api.hot_paths`)."""
-    body = V2HttpBody(request, UploadLimits(dataplane.max_upload_bytes))
+    body = V2HttpBody(
+        request,
+        UploadLimits(dataplane.max_upload_bytes),
+        JsonLimits(limits.max_json_depth, limits.max_json_integer_digits),
+    )
     result = await dataplane.infer(
         InferenceRequest(name, body, version=version, protocol="v2-http", received_at=time.monotonic())
     )
@@ -162,10 +218,12 @@ async def infer_response(request: Request, dataplane: DataPlane, name: str, vers
 
 
 @router.post("/models/{name}/infer", openapi_extra=_INFER_BODY, summary="Inference (Open Inference Protocol)")
-async def infer(request: Request, dataplane: DataPlaneDep, name: ModelName) -> Response:
-    return await infer_response(request, dataplane, name, None)
+async def infer(request: Request, dataplane: DataPlaneDep, limits: LimitsDep, name: ModelName) -> Response:
+    return await infer_response(request, dataplane, limits, name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer", openapi_extra=_INFER_BODY, summary="Inference, for a version")
-async def infer_version(request: Request, dataplane: DataPlaneDep, name: ModelName, version: Version) -> Response:
-    return await infer_response(request, dataplane, name, version)
+async def infer_version(
+    request: Request, dataplane: DataPlaneDep, limits: LimitsDep, name: ModelName, version: Version
+) -> Response:
+    return await infer_response(request, dataplane, limits, name, version)

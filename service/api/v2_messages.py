@@ -6,14 +6,21 @@ within the upload limits (`api.uploads`), then `parse_request` cuts the JSON hea
 out of it, and the codec turns the inputs into encoded images or an FP32 batch, counted into the admission.
 `encode_response` writes the result back as JSON, or JSON followed by binary tensors (Triton's binary tensor
 data extension), as each output asked.
+
+The JSON is parsed within `JsonLimits`: nesting deeper than `max_depth` is refused before parsing (the parser
+recurses, and a few kilobytes of brackets would exhaust Python's stack), an integer longer than
+`max_integer_digits` as the parser meets it (Python's own limit, 4,300 digits, raises a plain ValueError and costs
+quadratic time below it), and NaN or Infinity, which are not JSON, outright. Each is a 400 that says which.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from starlette.requests import Request
 
 from service.api.disconnect import client_gone
@@ -24,6 +31,65 @@ from service.v2 import codec
 from service.v2.codec import InputTensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+@dataclass(frozen=True)
+class JsonLimits:
+    """What a V2 JSON header may cost to parse (settings `max_json_depth`, `max_json_integer_digits`)."""
+
+    max_depth: int = 32
+    max_integer_digits: int = 40
+
+
+_OPENERS = (b"[", b"{")
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{}"')
+_STRING_SKELETON = re.compile(rb'"[^"]*"')
+_DEPTH_CHUNK = 1 << 20
+
+
+def json_depth_exceeds(raw: bytes, limit: int) -> bool:
+    """Whether JSON text nests arrays and objects deeper than `limit`, found without parsing it (brackets inside
+    strings do not count). Linear in C: escapes and every byte but brackets and quotes are dropped, the strings
+    left are cut out, and the running depth of what remains is summed in chunks."""
+    if sum(raw.count(opener) for opener in _OPENERS) <= limit:
+        return False  # too few brackets to nest deeper, whatever they are
+    skeleton = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
+    skeleton = _STRING_SKELETON.sub(b"", skeleton).replace(b'"', b"")
+    brackets = np.frombuffer(skeleton, dtype=np.uint8)
+    depth = 0
+    for start in range(0, len(brackets), _DEPTH_CHUNK):
+        part = brackets[start : start + _DEPTH_CHUNK]
+        steps = ((part == ord("[")) | (part == ord("{"))).astype(np.int32) * 2 - 1
+        running = np.cumsum(steps) + depth
+        if int(running.max()) > limit:
+            return True
+        depth = int(running[-1])
+    return False
+
+
+def _not_json_number(constant: str) -> float:
+    raise InvalidTensor(f"{constant} is not a JSON number; FP32 data must be finite numbers")
+
+
+def load_json(raw: bytes, limits: JsonLimits) -> Any:
+    """JSON text parsed within `limits`; MalformedRequest or InvalidTensor (400) naming what was wrong."""
+    if json_depth_exceeds(raw, limits.max_depth):
+        raise MalformedRequest(f"the JSON nests arrays and objects more than {limits.max_depth} levels deep")
+
+    def integer(text: str) -> int:
+        if len(text) - text.startswith("-") > limits.max_integer_digits:
+            raise InvalidTensor(
+                f"the JSON has an integer of {len(text)} characters; at most {limits.max_integer_digits} digits "
+                f"are accepted"
+            )
+        return int(text)
+
+    try:
+        return json.loads(raw, parse_int=integer, parse_constant=_not_json_number)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedRequest(f"the inference request is not valid JSON ({exc})") from None
+    except (RecursionError, ValueError) as exc:  # a guard: the checks above leave Python nothing to refuse
+        raise MalformedRequest(f"the inference request's JSON cannot be read ({type(exc).__name__})") from None
 
 
 @dataclass(frozen=True)
@@ -63,15 +129,12 @@ def header_length(request: Request) -> int | None:
         raise InvalidTensor(f"{HEADER_LENGTH} must be an integer, got {raw!r}") from None
 
 
-def parse_request(body: bytes, header_length: int | None) -> V2HttpRequest:
+def parse_request(body: bytes, header_length: int | None, json_limits: JsonLimits | None = None) -> V2HttpRequest:
     """A REST inference request: the JSON header, and each input's binary data cut out of what follows it."""
     if header_length is not None and not 0 < header_length <= len(body):
         raise InvalidTensor(f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes")
-    header_bytes = body if header_length is None else memoryview(body)[:header_length]
-    try:
-        header = json.loads(bytes(header_bytes))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedRequest(f"the inference request is not valid JSON ({exc})") from None
+    header_bytes = body if header_length is None else bytes(memoryview(body)[:header_length])
+    header = load_json(header_bytes, json_limits or JsonLimits())
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise InvalidTensor("the inference request must be a JSON object with a list of 'inputs'")
     binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
@@ -131,9 +194,10 @@ def _wanted_output(index: int, item: Any) -> WantedOutput:
 class V2HttpBody:
     """Receives a REST inference request's body for the data plane; keeps what the answer must be encoded as."""
 
-    def __init__(self, request: Request, limits: UploadLimits) -> None:
+    def __init__(self, request: Request, limits: UploadLimits, json_limits: JsonLimits | None = None) -> None:
         self._request = request
         self._limits = limits
+        self._json_limits = json_limits or JsonLimits()
         self.parsed: V2HttpRequest | None = None
 
     async def receive(self, admit: Admit) -> ReceivedBody:
@@ -141,7 +205,7 @@ class V2HttpBody:
         length = header_length(request)
         ticket, body = await receive_body(request, self._limits, admit, protocol="v2-http")
         codec.check_json_size(body if length is None else memoryview(body)[:length], ticket.max_input_values)
-        parsed = self.parsed = parse_request(body, length)
+        parsed = self.parsed = parse_request(body, length, self._json_limits)
         inputs = codec.model_inputs(parsed.inputs, ticket)
         request.state.images = len(inputs)
         outputs = None if parsed.outputs is None else [wanted.output for wanted in parsed.outputs]
@@ -175,7 +239,9 @@ def encode_response(result: InferenceResult, parsed: V2HttpRequest, request_id: 
         "outputs": described,
         "id": result.request_id or request_id,
     }
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    # allow_nan=False: the codec writes non-finite values as null; anything else that slipped through fails here
+    # rather than leaving as a bare NaN token no JSON parser reads.
+    header_bytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     if not binary_parts:
         return header_bytes, None
     return b"".join([header_bytes, *binary_parts]), len(header_bytes)

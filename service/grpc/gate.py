@@ -9,6 +9,10 @@ Every call of inference.GRPCInferenceService passes it before its request is par
   (what HTTP takes as headers); without an accepted key it gets UNAUTHENTICATED and HTTP's 401 message, and over
   its key's rate RESOURCE_EXHAUSTED with HTTP's 429 message and ``retry-after``. The key is `auth.current_key`
   for the rest of the call (the call's task).
+- At most `max_calls` such calls are handled at once over all connections; one past it is refused at once with
+  RESOURCE_EXHAUSTED (HTTP's ``overloaded`` 503) and ``retry-after``. This is gRPC's own per-server limit,
+  moved here so that it counts the inference service's calls only: the probes and the health service (whose
+  Watch streams have a budget of their own, `health.WatchBudget`) can never use up the room of inference.
 - The calls let in count in the lifecycle's requests in flight from the moment their headers arrive until their
   handling ends, whatever the outcome, so that the SIGTERM drain waits for them as for HTTP requests.
 
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from service.auth import KEY_REQUIRED, ApiKey, ApiKeys, current_key
-from service.errors import RateLimited, ServiceError, ShuttingDown, Unauthorized
+from service.errors import Overloaded, RateLimited, ServiceError, ShuttingDown, Unauthorized
 from service.grpc import errors
 from service.grpc.messages import SERVICE_NAME
 from service.lifecycle import Lifecycle
@@ -58,11 +62,16 @@ class ServingGate(_ServerInterceptor):
         metrics: ServiceMetrics,
         api_keys: ApiKeys | None = None,
         rate_limits: KeyRateLimits | None = None,
+        *,
+        max_calls: int | None = None,
     ) -> None:
         self._lifecycle = lifecycle
         self._metrics = metrics
         self._api_keys = api_keys
         self._rate_limits = rate_limits if rate_limits is not None else KeyRateLimits()
+        self._max_calls = max_calls
+        self.calls_in_flight = 0
+        """Calls of the inference service being handled now, probes aside."""
         self._prefix = f"/{SERVICE_NAME}/"
 
     async def intercept_service(
@@ -89,11 +98,21 @@ class ServingGate(_ServerInterceptor):
             # In the call's own task, for its handler; gone with the task.
             current_key.set(key)
             CALLER.set(Caller(key_name=key.name, role=key.role))
+        if self._max_calls is not None and self.calls_in_flight >= self._max_calls:
+            return self._refusal(
+                name,
+                Overloaded(f"the server is handling {self._max_calls} gRPC calls at once, its limit; retry shortly"),
+            )
         call = asyncio.current_task()  # gRPC serves each call in a task of its own, interceptors included
         if call is not None:
             self._lifecycle.request_started()
-            call.add_done_callback(lambda _: self._lifecycle.request_finished())
+            self.calls_in_flight += 1
+            call.add_done_callback(self._call_finished)
         return await continuation(handler_call_details)
+
+    def _call_finished(self, _: object) -> None:
+        self.calls_in_flight -= 1
+        self._lifecycle.request_finished()
 
     def _key(self, metadata: Sequence[tuple[str, str | bytes]]) -> ApiKey | None:
         assert self._api_keys is not None

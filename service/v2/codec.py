@@ -9,13 +9,16 @@ protocol.
 Binary tensors follow Triton's binary tensor data extension: BYTES elements each carry a 4-byte little-endian
 length prefix; FP32 data is little-endian, row-major. Every malformed size, shape or datatype is an
 `InvalidTensor` (400) whose message says what was wrong; nothing here allocates more than the request's own data,
-except the Python values of JSON data, which `check_json_size` bounds first.
+except the Python values of JSON data, which `check_json_size` bounds first. FP32 data must be numbers (not
+strings, booleans or objects) and finite within float32's range, in every wire form: NaN, infinities and values
+that overflow float32 are refused, so that no answer ever carries a value JSON cannot write.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -74,9 +77,14 @@ class OutputTensor:
         return b"".join(_LENGTH_PREFIX.pack(len(s)) + s for s in self.strings)
 
     def values(self) -> list[Any]:
-        """The JSON form, flattened row-major as the protocol writes `data`."""
+        """The JSON form, flattened row-major as the protocol writes `data`. A value JSON cannot write (NaN or an
+        infinity, which a model can still produce from finite input) is written as null, as JavaScript's
+        JSON.stringify does; tritonclient reads null back as NaN."""
         if self.array is not None:
-            values: list[Any] = self.array.reshape(-1).tolist()
+            flat = self.array.reshape(-1)
+            values: list[Any] = flat.tolist()
+            if not np.isfinite(flat).all():
+                values = [value if math.isfinite(value) else None for value in values]
             return values
         return [s.decode("utf-8") for s in self.strings]
 
@@ -178,16 +186,60 @@ def _fp32_batch(tensor: InputTensor, shape: tuple[int, ...]) -> np.ndarray:
                 f"input {tensor.name!r}: FP32 shape {list(shape)} needs {size * 4} bytes, the binary "
                 f"data has {len(tensor.raw)}"
             )
-        return np.frombuffer(tensor.raw, dtype="<f4").reshape(shape)
-    try:
-        array = np.asarray(tensor.values, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise InvalidTensor(f"input {tensor.name!r}: FP32 data must be numbers") from None
-    if array.size != size:
+        array = np.frombuffer(tensor.raw, dtype="<f4").reshape(shape)
+    else:
+        array = _fp32_values(tensor.values, tensor.name)
+        if array.size != size:
+            raise InvalidTensor(
+                f"input {tensor.name!r}: shape {list(shape)} has {size} elements, the data has {array.size}"
+            )
+        array = array.reshape(shape)
+    if not np.isfinite(array).all():
         raise InvalidTensor(
-            f"input {tensor.name!r}: shape {list(shape)} has {size} elements, the data has {array.size}"
+            f"input {tensor.name!r}: FP32 data must be finite numbers within float32's range (about ±3.4e38); "
+            f"NaN, infinities and larger values are refused"
         )
-    return array.reshape(shape)
+    return array
+
+
+_NUMBER_KINDS = frozenset("iuf")
+
+
+def _fp32_values(values: Any, name: str) -> np.ndarray:
+    """FP32 data given as values: numbers only (numpy would turn the strings "0.5" or "nan", and booleans, into
+    floats without a word), in a flat list or lists nested as the shape; float32, possibly with infinities where
+    a value overflowed, which the caller refuses."""
+    not_numbers = InvalidTensor(
+        f"input {name!r}: FP32 data must be numbers, in a flat list or in lists nested as the shape "
+        f"(not strings, booleans, objects or lists of uneven length)"
+    )
+    if not isinstance(values, (list, np.ndarray)) or _holds_booleans(values):
+        raise not_numbers
+    try:
+        array = np.asarray(values)
+        if array.dtype.kind == "O":  # integers beyond 64 bits; anything else here is not a number
+            array = array.astype(np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise not_numbers from None
+    if array.dtype.kind not in _NUMBER_KINDS:
+        raise not_numbers
+    with np.errstate(over="ignore"):  # an overflow becomes an infinity, refused as such
+        return array.astype(np.float32, copy=False)
+
+
+def _holds_booleans(values: Any) -> bool:
+    """JSON true/false among the values (numpy reads them as 1 and 0)."""
+    if isinstance(values, np.ndarray):
+        return bool(values.dtype.kind == "b")
+    pending = [values]
+    while pending:
+        current = pending.pop()
+        for value in current:
+            if type(value) is list:
+                pending.append(value)
+            elif type(value) is bool:
+                return True
+    return False
 
 
 def check_json_size(raw: bytes | memoryview, max_values: int) -> None:

@@ -41,6 +41,13 @@ STARTUP_LIMIT_S = 120.0
 POLL_INTERVAL_S = 0.05
 
 
+def free_port() -> int:
+    """A loopback port free now (for a listener whose port must be given, such as gRPC's)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def poll(condition: Callable[[], Any], what: str, limit_s: float = STARTUP_LIMIT_S) -> Any:
     """Call `condition` until it returns something truthy; fail (not hang) after `limit_s`."""
     give_up = time.monotonic() + limit_s

@@ -4,6 +4,7 @@ understands, no stack trace, and no effect on other requests."""
 from __future__ import annotations
 
 import io
+import json
 import threading
 
 import httpx
@@ -199,3 +200,31 @@ def test_multipart_without_any_file(tiny_server):
 
 def test_server_still_serves_after_all_of_the_above(tiny_server):
     assert classify(tiny_server, files={"file": ("a.png", GOOD, "image/png")}).status_code == 200
+
+
+def test_an_unexpected_exception_is_a_500_that_closes_a_kept_alive_connection_cleanly(in_thread_server, tiny_model_dir):
+    """A bug (an exception no handler expects) answers 500 in the error shape with `Connection: close`, then the
+    connection ends with a FIN: a client that kept it alive must not meet a reset on its next request. The route
+    that fails is the test's own, added to the real app; the gate, uvicorn and the socket are the server's."""
+    import socket
+
+    from service.config import Settings
+
+    server = in_thread_server(Settings(model_dir=tiny_model_dir, grpc_port=0, access_log=False))
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    server.app.add_api_route("/v1/broken", broken)
+    server.start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as connection:
+        connection.sendall(b"GET /v1/broken HTTP/1.1\r\nHost: x\r\nX-Request-ID: bug-1\r\n\r\n")
+        data = b""
+        while chunk := connection.recv(65536):  # a reset would raise here
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 ")
+    assert b"\r\nconnection: close" in head.lower() and b"\r\nx-request-id: bug-1" in head.lower()
+    error = json.loads(body)["error"]
+    assert error["code"] == "internal_error" and error["request_id"] == "bug-1" and "a bug" not in body.decode()
+    assert httpx.get(server.url + "/v1/models", timeout=60).status_code == 200

@@ -30,7 +30,7 @@ from tritonclient.utils import InferenceServerException
 from service.config import BUNDLED_MODEL_DIR, Settings
 from service.server import DrainingServer
 from tests.images import encode_png, random_png
-from tests.integration.conftest import STARTUP_LIMIT_S, InThreadServer, ServerProcess, poll, scrape
+from tests.integration.conftest import STARTUP_LIMIT_S, InThreadServer, ServerProcess, free_port, poll, scrape
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.png"))
@@ -38,12 +38,6 @@ BUNDLED = "fashion-mnist-resnet20"
 SERVICE = "inference.GRPCInferenceService"
 TINY_LIMITS = {"max_upload_bytes": 1_048_576, "max_files_per_request": 4, "max_image_pixels": 4_000_000}
 GRPC_LISTENING = re.compile(r"gRPC listening on 127\.0\.0\.1:(\d+)")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class GrpcServerProcess(ServerProcess):
@@ -508,9 +502,11 @@ def test_the_concurrent_call_cap_refuses_with_resource_exhausted(grpc_in_thread,
     running = Call(triton, random_png(1))
     runtime.wait_for_batch()
     with pytest.raises(InferenceServerException) as refused:
-        triton.is_server_live()
+        triton.get_server_metadata()
+    assert triton.is_server_live()  # the probes are never refused for the cap
     runtime.run_gate.set()
     assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert "gRPC calls at once" in refused.value.message()
     assert running.outcome() == "OK"
 
 

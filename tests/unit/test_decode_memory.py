@@ -52,3 +52,15 @@ def test_a_decode_waits_for_room_and_one_too_large_is_refused():
     release.set()
     waiter.join(timeout=30)
     assert memory.in_use == 0 and seen == [80, 0, 40, 0]
+
+
+@pytest.mark.parametrize("size", [(1, 100_000), (100_000, 1), (2, 200_000)])
+def test_a_strip_costs_a_few_rows_to_resize_not_its_length(size):
+    """A 1x100000 PNG is about 100 kB decoded; its resize reads a few source rows of the crop's box."""
+    cost = decode_cost_bytes("L", size, "L", resize_size=28, crop_size=28, max_resized_pixels=50_000_000)
+    assert cost < size[0] * size[1] * 2 + 1024 * 1024
+
+
+def test_the_resize_of_a_photo_is_counted():
+    small = decode_cost_bytes("RGB", (400, 300), "RGB")
+    assert small >= 400 * 300 * 4 + 341 * 300 * 4  # the decoded pixels and the horizontal pass over the rows

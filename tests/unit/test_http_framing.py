@@ -88,10 +88,30 @@ def test_bad_content_length_is_refused(lengths):
     assert isinstance(event, FramingViolation) and event.status == 400
 
 
+@pytest.mark.parametrize(
+    "codings,status",
+    [
+        (b"gzip", 400),  # chunked must be the final coding of a request (RFC 9112 section 6.1)
+        (b"chunked, gzip", 400),
+        (b"chunked, chunked", 400),
+        (b"gzip, chunked", 501),  # well-formed, but a coding we do not implement
+        (b"deflate, chunked", 501),
+        (b"identity, chunked", 501),
+    ],
+)
+def test_transfer_codings_other_than_a_single_chunked_are_refused(codings, status):
+    (event,) = scanner().feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: " + codings + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert isinstance(event, FramingViolation) and event.status == status
+    assert "Transfer-Encoding" in event.message
+
+
+def test_transfer_codings_split_over_header_lines_are_read_together():
+    head = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+    (event,) = scanner().feed(head)
+    assert isinstance(event, FramingViolation) and event.status == 501
+
+
 def test_what_the_scanner_does_not_understand_is_left_to_the_parser():
-    scan = scanner()
-    assert scan.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nxyz") == []
-    assert not scan.following
     scan = scanner()
     assert scan.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n") == [
         HeadComplete(Framing.CHUNKED, None)

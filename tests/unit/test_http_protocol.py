@@ -432,3 +432,74 @@ def test_the_private_uvicorn_interface_the_guard_uses_is_there(base):
         await until(lambda: not state.tasks, "the request's task to end")
 
     asyncio.run(scenario())
+
+
+class CountingTransport(FakeTransport):
+    """Counts the writes that reach the socket."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+@PARSERS
+def test_a_response_head_and_body_leave_in_one_write(base):
+    """uvicorn writes the head and the body separately; the guard's transport gathers what is written in one turn
+    of the event loop, so a small response is one system call."""
+
+    async def scenario() -> None:
+        server = Server(base)
+        protocol: Any = server.protocol_class(
+            config=server.config, server_state=server.state, app_state={}, _loop=asyncio.get_running_loop()
+        )
+        transport = CountingTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n\r\nhello")
+        await until(lambda: b"/echo hello" in transport.written, "the app's answer")
+        assert transport.writes == 1
+        assert response(transport.written)[0] == 200
+        protocol.connection_lost(None)
+
+    asyncio.run(scenario())
+
+
+def test_large_writes_are_not_gathered_and_order_is_kept():
+    from service.http_protocol import _LingeringCloseTransport
+
+    async def scenario() -> None:
+        inner = CountingTransport()
+        closed: list[bool] = []
+        wrapped = _LingeringCloseTransport(inner, lambda: closed.append(True), asyncio.get_running_loop())
+        wrapped.write(b"head")
+        big = b"x" * (_LingeringCloseTransport.COALESCE_BYTES + 1)
+        wrapped.write(big)  # what was gathered goes first, then the large write, at once
+        assert bytes(inner.written) == b"head" + big and inner.writes == 2
+        wrapped.write(b"a")
+        wrapped.write(b"b")
+        assert wrapped.get_write_buffer_size() == 2 and inner.writes == 2
+        wrapped.close()  # closing writes what was gathered first
+        assert bytes(inner.written).endswith(b"ab") and closed == [True]
+
+    asyncio.run(scenario())
+
+
+@PARSERS
+def test_the_app_learns_whether_a_body_has_all_arrived(base):
+    from service.http_protocol import BODY_RECEIVED_EXTENSION
+
+    async def scenario() -> None:
+        server = Server(base)
+        protocol, _transport = server.connect()
+        protocol.data_received(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nhello")
+        await until(lambda: server.app.requests, "the request to reach the app")
+        received = server.app.requests[0]["extensions"][BODY_RECEIVED_EXTENSION]
+        assert not received()
+        protocol.data_received(b"world")
+        assert received()
+        protocol.connection_lost(None)
+
+    asyncio.run(scenario())

@@ -21,3 +21,16 @@ def test_made_ids_never_repeat_in_a_process_or_across_a_fork():
     from_child = os.read(read, 200).decode()
     os.close(read), os.close(write)
     assert from_child not in made and from_child.split("-")[0] != next(iter(made)).split("-")[0]
+
+
+def test_a_native_line_keeps_the_level_its_library_gave_it():
+    import logging
+
+    assert logs.native_level("E1202 21:01:03.985966    5775 add_port.cc:83] Failed to add port") == logging.ERROR
+    assert (
+        logs.native_level("W0000 00:00:1733 fork_posix.cc:71] Other threads are currently calling") == logging.WARNING
+    )
+    assert logs.native_level("I1202 21:01:03.9 chttp2_transport.cc:1] something") == logging.INFO
+    assert logs.native_level("[W:onnxruntime:, graph.cc:5809 CleanUnusedInitializers] Removing") == logging.WARNING
+    assert logs.native_level("[E:onnxruntime:, session.cc:1] failed") == logging.ERROR
+    assert logs.native_level("Traceback (most recent call last):") == logging.WARNING  # no marker: a warning

@@ -32,7 +32,8 @@ class Seen:
 
 
 class App:
-    """Answers 200 with a small JSON body; reads the request body first unless `read_body` is off."""
+    """Answers 200 with a small JSON body; reads the request body first unless `read_body` is off; raises instead
+    of answering with `fail`."""
 
     def __init__(self, lifecycle: Lifecycle, *, read_body: bool = True, fail: bool = False) -> None:
         self.lifecycle = lifecycle
@@ -336,10 +337,21 @@ def test_probes_and_metrics_are_not_work_in_flight(path):
     assert gate.app.seen[0].in_flight == 0 and gate.lifecycle.in_flight == 0
 
 
-def test_a_failing_app_still_leaves_nothing_in_flight():
+def test_a_failing_app_is_answered_500_with_connection_close_and_leaves_nothing_in_flight(caplog):
+    """An exception no handler expected: 500 in the protocol's shape, with the request's ID, and `Connection:
+    close`, since the server closes the connection after it (a kept-alive client must not meet a reset)."""
     gate = Gate(fail=True)
-    with pytest.raises(RuntimeError, match="the app broke"):
-        gate.call("/v1/models")
+    answer = gate.call("/v1/models", headers={"X-Request-ID": "broken-1"})
+    assert answer.status == 500 and answer.header("connection") == "close"
+    assert answer.header("x-request-id") == "broken-1"
+    assert answer.json()["error"] == {
+        "status": 500,
+        "code": "internal_error",
+        "message": "internal server error; the details are in the server log",
+        "request_id": "broken-1",
+    }
+    assert "the app broke" in caplog.text  # the traceback is the log's, not the client's
+    assert gate.count("resnet_serve_rejections_total", reason="internal_error") == 1
     assert gate.app.seen[0].in_flight == 1
     assert gate.lifecycle.in_flight == 0
     assert gate.count("resnet_serve_http_requests_in_flight") == 0
