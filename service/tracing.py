@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,8 +39,6 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span, SpanContext, Tracer
-
-logger = logging.getLogger("service")
 
 REQUEST_ID_ATTRIBUTE = "request.id"
 _NULL = contextlib.nullcontext()
@@ -60,6 +57,7 @@ class RequestTrace:
     """When the result was back from the model (epoch ns): the encode stage runs from here to the answer."""
     attributes: dict[str, Any] = field(default_factory=dict)
     tokens: tuple[Any, Any] = (None, None)
+    """What `end_request` resets: OpenTelemetry's current context and `current`."""
 
 
 current: contextvars.ContextVar[RequestTrace | None] = contextvars.ContextVar("current_trace", default=None)
