@@ -2,6 +2,7 @@
 #
 #   docker build -t resnet-serve .
 #   docker run --rm -p 8000:8000 -p 8001:8001 resnet-serve     # HTTP on 8000, gRPC (Open Inference Protocol) on 8001
+#   docker build --build-arg EXTRAS=otel -t resnet-serve:otel .  # with OpenTelemetry, for --tracing
 #
 # The base is an argument so that builders without registry access can substitute any Debian-like image that
 # has python3 >= 3.11 and python3-venv (the test suite uses a debootstrap image). Nothing below relies on
@@ -19,9 +20,11 @@ WORKDIR /src
 RUN python3 -m venv /opt/venv
 
 # Runtime dependencies first, read from pyproject.toml alone, so that a code change reuses this layer.
-# Only [project.dependencies]: the [train] extra (torch) never enters the image.
+# Only [project.dependencies], and the extras named in EXTRAS (comma-separated; `otel` for --tracing): the [train]
+# extra (torch) never enters the image.
+ARG EXTRAS=""
 COPY pyproject.toml ./
-RUN python3 -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(deps))" \
+RUN EXTRAS="${EXTRAS}" python3 -c "import os, tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; extras = [name for name in os.environ['EXTRAS'].split(',') if name]; print('\n'.join(project['dependencies'] + [dep for name in extras for dep in project['optional-dependencies'][name]]))" \
         > /tmp/requirements.txt \
     && /opt/venv/bin/python -m pip install --requirement /tmp/requirements.txt
 

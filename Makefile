@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Torch is pinned to the releases this project is tested with; any torch>=2.9 works for models/.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: serve install install-dev data browser screenshot test test-models test-service fuzz lint lint-deploy test-container bench bench-quick reliability soak clean
+.PHONY: serve install install-dev data browser prometheus screenshot test test-models test-service fuzz lint lint-deploy test-container bench bench-quick reliability soak clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,14 +42,18 @@ browser:
 screenshot: install-dev browser
 	PAGE_SCREENSHOT=docs/demo-page.png $(PY) -m pytest -q tests/integration/test_page.py -k two_dropped_files
 
+## prometheus: Debian's Prometheus, which the autoscaling test queries (tests/integration/test_autoscaling.py)
+prometheus:
+	@command -v prometheus >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
+
 ## test: every test (models, service, bench smoke; the property-based ones bounded, with a fixed seed)
-test: install-dev data browser
+test: install-dev data browser prometheus
 	$(PY) -m pytest
 
 test-models: install-dev data
 	$(PY) -m pytest tests/models
 
-test-service: install-dev data browser
+test-service: install-dev data browser prometheus
 	$(PY) -m pytest tests/unit tests/integration
 
 ## fuzz: the property-based tests with thousands of examples and a new random seed each run (FUZZ_EXAMPLES=2000)

@@ -24,6 +24,7 @@ import json
 import math
 import random
 import resource
+import ssl
 import struct
 import time
 import uuid
@@ -184,14 +185,18 @@ class Response:
 class HttpConnection:
     """One keep-alive HTTP/1.1 connection; reopened on demand after the server closes it."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         self.host = host
         self.port = port
+        self.tls = tls
+        """HTTPS with this context (each new connection makes a full handshake); None: plain HTTP."""
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
     async def _open(self) -> None:
-        self._reader, self._writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+        self._reader, self._writer = await asyncio.open_connection(
+            self.host, self.port, limit=1 << 20, ssl=self.tls, server_hostname="localhost" if self.tls else None
+        )
 
     def close(self) -> None:
         if self._writer is not None:
@@ -373,8 +378,8 @@ class _Client:
 
 
 class _HttpClient(_Client):
-    def __init__(self, host: str, port: int, timeout_s: float) -> None:
-        self._connection = HttpConnection(host, port)
+    def __init__(self, host: str, port: int, timeout_s: float, tls: ssl.SSLContext | None = None) -> None:
+        self._connection = HttpConnection(host, port, tls)
         self._timeout_s = timeout_s
 
     async def send(self, request: bytes) -> Response:
@@ -431,10 +436,12 @@ async def closed_loop(
     duration_s: float,
     server_cpu: Callable[[], float] | None = None,
     timeout_s: float = 120.0,
+    tls: ssl.SSLContext | None = None,
 ) -> LoadRun:
-    """`concurrency` clients in a loop for warm-up plus `duration_s`; requests are taken round-robin."""
+    """`concurrency` clients in a loop for warm-up plus `duration_s`; requests are taken round-robin (over HTTPS
+    with `tls`)."""
     return await _run_closed_loop(
-        lambda: _HttpClient(host, port, timeout_s),
+        lambda: _HttpClient(host, port, timeout_s, tls),
         requests,
         concurrency=concurrency,
         warmup_s=warmup_s,

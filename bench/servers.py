@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -95,8 +96,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _get_status(port: int, path: str) -> int | None:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def _get_status(port: int, path: str, tls: ssl.SSLContext | None = None) -> int | None:
+    connection = (
+        http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=tls)
+        if tls is not None
+        else http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    )
     try:
         connection.request("GET", path)
         return connection.getresponse().status
@@ -177,8 +182,11 @@ class RunningServer:
         grpc: bool = False,
         key: str | None = None,
         cwd: Path = REPO_ROOT,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.kind = kind
+        self.tls = tls
+        """How a client trusts the server when it serves HTTPS (its flags give it a certificate); None: HTTP."""
         self.key = key or kind.key
         """How the benchmark's results name this server (a configuration of `kind`)."""
         self.model = model
@@ -221,7 +229,7 @@ class RunningServer:
         while True:
             if self.process.poll() is not None:
                 raise ServerFailed(f"{self.kind.title} exited with {self.process.returncode}:\n{self.log()[-4000:]}")
-            if _get_status(self.port, self.kind.readiness_path) == 200:
+            if _get_status(self.port, self.kind.readiness_path, self.tls) == 200:
                 self.ready_after_s = time.monotonic() - started
                 return self
             if time.monotonic() - started > READY_LIMIT_S:

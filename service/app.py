@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.api import classify, health, page, repository, v2
@@ -29,9 +30,21 @@ from service.dataplane import DataPlane
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 from service.model_server import ModelServer, ReadyHook
+from service.ratelimit import KeyRateLimits
 from service.registry import RuntimeFactory
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+CORS_REQUEST_HEADERS = [
+    "Authorization",
+    "X-API-Key",
+    "Content-Type",
+    "Content-Encoding",
+    "Inference-Header-Content-Length",
+    "X-Request-ID",
+]
+"""Headers a page on another origin may send (beyond the CORS-safelisted ones): keys, V2 bodies, request IDs."""
+CORS_EXPOSED_HEADERS = ["Inference-Header-Content-Length", "Retry-After", "X-Request-ID"]
+"""Response headers such a page may read: a V2 binary answer's JSON length, when to retry, the request's ID."""
 
 
 def create_app(
@@ -55,6 +68,7 @@ def build_http_app(
     api_keys: ApiKeys,
     settings: Settings,
     lifespan: Lifespan,
+    rate_limits: KeyRateLimits | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="resnet-serve",
@@ -76,9 +90,21 @@ def build_http_app(
         lifecycle=lifecycle,
         metrics=metrics,
         api_keys=api_keys,
+        rate_limits=rate_limits,
         metrics_require_key=settings.metrics_require_key,
         access_log=settings.access_log,
     )
+    if settings.cors_origins:
+        # Added last, so outermost: preflights are answered before the gate asks for a key, and every answer the
+        # gate or the app writes (401, 429, 503 included) carries the CORS headers a browser needs to read it.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=600,
+        )
     install_error_handlers(app, metrics)
     app.include_router(classify.router)
     app.include_router(models_api.router)

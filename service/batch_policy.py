@@ -10,7 +10,9 @@ loop that drives it is `service.batching.DynamicBatcher`.
   from the running batch and the images ahead of it at the measured seconds per image;
 - with ``max_delay_s == 0`` a batch is ready as soon as an image is queued; with ``max_delay_s > 0`` when it is
   full or when its first image has waited that long, one fixed deadline from that image's arrival;
-- images whose client has gone (their waiter is done) are skipped; images past their deadline are set aside.
+- images whose client has gone (their waiter is done) are skipped; images past their deadline are set aside;
+- a batch takes the images of the highest priority first (per API key, `auth.Priority`), in arrival order within
+  a priority; with no priorities set, plain arrival order. Priority orders the queue, it reserves no room in it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ class QueuedItem(Generic[P]):
     deadline: float
     waiter: Any
     """An asyncio.Future (or anything with `done()`); done means the client no longer waits."""
+    priority: int = 0
+    """Lower runs first; 0 is the default."""
+    trace: Any = None
+    """Its request's span context, for the batch's span to link to (service.tracing); None when tracing is off."""
 
 
 @dataclass
@@ -158,9 +164,12 @@ class BatchPolicy(Generic[P]):
         return count
 
     def take_batch(self, now: float) -> FormedBatch[P]:
-        """Take up to `max_batch_size` live items in arrival order; expired ones are set aside, abandoned dropped."""
+        """Take up to `max_batch_size` live items, the highest priority first, in arrival order within one; expired
+        ones are set aside, abandoned dropped."""
         formed: FormedBatch[P] = FormedBatch(abandoned=self._abandoned_since_last_batch)
         self._abandoned_since_last_batch = 0
+        if any(item.priority for item in self._queue):
+            self._queue = deque(sorted(self._queue, key=_by_priority))  # stable: arrival order within a priority
         while self._queue and len(formed.items) < self.max_batch_size:
             item = self._queue.popleft()
             if item.waiter.done():
@@ -176,3 +185,7 @@ class BatchPolicy(Generic[P]):
         items = list(self._queue)
         self._queue.clear()
         return items
+
+
+def _by_priority(item: QueuedItem[Any]) -> int:
+    return item.priority

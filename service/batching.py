@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from service import tracing
 from service.batch_policy import BatchPolicy, FormedBatch, QueuedItem
 from service.errors import DeadlineExceeded, DropReason, InferenceFailed, Overloaded, ShuttingDown
 
@@ -47,6 +49,8 @@ class ItemResult(Generic[R]):
     queue_wait_s: float
     inference_s: float
     batch_size: int
+    started_at: float = 0.0
+    """When its batch started (the batcher's monotonic clock)."""
 
 
 class BatchObserver(Protocol):
@@ -58,7 +62,9 @@ class BatchObserver(Protocol):
 
     def items_dropped(self, reason: DropReason, count: int) -> None: ...
 
-    def queue_changed(self, depth: int) -> None: ...
+    def queue_changed(self, depth: int, drain_s: float = 0.0) -> None:
+        """`depth` images wait; the model needs `drain_s` seconds to finish them and those running or reserved."""
+        ...
 
     def max_batch_size_changed(self, size: int) -> None: ...
 
@@ -178,30 +184,45 @@ class DynamicBatcher(Generic[P, R]):
         if self._closed:
             raise ShuttingDown(f"model {self.name} is shutting down")
         if not self._policy.reserve(count, self._running_batch_size):
-            raise Overloaded(self.overload_message(count))
+            raise Overloaded(self.overload_message(count), retry_after_s=self.retry_after_s())
 
-    def _enqueue(self, payloads: Sequence[P], deadline: float) -> list[asyncio.Future[ItemResult[R]]]:
+    def _enqueue(
+        self, payloads: Sequence[P], deadline: float, priority: int = 0
+    ) -> list[asyncio.Future[ItemResult[R]]]:
         loop = asyncio.get_running_loop()
         now = self._clock()
-        items = [QueuedItem(payload, now, deadline, loop.create_future()) for payload in payloads]
+        link = tracing.link()
+        items = [QueuedItem(payload, now, deadline, loop.create_future(), priority, link) for payload in payloads]
         self._policy.enqueue_reserved(items)
         self._wakeup.set()
-        if self._observer:
-            self._observer.queue_changed(len(self._policy))
+        self._report_queue()
         return [item.waiter for item in items]
+
+    def drain_s(self) -> float:
+        """Seconds the model needs to finish what it holds (running, queued and reserved images) at its measured
+        drain rate; 0 before the first measurement."""
+        return self.expected_wait_s(0) or 0.0
+
+    def retry_after_s(self) -> int:
+        """What a refused client is told to wait: until what the model holds now is done (at least a second)."""
+        return max(1, math.ceil(self.drain_s()))
+
+    def _report_queue(self) -> None:
+        if self._observer:
+            self._observer.queue_changed(len(self._policy), self.drain_s())
 
     def expected_wait_s(self, count: int) -> float | None:
         """Estimated seconds until `count` new images would be done; None before the first batch has run."""
         return self._policy.expected_wait_s(count, self._running_batch_size)
 
-    def submit(self, payloads: Sequence[P], deadline: float) -> list[asyncio.Future[ItemResult[R]]]:
-        """Queue all payloads (all or none) and return one future per payload.
+    def submit(self, payloads: Sequence[P], deadline: float, priority: int = 0) -> list[asyncio.Future[ItemResult[R]]]:
+        """Queue all payloads (all or none) and return one future per payload (lower `priority` runs first).
 
         Raises `Overloaded` at once when they do not fit and `ShuttingDown` after `close()`. Cancelling a
         returned future tells the batcher its client is gone: the item is dropped before inference.
         """
         with self.reserve(len(payloads)) as reservation:
-            return reservation.submit(payloads, deadline)
+            return reservation.submit(payloads, deadline, priority)
 
     def overload_message(self, count: int) -> str:
         """Why a request of `count` images is refused right now, for the client."""
@@ -277,9 +298,11 @@ class DynamicBatcher(Generic[P, R]):
         if self._observer:
             self._observer.item_dequeued(0.0)
             self._observer.batch_ran(1, inference_s)
+        if tracing.enabled():
+            tracing.batch_ran(self.name, [tracing.link()], started, ended)
         self._policy.record_batch(1, inference_s)
         (output,) = outputs
-        return prepared, ItemResult(output, 0.0, inference_s, 1)
+        return prepared, ItemResult(output, 0.0, inference_s, 1, started)
 
     def _alone_done(self, running: asyncio.Future[Any]) -> None:
         if not running.cancelled():
@@ -321,8 +344,8 @@ class DynamicBatcher(Generic[P, R]):
                 item.waiter.set_exception(
                     DeadlineExceeded(f"the request deadline passed while the image waited for model {self.name}")
                 )
+        self._report_queue()
         if self._observer:
-            self._observer.queue_changed(len(self._policy))
             if batch.expired:
                 self._observer.items_dropped(DropReason.TIMEOUT, len(batch.expired))
             if batch.abandoned:
@@ -351,13 +374,17 @@ class DynamicBatcher(Generic[P, R]):
             return
         finally:
             self._running_batch_size = 0
-        inference_s = self._clock() - started
+            self._report_queue()  # the batch is done: less to drain
+        ended = self._clock()
+        inference_s = ended - started
         self._policy.record_batch(len(items), inference_s)
         if self._observer:
             self._observer.batch_ran(len(items), inference_s)
+        if tracing.enabled():
+            tracing.batch_ran(self.name, [item.trace for item in items], started, ended)
         for item, output in zip(items, outputs, strict=False):
             if not item.waiter.done():
-                item.waiter.set_result(ItemResult(output, started - item.enqueued_at, inference_s, len(items)))
+                item.waiter.set_result(ItemResult(output, started - item.enqueued_at, inference_s, len(items), started))
 
 
 class _InferenceError(Exception):
@@ -382,8 +409,9 @@ class ImageReservation(Generic[P, R]):
             self._batcher._reserve(count - self.count)
             self.count = count
 
-    def submit(self, payloads: Sequence[P], deadline: float) -> list[asyncio.Future[ItemResult[R]]]:
-        """Queue `payloads` in the reserved room (never refused for room) and release any room left over.
+    def submit(self, payloads: Sequence[P], deadline: float, priority: int = 0) -> list[asyncio.Future[ItemResult[R]]]:
+        """Queue `payloads` in the reserved room (never refused for room) and release any room left over; under
+        load, items of a lower `priority` number run first.
 
         Raises `ShuttingDown` after the batcher's `close()`. Cancelling a returned future tells the batcher its
         client is gone: the item is dropped before inference."""
@@ -392,7 +420,7 @@ class ImageReservation(Generic[P, R]):
         if self._batcher._closed:
             self.release()
             raise ShuttingDown(f"model {self._batcher.name} is shutting down")
-        futures = self._batcher._enqueue(payloads, deadline)
+        futures = self._batcher._enqueue(payloads, deadline, priority)
         self.count -= len(payloads)
         self.release()
         return futures

@@ -7,6 +7,7 @@ a flag wins over the environment. The docstring under each field is its document
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -48,6 +49,18 @@ PROVIDER_ALIASES = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The TLS material of both listeners (service.tls reads it)."""
+
+    certfile: Path
+    """The server's certificate chain (PEM): its certificate first, then any intermediates."""
+    keyfile: Path
+    """The certificate's private key (PEM, unencrypted)."""
+    ca_certs: Path | None = None
+    """CA certificates (PEM) that clients' certificates must be signed by; None: no client certificate asked."""
 
 
 class ServerSettings(BaseModel):
@@ -96,6 +109,44 @@ class ServerSettings(BaseModel):
     environment variable to a flag, which other users of the machine can see in the process list."""
     metrics_require_key: bool = False
     """With API keys on, require one for /metrics too (off: Prometheus scrapes without a key)."""
+    cors_origins: Annotated[list[str], NoDecode] = []
+    """Origins whose pages may call the API from a browser (CORS), comma-separated, such as
+    https://app.example.com; `*` for any. Preflights are answered before the API key check, and the headers a client
+    reads (Inference-Header-Content-Length, Retry-After, X-Request-ID) are exposed. Empty: no CORS headers, so
+    browsers keep pages of other origins out."""
+    ssl_certfile: Path | None = None
+    """Serve HTTPS and gRPC over TLS with this certificate chain (PEM, the server's certificate first); needs
+    ssl_keyfile. Re-read when it changes (new connections get the new certificate). Unset: plain HTTP and gRPC."""
+    ssl_keyfile: Path | None = None
+    """The private key (PEM, unencrypted) of ssl_certfile's certificate."""
+    ssl_ca_certs: Path | None = None
+    """With TLS on, require a client certificate signed by one of these CAs (PEM) on both listeners (mutual TLS);
+    re-read when it changes. Unset: no client certificate is asked for."""
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_are_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write a scheme and a host (and port), with no path, such as "
+                    f"https://app.example.com or http://127.0.0.1:3000; or * for any"
+                )
+        return value
+
+    @property
+    def tls_files(self) -> TlsFiles | None:
+        """The TLS files when TLS is on, else None."""
+        if self.ssl_certfile is None or self.ssl_keyfile is None:
+            return None
+        return TlsFiles(self.ssl_certfile, self.ssl_keyfile, self.ssl_ca_certs)
 
 
 class LimitsSettings(BaseModel):
@@ -157,6 +208,9 @@ class LimitsSettings(BaseModel):
     grpc_keepalive_time_s: float = Field(default=60.0, gt=0.0)
     """The server pings a gRPC connection after this many seconds without activity, also between calls, to find
     peers that are gone without closing their connection."""
+    tls_handshake_timeout_s: float = Field(default=10.0, gt=0.0)
+    """With TLS on, a connection's TLS handshake must be done within this many seconds of its opening, else it is
+    closed; until then it counts in max_connections (HTTP) and in gRPC's connection cap."""
     grpc_keepalive_timeout_s: float = Field(default=20.0, gt=0.0)
     """A gRPC peer that does not answer a ping within this many seconds is dropped: its connection closed, its
     calls cancelled and their queued images dropped unrun."""
@@ -233,7 +287,7 @@ class RuntimeSettings(BaseModel):
 
 
 class ObservabilitySettings(BaseModel):
-    """Logs."""
+    """Logs and traces."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, frozen=True)
 
@@ -244,6 +298,10 @@ class ObservabilitySettings(BaseModel):
     request ID), written off the event loop."""
     log_format: Literal["text", "json"] = "text"
     """Log lines as text for people, or one JSON object per line for a log stack."""
+    tracing: bool = False
+    """Trace requests with OpenTelemetry (needs the `otel` extra): a span per request with its stages (receive,
+    admission, decode, queue wait, inference, encode) and a span per batch linked to its requests, sent by OTLP;
+    the exporter, sampling and resource come from the standard OTEL_* variables."""
 
 
 class Settings(ObservabilitySettings, RuntimeSettings, BatchingSettings, LimitsSettings, ServerSettings, BaseSettings):
@@ -264,6 +322,14 @@ class Settings(ObservabilitySettings, RuntimeSettings, BatchingSettings, LimitsS
                 f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least max_upload_bytes "
                 f"({self.max_upload_bytes}), or the largest upload could never be admitted"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_files_go_together(self) -> Settings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile are set together: the certificate and its private key")
+        if self.ssl_ca_certs is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_ca_certs asks clients for certificates over TLS: set ssl_certfile and ssl_keyfile")
         return self
 
     @model_validator(mode="after")

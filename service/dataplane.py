@@ -21,7 +21,9 @@ from typing import TypeVar
 
 import numpy as np
 
+from service import tracing
 from service.admission import Admission, ByteBudget, Ticket
+from service.auth import current_key
 from service.batching import ItemResult
 from service.config import LimitsSettings
 from service.contract import ModelDescription, ModelSource, ServableModel
@@ -52,6 +54,7 @@ from service.metrics import ServiceMetrics
 from service.model_control import Caller, ModelControl
 from service.preprocess import ImageUpload, PreprocessedImage
 from service.registry import VersionStatus
+from service.statistics import ModelStatistics
 
 _T = TypeVar("_T")
 _JSON_SLACK_VALUES = 4096
@@ -71,6 +74,10 @@ class _Inferred:
     logits: np.ndarray
     queue_wait_s: float
     inference_s: float
+    started_at: float = 0.0
+    """When the (last) batch that ran the request's images started, on the batcher's monotonic clock."""
+    alone: bool = False
+    """Decoded and inferred in one hand-off to the model's thread (`_run_alone`)."""
 
 
 class DataPlane:
@@ -104,6 +111,10 @@ class DataPlane:
         return self._limits.max_upload_bytes
 
     @property
+    def request_timeout_s(self) -> float:
+        return self._limits.request_timeout_s
+
+    @property
     def max_images_per_request(self) -> int:
         return self._limits.max_files_per_request
 
@@ -133,6 +144,19 @@ class DataPlane:
     def model(self, name: str | None, version: str | None = None) -> ModelDescription:
         """One model version (None: the default model; no version: the one that answers); `ModelNotFound`."""
         return self._models.get(name, version).describe()
+
+    def statistics(self, name: str | None = None, version: str | None = None) -> list[ModelStatistics]:
+        """Triton's statistics of every model version, or of one model (`ModelNotFound` when unknown), summed over
+        every worker process."""
+        if name:
+            chosen = [self._models.get(name, version)] if version else self._versions_of(name)
+        else:
+            chosen = list(self._models.all())
+        return self._metrics.model_statistics_of((model.name, model.version) for model in chosen)
+
+    def _versions_of(self, name: str) -> list[ServableModel]:
+        self._models.get(name)  # ModelNotFound when there is no such model
+        return [model for model in self._models.all() if model.name == name]
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         """Whether the model version takes requests now; `ModelNotFound` when there is no such model or version."""
@@ -175,8 +199,11 @@ class DataPlane:
             max_input_values=self._limits.max_files_per_request * model.spec.input_values + _JSON_SLACK_VALUES,
             on_admitted=self._metrics.requests.labels(model.name, model.version, request.protocol).inc,
         )
+        statistics = self._metrics.model_statistics(model.name, model.version)
+        tracing.annotate(model=model.name, **{"model.version": model.version})
         try:
-            body = await request.body.receive(admission)
+            with tracing.stage("receive"):
+                body = await request.body.receive(tracing.traced("admission", admission))
             ticket = admission.ticket
             if ticket is None:
                 raise RuntimeError("the request body was received without admission")
@@ -190,8 +217,12 @@ class DataPlane:
                 result = await _unless_client_leaves(work, body.client_gone)
             else:
                 result = await work
+        except BaseException:
+            statistics.record_failure(time.monotonic() - received_at)
+            raise
         finally:
             admission.close()
+        statistics.record_request(result[1])
         return InferenceResult(
             model=model.name,
             version=model.version,
@@ -280,7 +311,8 @@ class DataPlane:
                 if len(inputs) == 1 and ticket.images.alone():
                     prepared, inferred = await self._run_alone(ticket, inputs)
                 elif isinstance(inputs, EncodedImages):
-                    prepared = await self._decode(model, inputs.uploads)
+                    with tracing.stage("decode"):
+                        prepared = await self._decode(model, inputs.uploads)
                     inferred = await self._infer(ticket, [image.tensor for image in prepared])
                 else:
                     prepared = None
@@ -294,6 +326,12 @@ class DataPlane:
             ]
             preprocess_s = max(image.seconds for image in prepared)
         self._metrics.images_classified.labels(model.name, model.version).inc(len(inputs))
+        if tracing.enabled():
+            tracing.annotate(images=len(inputs))
+            alone_decode_s = preprocess_s if inferred.alone else 0.0
+            tracing.ran(inferred.started_at, inferred.queue_wait_s, inferred.inference_s, alone_decode_s)
+            tracing.encode_begins()
+        ranked_at = time.monotonic()
         results = [
             OutputResult(output.name or model.spec.output_name, ranked=model.postprocess(inferred.logits, output.k))
             if output.ranked and output.k is not None
@@ -305,6 +343,7 @@ class DataPlane:
             queue_wait_s=inferred.queue_wait_s,
             inference_s=inferred.inference_s,
             total_s=time.monotonic() - ticket.received_at,
+            postprocess_s=time.monotonic() - ranked_at,
         )
         return results, timings, images
 
@@ -328,7 +367,7 @@ class DataPlane:
                 return None, tensor
 
         image, result = await ticket.images.run_alone(prepare)
-        inferred = _Inferred(result.value[None], result.queue_wait_s, result.inference_s)
+        inferred = _Inferred(result.value[None], result.queue_wait_s, result.inference_s, result.started_at, alone=True)
         if image is None:
             return None, inferred
         self._metrics.preprocess_seconds.labels(model.name, model.version).observe(image.seconds)
@@ -351,8 +390,10 @@ class DataPlane:
         return prepared
 
     async def _infer(self, ticket: Ticket, tensors: Sequence[np.ndarray]) -> _Inferred:
-        """Queue the request's tensors in its reserved room and wait for their logits."""
-        futures = ticket.images.submit(list(tensors), ticket.deadline)
+        """Queue the request's tensors in its reserved room, at its API key's priority, and wait for their logits."""
+        key = current_key.get()
+        priority = key.priority.rank if key is not None else 0
+        futures = ticket.images.submit(list(tensors), ticket.deadline, priority)
         try:
             results: list[ItemResult[np.ndarray]] = list(await asyncio.gather(*futures))
         finally:
@@ -363,6 +404,7 @@ class DataPlane:
             logits=np.stack([result.value for result in results]),
             queue_wait_s=max(result.queue_wait_s for result in results),
             inference_s=max(result.inference_s for result in results),
+            started_at=max(result.started_at for result in results),
         )
 
 

@@ -75,6 +75,24 @@ class Unauthorized(ServiceError):
         )
 
 
+class RateLimited(ServiceError):
+    """The request's API key is over its rate (`rate=` in the keys file); retry after ``Retry-After`` seconds."""
+
+    status_code = 429
+    code = "rate_limited"
+    reason = "rate_limited"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: int = 1,
+        filename: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, filename=filename, headers={"Retry-After": str(retry_after_s), **(headers or {})})
+
+
 class ModelNotFound(ServiceError):
     status_code = 404
     code = "model_not_found"

@@ -21,6 +21,13 @@ arrived) is a lingering close, as nginx and Apache do it: the server sends its a
 discards what still arrives, until the client closes, `LINGER_S` pass or an upload limit's worth of bytes came.
 A plain close with unread bytes makes the kernel send a reset, which destroys the answer on its way: the client
 sees "connection reset" where it should have read a 503 and its Retry-After.
+
+Over TLS (`limits.tls_handshake_timeout_s` set) the event loop does the handshake before uvicorn's protocol sees the
+connection, but it creates the protocol as it accepts: from then until the handshake ends (or its deadline passes,
+when the loop aborts it) the connection counts in `max_connections`, so that clients that never finish a handshake
+cost what clients that never finish a request head cost. TLS has no half-close (no `write_eof`): there the close
+is TLS's own, which sends close_notify and reads and discards what still arrives until the client closes or the
+listener's shutdown deadline passes (`service.server` sets it to `LINGER_S`).
 """
 
 from __future__ import annotations
@@ -62,6 +69,36 @@ class ReceiptLimits:
     max_head_bytes: int
     max_body_bytes: int
     """A chunked body declaring more than this is refused before its data arrives (the upload limit)."""
+    tls_handshake_timeout_s: float | None = None
+    """With TLS: the event loop aborts a handshake not done within this many seconds; until then it counts as a
+    connection. None: plain HTTP."""
+
+
+class PendingHandshakes:
+    """TLS connections accepted whose handshake is under way, for the connection cap.
+
+    Neither loop reliably tells the protocol that a handshake failed or that its client left before finishing it
+    (uvloop reports a lost connection only when the deadline aborts it), so a handshake counts from its protocol's
+    creation until its connection is made, and at most until its deadline, by which the loop has closed it."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._started: dict[object, float] = {}
+        """Protocol -> when its connection was accepted; in that order (monotonic times only grow)."""
+
+    def begin(self, protocol: object) -> None:
+        self._started[protocol] = time.monotonic()
+
+    def end(self, protocol: object) -> None:
+        self._started.pop(protocol, None)
+
+    def __len__(self) -> int:
+        aborted_before = time.monotonic() - self._timeout_s
+        for protocol, started in list(self._started.items()):
+            if started > aborted_before:
+                break
+            del self._started[protocol]
+        return len(self._started)
 
 
 class ConnectionObserver(Protocol):
@@ -162,6 +199,8 @@ def guarded_protocol(
 ) -> type[asyncio.Protocol]:
     """A subclass of uvicorn's `base` protocol class that enforces `limits` on every connection."""
 
+    handshakes = PendingHandshakes(limits.tls_handshake_timeout_s) if limits.tls_handshake_timeout_s else None
+
     class GuardedProtocol(base):  # type: ignore[misc, valid-type]
         _scanner: RequestFramingScanner
         _timer: asyncio.TimerHandle | None = None
@@ -173,8 +212,18 @@ def guarded_protocol(
         _heads = 0
         _bodies = 0
         _marked_cycle: Any = None
+        _made = False
+
+        if handshakes is not None:
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                handshakes.begin(self)  # the loop makes the protocol as it accepts, before the TLS handshake
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self._made = True
+            if handshakes is not None:
+                handshakes.end(self)
             self._socket_transport: Any = transport
             self._wrapped = _LingeringCloseTransport(cast(asyncio.Transport, transport), self._close, self.loop)
             super().connection_made(self._wrapped)
@@ -182,7 +231,7 @@ def guarded_protocol(
             self._scanner = RequestFramingScanner(
                 max_head_bytes=limits.max_head_bytes, max_body_bytes=limits.max_body_bytes
             )
-            if len(self.connections) > limits.max_connections:
+            if len(self.connections) + (len(handshakes) if handshakes is not None else 0) > limits.max_connections:
                 self._refuse(
                     503,
                     f"the server has {limits.max_connections} connections open, its limit; retry shortly",
@@ -236,6 +285,10 @@ def guarded_protocol(
             return cast(bool | None, super().eof_received())
 
         def connection_lost(self, exc: Exception | None) -> None:
+            if not self._made:  # a TLS handshake that failed: uvloop says so at its deadline, asyncio never
+                if handshakes is not None:
+                    handshakes.end(self)
+                return
             self._disarm()
             if self._lingering is not None:
                 self._lingering.cancel()

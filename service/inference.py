@@ -129,6 +129,8 @@ class StageTimings:
     queue_wait_s: float
     inference_s: float
     total_s: float
+    postprocess_s: float = 0.0
+    """Ranking and building the outputs (Triton's compute_output)."""
 
 
 @dataclass(frozen=True)

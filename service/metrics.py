@@ -7,11 +7,15 @@ they do in tests. All names start with ``resnet_serve_``; docs/SERVICE.md lists 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from service.errors import ConnectionRefusal, DropReason, ServiceError, rejection_reasons
+from service.statistics import ModelStatistics, ModelStatisticsRecorder, StatisticsCollectors
+from service.statistics import collect as collect_statistics
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -21,16 +25,25 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """Set by the worker supervisor (service.workers) for its workers: metric values then live in files there."""
 
 
+def worker_shared_folder() -> Path | None:
+    """The private folder the worker supervisor made for its workers (metric values and rate-limit counters live
+    there), or None when this process serves alone."""
+    folder = os.environ.get(MULTIPROCESS_ENV)
+    return Path(folder) if folder else None
+
+
 class ModelBatchObserver:
     """The batcher's metrics hooks for one model."""
 
     def __init__(self, metrics: ServiceMetrics, model: str, version: str) -> None:
+        self._statistics = metrics.model_statistics(model, version)
         self._batch_size = metrics.batch_size.labels(model, version)
         self._inferred = metrics.images_inferred.labels(model, version)
         self._inference = metrics.inference_seconds.labels(model, version)
         self._queue_wait = metrics.queue_wait_seconds.labels(model, version)
         self._dropped = metrics.dropped_images
         self._depth = metrics.queue_depth.labels(model, version)
+        self._drain = metrics.queue_drain_seconds.labels(model, version)
         self._max_batch_size = metrics.max_batch_size.labels(model, version)
         self._model = model
         self._version = version
@@ -39,6 +52,7 @@ class ModelBatchObserver:
         self._batch_size.observe(size)
         self._inferred.inc(size)
         self._inference.observe(inference_s)
+        self._statistics.record_batch(size, inference_s)
 
     def item_dequeued(self, queue_wait_s: float) -> None:
         self._queue_wait.observe(queue_wait_s)
@@ -46,8 +60,9 @@ class ModelBatchObserver:
     def items_dropped(self, reason: DropReason, count: int) -> None:
         self._dropped.labels(self._model, self._version, reason).inc(count)
 
-    def queue_changed(self, depth: int) -> None:
+    def queue_changed(self, depth: int, drain_s: float = 0.0) -> None:
         self._depth.set(depth)
+        self._drain.set(drain_s)
 
     def max_batch_size_changed(self, size: int) -> None:
         self._max_batch_size.set(size)
@@ -133,6 +148,15 @@ class ServiceMetrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.queue_drain_seconds = Gauge(
+            "resnet_serve_queue_drain_seconds",
+            "Seconds the model needs to finish the images it holds (running, queued, and admitted still arriving) at "
+            "its measured seconds per image: how long a request arriving now waits before its own images run. The "
+            "autoscaling signal (the highest of the worker processes); Retry-After is this, rounded up.",
+            ["model", "version"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.max_batch_size = Gauge(
             "resnet_serve_max_batch_size",
             "The model's largest batch now: its setting, or with auto what tuning has chosen so far.",
@@ -143,6 +167,12 @@ class ServiceMetrics:
         self.api_key_requests = Counter(
             "resnet_serve_api_key_requests",
             "Requests let in with an API key, by the key's name (never the key).",
+            ["key"],
+            registry=r,
+        )
+        self.api_key_rate_limited = Counter(
+            "resnet_serve_api_key_rate_limited",
+            "Requests refused (429) because their API key was over its rate, by the key's name (never the key).",
             ["key"],
             registry=r,
         )
@@ -213,6 +243,9 @@ class ServiceMetrics:
             multiprocess_mode="livemin",
             registry=r,
         )
+        self.statistics = StatisticsCollectors(r)
+        """Triton's statistics extension (`service.statistics`)."""
+        self._recorders: dict[tuple[str, str], ModelStatisticsRecorder] = {}
         self.rejection_reasons = rejection_reasons()
         """Every reason an error class can be counted under, pre-created at zero so dashboards see every series."""
         for reason in self.rejection_reasons:
@@ -235,6 +268,13 @@ class ServiceMetrics:
     def connection_closed(self) -> None:
         self.open_connections.dec()
 
+    def model_statistics(self, model: str, version: str) -> ModelStatisticsRecorder:
+        """Where a model version's requests and batches are counted for the statistics extension."""
+        recorder = self._recorders.get((model, version))
+        if recorder is None:
+            recorder = self._recorders[(model, version)] = self.statistics.recorder(model, version)
+        return recorder
+
     def register_model(self, model: str, version: str = "1") -> ModelBatchObserver:
         """Create the model version's series and return the hooks its batcher reports to."""
         self.images_classified.labels(model, version)
@@ -246,12 +286,21 @@ class ServiceMetrics:
         self.model_ready.labels(model, version).set(0)
         return ModelBatchObserver(self, model, version)
 
-    def render(self) -> bytes:
-        """The exposition text; with several worker processes (PROMETHEUS_MULTIPROC_DIR set by the supervisor),
-        every worker's values, summed (gauges: the live workers' sum, or their minimum for readiness)."""
+    def _readable(self) -> CollectorRegistry:
+        """What to read values from: this process's registry, or with several worker processes
+        (PROMETHEUS_MULTIPROC_DIR set by the supervisor) every worker's values, summed (gauges: the live workers'
+        sum, or their minimum for readiness)."""
         if MULTIPROCESS_ENV in os.environ:
             merged = CollectorRegistry()
             # prometheus_client ships py.typed but leaves its multiprocess module unannotated.
             multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
-            return generate_latest(merged)
-        return generate_latest(self.registry)
+            return merged
+        return self.registry
+
+    def render(self) -> bytes:
+        """The exposition text, of every worker process when there are several."""
+        return generate_latest(self._readable())
+
+    def model_statistics_of(self, versions: Iterable[tuple[str, str]]) -> list[ModelStatistics]:
+        """The statistics extension's figures of these (model, version)s, of every worker process."""
+        return collect_statistics(self._readable().collect(), versions)

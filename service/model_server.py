@@ -12,19 +12,25 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
+from service import tracing
 from service.auth import ApiKeys, ApiKeysError
 from service.config import Settings
 from service.dataplane import DataPlane
 from service.grpc.server import GrpcFrontEnd
 from service.lifecycle import Lifecycle
-from service.metrics import ServiceMetrics
+from service.metrics import ServiceMetrics, worker_shared_folder
 from service.model_control import ModelControl
 from service.priority import thread_initializer
+from service.ratelimit import KeyRateLimits
 from service.registry import ModelRegistry, RuntimeFactory, StartupError
 from service.runtime import available_cpus
+
+if TYPE_CHECKING:
+    from service.tls import ServerTls
 
 logger = logging.getLogger("service")
 
@@ -50,6 +56,24 @@ class ModelServer:
             )
         except ApiKeysError as exc:
             raise StartupError(str(exc)) from None
+        self.tls: ServerTls | None = None
+        """Both listeners' TLS material when TLS is on."""
+        if settings.tls_files is not None:
+            from service.tls import ServerTls, TlsError
+
+            try:
+                self.tls = ServerTls(settings.tls_files)
+            except TlsError as exc:
+                raise StartupError(f"TLS: {exc}") from None
+        self._owns_tracing = False
+        if settings.tracing and not tracing.enabled():  # (a test may have set up its own exporter)
+            try:
+                tracing.configure()
+            except tracing.TracingUnavailable as exc:
+                raise StartupError(str(exc)) from None
+            self._owns_tracing = True
+        self.rate_limits = KeyRateLimits(worker_shared_folder())
+        """Per-key request rates, shared by every worker process; nothing is made until a key with a rate is used."""
         self.metrics = ServiceMetrics()
         self.lifecycle = Lifecycle()
         self.registry = ModelRegistry(settings, self.metrics, open_runtime)
@@ -80,6 +104,7 @@ class ModelServer:
             lifecycle=self.lifecycle,
             metrics=self.metrics,
             api_keys=self.api_keys,
+            rate_limits=self.rate_limits,
             settings=self.settings,
             lifespan=lifespan,
         )
@@ -94,6 +119,8 @@ class ModelServer:
             address=address,
             share_port=share_port,
             api_keys=self.api_keys,
+            rate_limits=self.rate_limits,
+            tls=self.tls,
         )
 
     @asynccontextmanager
@@ -117,6 +144,8 @@ class ModelServer:
             await registry.close()
             self.lifecycle.mark_stopped()
             self.dataplane.close()
+            if self._owns_tracing:
+                tracing.shutdown()  # sends the spans still waiting
             logger.info("models unloaded")
 
     async def _warm_up(self) -> None:

@@ -20,17 +20,22 @@ import signal
 import socket
 import threading
 import time
+from functools import partial
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.config import Settings
 from service.grpc.server import GrpcFrontEnd, GrpcStartError
-from service.http_protocol import ReceiptLimits, guarded_protocol
+from service.http_protocol import LINGER_S, ReceiptLimits, guarded_protocol
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 from service.model_server import ModelServer
+
+if TYPE_CHECKING:
+    from service.tls import ServerTls
 
 logger = logging.getLogger("service")
 
@@ -46,6 +51,7 @@ def http_protocol_class(settings: Settings, metrics: ServiceMetrics) -> type[asy
         max_connections=settings.max_connections,
         max_head_bytes=MAX_HEAD_BYTES,
         max_body_bytes=settings.max_upload_bytes,
+        tls_handshake_timeout_s=settings.tls_handshake_timeout_s if settings.tls_files is not None else None,
     )
     return guarded_protocol(_http_parser(settings.http), limits, metrics)
 
@@ -88,8 +94,12 @@ class DrainingServer(uvicorn.Server):
         grace_s: float,
         grpc: GrpcFrontEnd | None = None,
         retire_patience_s: float | None = None,
+        tls: ServerTls | None = None,
+        tls_handshake_timeout_s: float = 10.0,
     ) -> None:
         super().__init__(config)
+        self._tls = tls
+        self._tls_handshake_timeout_s = tls_handshake_timeout_s
         self._lifecycle = lifecycle
         self._grace_s = grace_s
         self._retire_patience_s = (
@@ -140,7 +150,10 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
+        if self._tls is None:
+            await super().startup(sockets)
+        else:
+            await self._startup_tls(sockets)
         if self.should_exit or self._grpc is None:
             return
         try:
@@ -149,6 +162,53 @@ class DrainingServer(uvicorn.Server):
             logger.error("cannot start: %s", exc)
             self.startup_failed = True
             self.should_exit = True
+
+    async def _startup_tls(self, sockets: list[socket.socket] | None) -> None:
+        """uvicorn's start-up with TLS, but with a handshake deadline, which uvicorn does not pass to the loop (its
+        listeners are made with the loop's default, 60 s): what uvicorn's `startup` does for sockets or a host and
+        port, the only ways this server listens."""
+        assert self._tls is not None
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            self.should_exit = True
+            return
+        config = self.config
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=_loop
+            )
+
+        loop = asyncio.get_running_loop()
+        listen = partial(
+            loop.create_server,
+            create_protocol,
+            ssl=self._tls.http_context,
+            ssl_handshake_timeout=self._tls_handshake_timeout_s,
+            # After close_notify, what a client still sends is read and discarded this long at most (the loop's
+            # default is 30 s): the lingering close of plain HTTP, which TLS, having no half-close, does itself.
+            ssl_shutdown_timeout=LINGER_S,
+            backlog=config.backlog,
+        )
+        try:
+            if sockets is not None:
+                self.servers = [await listen(sock=sock) for sock in sockets]
+            else:
+                self.servers = [await listen(host=config.host, port=config.port)]
+        except OSError as exc:
+            logger.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
+            await self.lifespan.shutdown()
+            self.should_exit = True
+            return
+        if sockets is None:
+            port = self.servers[0].sockets[0].getsockname()[1]
+            host = f"[{config.host}]" if ":" in config.host else config.host
+            logger.info("resnet-serve running on https://%s:%d (TLS%s)", host, port, self._tls_description())
+        self.started = True
+
+    def _tls_description(self) -> str:
+        assert self._tls is not None
+        return ", client certificates required" if self._tls.client_certificates_required else ""
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self._grpc is not None:
@@ -261,6 +321,8 @@ def serve(
         grace_s=settings.shutdown_grace_s,
         grpc=grpc,
         retire_patience_s=retire_patience_s,
+        tls=server.tls,
+        tls_handshake_timeout_s=settings.tls_handshake_timeout_s,
     )
     listener.run(sockets=sockets)
     return listener.started and not listener.startup_failed

@@ -198,7 +198,8 @@ class Supervisor:
         port = sock.getsockname()[1]
         self.settings = settings = settings.model_copy(update={"port": port})
         logger.info(
-            "resnet-serve running on http://%s:%d with %s worker process(es) (pid %d supervises)",
+            "resnet-serve running on %s://%s:%d with %s worker process(es) (pid %d supervises)",
+            "http" if settings.tls_files is None else "https",
             settings.host,
             port,
             settings.workers,

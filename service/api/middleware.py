@@ -3,7 +3,8 @@
 - Request IDs: `X-Request-ID` is taken when it is valid (1 to 128 characters of letters, digits and ``._:-``),
   else one is made; it is echoed on every response, put in error bodies and in every log line about the request.
 - API keys (when on): a request without an accepted key is answered 401 before its body is read; probes, the
-  demo page and the docs stay open, /metrics too unless `metrics_require_key`.
+  demo page and the docs stay open, /metrics too unless `metrics_require_key`. A key over its rate is answered 429
+  with Retry-After (`service.ratelimit`); the key is `auth.current_key` while the request is handled.
 - Draining: new requests are refused with 503 while the server drains; requests in flight are counted.
 - An answer sent before the whole body arrived (401, 413, 415, 503, ...) carries ``Connection: close``: the
   server does not receive the rest of an upload it already refused (beyond the short lingering close of
@@ -13,7 +14,8 @@
 - An exception no handler expected is answered here, 500 ``internal_error`` with ``Connection: close`` and the
   request's ID, its traceback logged: the connection is closed after it (the request's state is unknown), and a
   client that kept it alive must hear so rather than meet a reset on its next request.
-- Metrics and the access log line, once the response is sent.
+- Metrics and the access log line, once the response is sent; with tracing on, the request's span
+  (`service.tracing`), a child of the caller's when it sends a W3C traceparent.
 
 A pure ASGI middleware (no BaseHTTPMiddleware), so request bodies still stream through untouched.
 """
@@ -27,13 +29,14 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import logs
+from service import logs, tracing
 from service.api.errors import error_response
-from service.auth import KEY_REQUIRED, ApiKeys
-from service.errors import InternalError, ServiceError, ShuttingDown, Unauthorized
+from service.auth import KEY_REQUIRED, ApiKey, ApiKeys, current_key
+from service.errors import InternalError, RateLimited, ServiceError, ShuttingDown, Unauthorized
 from service.http_protocol import BODY_RECEIVED_EXTENSION
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
+from service.ratelimit import KeyRateLimits
 
 access_logger = logging.getLogger(logs.ACCESS_LOGGER)
 logger = logging.getLogger(__name__)
@@ -75,6 +78,7 @@ class ServingGateMiddleware:
         lifecycle: Lifecycle,
         metrics: ServiceMetrics,
         api_keys: ApiKeys,
+        rate_limits: KeyRateLimits | None = None,
         metrics_require_key: bool = False,
         access_log: bool = True,
     ) -> None:
@@ -82,6 +86,7 @@ class ServingGateMiddleware:
         self.lifecycle = lifecycle
         self.metrics = metrics
         self.api_keys = api_keys
+        self.rate_limits = rate_limits if rate_limits is not None else KeyRateLimits()
         self.metrics_require_key = metrics_require_key
         self.access_log = access_log
 
@@ -90,8 +95,8 @@ class ServingGateMiddleware:
             return False
         return path != "/metrics" or self.metrics_require_key
 
-    def _key_name(self, scope: Scope) -> str | None:
-        return self.api_keys.name_for(_header(scope, b"authorization"), _header(scope, b"x-api-key"))
+    def _key(self, scope: Scope) -> ApiKey | None:
+        return self.api_keys.key_for(_header(scope, b"authorization"), _header(scope, b"x-api-key"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -124,6 +129,8 @@ class ServingGateMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
+                if trace is not None:
+                    tracing.answer_started(trace)
                 headers = list(message.get("headers", []))
                 if closing or self.lifecycle.retiring or not (body_read or _body_received(scope)):
                     headers = [(k, v) for k, v in headers if k.lower() != b"connection"]
@@ -150,17 +157,31 @@ class ServingGateMiddleware:
                 await refuse(InternalError("internal server error; the details are in the server log"))
 
         gated = path not in UNGATED_PATHS
+        key_token = None
+        trace = (
+            tracing.start_request(f"{scope['method']} {path}", tracing.header_carrier(scope["headers"]), request_id)
+            if gated and tracing.enabled()
+            else None
+        )
         try:
             if gated and not self.lifecycle.accepting:
                 await refuse(ShuttingDown.draining())
                 return
             if self._needs_key(path):
-                name = self._key_name(scope)
-                if name is None:
+                key = self._key(scope)
+                if key is None:
                     await refuse(Unauthorized(KEY_REQUIRED))
                     return
-                state["api_key"] = name
-                self.metrics.api_key_requests.labels(name).inc()
+                state["api_key"] = key.name
+                state["api_key_role"] = key.role  # what model control asks of a load or unload (service.api.repository)
+                try:
+                    self.rate_limits.admit(key)
+                except RateLimited as exc:
+                    self.metrics.api_key_rate_limited.labels(key.name).inc()
+                    await refuse(exc)
+                    return
+                self.metrics.api_key_requests.labels(key.name).inc()
+                key_token = current_key.set(key)
             if not gated:
                 await serve()
                 return
@@ -179,6 +200,11 @@ class ServingGateMiddleware:
             self.metrics.http_request_seconds.labels(template).observe(elapsed)
             if self.access_log and gated:
                 self._log_access(scope, state, status, elapsed, received_bytes, sent_bytes)
+            if key_token is not None:
+                current_key.reset(key_token)
+            if trace is not None:  # named as OpenTelemetry's HTTP conventions say: the method, and the route if known
+                name = f"{scope['method']} {template}" if route is not None else scope["method"]
+                tracing.end_request(trace, name, **{"http.response.status_code": status, "url.path": path})
             logs.request_id.reset(token)
 
     @staticmethod

@@ -24,7 +24,7 @@ from service.config import LimitsSettings
 from service.contract import ModelDescription
 from service.dataplane import DataPlane
 from service.inference import InferenceRequest
-from service.v2 import codec
+from service.v2 import codec, extensions
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
@@ -73,6 +73,35 @@ async def model_ready(dataplane: DataPlaneDep, name: ModelName) -> Response:
 @router.get("/models/{name}/versions/{version}/ready", summary="Model readiness, for a version")
 async def model_version_ready(dataplane: DataPlaneDep, name: ModelName, version: Version) -> Response:
     return Response(status_code=200 if dataplane.model_ready(name, version) else 400)
+
+
+# ------------------------------------------------------------------------------------------------ Triton's extensions
+# (before the metadata routes: /models/stats is not a model named "stats")
+
+
+@router.get("/models/stats", summary="Statistics of every model version (Triton's statistics extension)")
+async def all_statistics(dataplane: DataPlaneDep) -> dict[str, Any]:
+    return extensions.statistics(dataplane.statistics())
+
+
+@router.get("/models/{name}/stats", summary="Statistics of a model's versions, summed over every worker process")
+async def model_statistics(dataplane: DataPlaneDep, name: ModelName) -> dict[str, Any]:
+    return extensions.statistics(dataplane.statistics(name))
+
+
+@router.get("/models/{name}/versions/{version}/stats", summary="Statistics of a model version")
+async def model_version_statistics(dataplane: DataPlaneDep, name: ModelName, version: Version) -> dict[str, Any]:
+    return extensions.statistics(dataplane.statistics(name, version))
+
+
+@router.get("/models/{name}/config", summary="Model configuration (Triton's model configuration extension)")
+async def model_config(dataplane: DataPlaneDep, name: ModelName) -> dict[str, Any]:
+    return extensions.model_config(dataplane.model(name), request_timeout_s=dataplane.request_timeout_s)
+
+
+@router.get("/models/{name}/versions/{version}/config", summary="Model configuration, for a version")
+async def model_version_config(dataplane: DataPlaneDep, name: ModelName, version: Version) -> dict[str, Any]:
+    return extensions.model_config(dataplane.model(name, version), request_timeout_s=dataplane.request_timeout_s)
 
 
 def _metadata(model: ModelDescription) -> dict[str, Any]:

@@ -6,7 +6,9 @@ Every call of inference.GRPCInferenceService passes it before its request is par
   (while draining too, when ServerReady says false), without a key, and not counted as work in flight.
 - While the server drains, any other call is refused with UNAVAILABLE and HTTP's ``shutting_down`` message.
 - With API keys on, any other call needs one, in the metadata ``authorization: Bearer KEY`` or ``x-api-key: KEY``
-  (what HTTP takes as headers); without an accepted key it gets UNAUTHENTICATED and HTTP's 401 message.
+  (what HTTP takes as headers); without an accepted key it gets UNAUTHENTICATED and HTTP's 401 message, and over
+  its key's rate RESOURCE_EXHAUSTED with HTTP's 429 message and ``retry-after``. The key is `auth.current_key`
+  for the rest of the call (the call's task).
 - At most `max_calls` such calls are handled at once over all connections; one past it is refused at once with
   RESOURCE_EXHAUSTED (HTTP's ``overloaded`` 503) and ``retry-after``. This is gRPC's own per-server limit,
   moved here so that it counts the inference service's calls only: the probes and the health service (whose
@@ -30,13 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from service.auth import KEY_REQUIRED, ApiKeys
-from service.errors import Overloaded, ServiceError, ShuttingDown, Unauthorized
+from service.auth import KEY_REQUIRED, ApiKey, ApiKeys, current_key
+from service.errors import Overloaded, RateLimited, ServiceError, ShuttingDown, Unauthorized
 from service.grpc import errors
 from service.grpc.messages import SERVICE_NAME
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 from service.model_control import Caller
+from service.ratelimit import KeyRateLimits
 
 PROBES = frozenset({"ServerLive", "ServerReady"})
 
@@ -58,12 +61,14 @@ class ServingGate(_ServerInterceptor):
         lifecycle: Lifecycle,
         metrics: ServiceMetrics,
         api_keys: ApiKeys | None = None,
+        rate_limits: KeyRateLimits | None = None,
         *,
         max_calls: int | None = None,
     ) -> None:
         self._lifecycle = lifecycle
         self._metrics = metrics
         self._api_keys = api_keys
+        self._rate_limits = rate_limits if rate_limits is not None else KeyRateLimits()
         self._max_calls = max_calls
         self.calls_in_flight = 0
         """Calls of the inference service being handled now, probes aside."""
@@ -81,11 +86,18 @@ class ServingGate(_ServerInterceptor):
         if not self._lifecycle.accepting:
             return self._refusal(name, ShuttingDown.draining())
         if self._api_keys is not None and self._api_keys.enabled:
-            key_name = self._key_name(handler_call_details.invocation_metadata or ())
-            if key_name is None:
+            key = self._key(handler_call_details.invocation_metadata or ())
+            if key is None:
                 return self._refusal(name, Unauthorized(KEY_REQUIRED))
-            self._metrics.api_key_requests.labels(key_name).inc()
-            CALLER.set(Caller(key_name=key_name))
+            try:
+                self._rate_limits.admit(key)
+            except RateLimited as exc:
+                self._metrics.api_key_rate_limited.labels(key.name).inc()
+                return self._refusal(name, exc)
+            self._metrics.api_key_requests.labels(key.name).inc()
+            # In the call's own task, for its handler; gone with the task.
+            current_key.set(key)
+            CALLER.set(Caller(key_name=key.name, role=key.role))
         if self._max_calls is not None and self.calls_in_flight >= self._max_calls:
             return self._refusal(
                 name,
@@ -102,10 +114,10 @@ class ServingGate(_ServerInterceptor):
         self.calls_in_flight -= 1
         self._lifecycle.request_finished()
 
-    def _key_name(self, metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
+    def _key(self, metadata: Sequence[tuple[str, str | bytes]]) -> ApiKey | None:
         assert self._api_keys is not None
         values = {key.lower(): value for key, value in metadata if isinstance(value, str)}
-        return self._api_keys.name_for(values.get("authorization"), values.get("x-api-key"))
+        return self._api_keys.key_for(values.get("authorization"), values.get("x-api-key"))
 
     def _refusal(self, method: str, refusal: ServiceError) -> grpc.RpcMethodHandler[bytes, None]:
         async def refuse(request: bytes, context: grpc.aio.ServicerContext[bytes, None]) -> None:

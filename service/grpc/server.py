@@ -22,6 +22,7 @@ not a second server silently splitting the traffic.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -37,6 +38,10 @@ from service.grpc.proto.grpc_predict_v2_pb2_grpc import add_GRPCInferenceService
 from service.grpc.v2 import InferenceServicer
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
+from service.ratelimit import KeyRateLimits
+
+if TYPE_CHECKING:
+    from service.tls import ServerTls
 
 logger = logging.getLogger("service")
 
@@ -71,6 +76,15 @@ def server_options(settings: Settings, *, share_port: bool = False) -> list[tupl
     ]
 
 
+def tls_options(settings: Settings) -> list[tuple[str, int]]:
+    """With TLS: a handshake deadline, and a cap on connections that counts them from their acceptance, handshake
+    included, as HTTP's `max_connections` does."""
+    return [
+        ("grpc.server_handshake_timeout_ms", round(settings.tls_handshake_timeout_s * 1000)),
+        ("grpc.max_allowed_incoming_connections", settings.max_connections),
+    ]
+
+
 class GrpcFrontEnd:
     """The V2 gRPC front end of one app; create it anywhere, `start` it inside the running event loop."""
 
@@ -84,10 +98,13 @@ class GrpcFrontEnd:
         address: str | None = None,
         share_port: bool = False,
         api_keys: ApiKeys | None = None,
+        rate_limits: KeyRateLimits | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
+        self._tls = tls
         self.address = address if address is not None else listen_address(settings.host, settings.grpc_port)
         self._share_port = share_port
-        self._gate = ServingGate(lifecycle, metrics, api_keys, max_calls=settings.grpc_max_concurrent_rpcs)
+        self._gate = ServingGate(lifecycle, metrics, api_keys, rate_limits, max_calls=settings.grpc_max_concurrent_rpcs)
         self._metrics = metrics
         self.port: int | None = None
         """The port listened on, once started (the chosen one when `address` asks for port 0)."""
@@ -101,14 +118,18 @@ class GrpcFrontEnd:
 
     async def start(self) -> int:
         """Listen and serve; raises GrpcStartError when the address cannot be bound."""
+        options = server_options(self._settings, share_port=self._share_port)
+        if self._tls is not None:
+            options += tls_options(self._settings)
         # No maximum_concurrent_rpcs: gRPC's would count health watches too; the gate counts inference calls.
-        server = grpc.aio.server(
-            options=server_options(self._settings, share_port=self._share_port), interceptors=[self._gate]
-        )
+        server = grpc.aio.server(options=options, interceptors=[self._gate])
         add_tolerant_service(add_GRPCInferenceServiceServicer_to_server, self._servicer, server, self._count_malformed)
         add_tolerant_service(health_pb2_grpc.add_HealthServicer_to_server, self._health, server, lambda *_: None)
         try:
-            port = server.add_insecure_port(self.address)
+            if self._tls is not None:
+                port = server.add_secure_port(self.address, self._tls.grpc_credentials())
+            else:
+                port = server.add_insecure_port(self.address)
         except RuntimeError as exc:
             raise GrpcStartError(
                 f"gRPC cannot listen on {self.address} (is the port in use? set --grpc-port, or "
@@ -117,7 +138,12 @@ class GrpcFrontEnd:
         await server.start()
         self._server, self.port = server, port
         host = self.address.rpartition(":")[0]
-        logger.info("gRPC listening on %s:%d (Open Inference Protocol, grpc.health.v1)", host, port)
+        logger.info(
+            "gRPC listening on %s:%d (Open Inference Protocol, grpc.health.v1%s)",
+            host,
+            port,
+            "" if self._tls is None else ", TLS",
+        )
         return port
 
     def _count_malformed(self, method: str, error: MalformedRequest) -> None:

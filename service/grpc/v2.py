@@ -21,8 +21,9 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+from google.protobuf import json_format
 
-from service import __version__, logs
+from service import __version__, logs, tracing
 from service.dataplane import DataPlane
 from service.errors import (
     ClientDisconnected,
@@ -36,7 +37,7 @@ from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceServicer
 from service.inference import InferenceRequest
 from service.metrics import ServiceMetrics
-from service.v2 import codec
+from service.v2 import codec, extensions
 
 access_logger = logging.getLogger(logs.ACCESS_LOGGER)
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ SERVICE_NAME = messages.SERVICE_NAME
 PROTOCOL = "v2-grpc"
 """The `protocol` label of resnet_serve_requests_total."""
 
+_PROBES = ("ServerLive", "ServerReady")
 _DEADLINE_SLACK_S = 0.05
 """gRPC cancels a call at its deadline by its own clock, which can be a few milliseconds ahead of what
 `time_remaining()` computes: a call cancelled this close to its deadline was cancelled by it."""
@@ -76,10 +78,17 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         }
         request_id = logs.request_id_from(metadata.get("x-request-id"))
         token = logs.request_id.set(request_id)
+        trace = (
+            tracing.start_request(f"gRPC {method}", metadata, request_id)
+            if tracing.enabled() and method not in _PROBES
+            else None
+        )
         context.set_trailing_metadata((("x-request-id", request_id),))
         self._metrics.grpc_in_flight.inc()
         try:
-            return await serve()
+            response = await serve()
+            tracing.answer_started(trace)
+            return response
         except ServiceError as exc:
             code = errors.status_code(exc)
             await self._refuse(method, context, exc, code)
@@ -108,7 +117,8 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             self._metrics.grpc_in_flight.dec()
             self._metrics.grpc_requests.labels(method, code.name).inc()
             self._metrics.grpc_request_seconds.labels(method).observe(elapsed)
-            if self._access_log and method not in ("ServerLive", "ServerReady"):
+            tracing.end_request(trace, **{"rpc.grpc.status_code": code.value[0]})
+            if self._access_log and method not in _PROBES:
                 peer = context.peer()
                 model, version = messages.SERVED_BY.get() or (None, None)
                 access_logger.info(
@@ -191,6 +201,29 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             return messages.model_metadata(self._dataplane.model(request.name, request.version or None))
 
         return await self._call("ModelMetadata", context, serve)
+
+    async def ModelConfig(
+        self,
+        request: pb.ModelConfigRequest,
+        context: ServicerContext[pb.ModelConfigRequest, pb.ModelConfigResponse],
+    ) -> pb.ModelConfigResponse:
+        async def serve() -> pb.ModelConfigResponse:
+            model = self._dataplane.model(request.name, request.version or None)
+            config = extensions.model_config(model, request_timeout_s=self._dataplane.request_timeout_s)
+            return json_format.ParseDict({"config": config}, pb.ModelConfigResponse())
+
+        return await self._call("ModelConfig", context, serve)
+
+    async def ModelStatistics(
+        self,
+        request: pb.ModelStatisticsRequest,
+        context: ServicerContext[pb.ModelStatisticsRequest, pb.ModelStatisticsResponse],
+    ) -> pb.ModelStatisticsResponse:
+        async def serve() -> pb.ModelStatisticsResponse:
+            found = self._dataplane.statistics(request.name or None, request.version or None)
+            return json_format.ParseDict(extensions.statistics(found), pb.ModelStatisticsResponse())
+
+        return await self._call("ModelStatistics", context, serve)
 
     # ------------------------------------------------------------------------------------------ repository
 

@@ -32,7 +32,7 @@ from service.postprocess import ScoredLabel
 from service.preprocess import ImageUpload
 
 SERVER_NAME = "resnet-serve"
-EXTENSIONS = ("binary_tensor_data", "classification", "model_repository")
+EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics")
 """What server metadata lists, over HTTP and gRPC alike (Triton's clients read the same list from either)."""
 PLATFORM = "onnxruntime_onnx"
 BYTES = "BYTES"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 
 from bench.loadgen import HttpConnection, LoadRun, Sample, best_passing, multipart_request, percentile, search_max_rate
 
@@ -96,3 +97,46 @@ def test_a_connection_the_server_closed_while_idle_is_reopened_and_the_request_r
     assert asyncio.run(scenario()) == [200, 200]
     assert answers == 2
     assert bodies == [b"ok", b"ok"]  # the soak checks every answer's body
+
+
+def test_a_connection_speaks_tls_when_given_a_context(tmp_path) -> None:
+    from tests.certificates import CertificateAuthority
+
+    issued = CertificateAuthority("loadgen", tmp_path).issue_server()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(issued.certfile, issued.keyfile)
+    seen: list[bool] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        seen.append(writer.get_extra_info("ssl_object") is not None)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> int:
+        server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_context)
+        port = server.sockets[0].getsockname()[1]
+        connection = HttpConnection("127.0.0.1", port, ssl.create_default_context(cafile=str(issued.ca_file)))
+        response = await connection.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        connection.close()
+        server.close()
+        await server.wait_closed()
+        return response.status
+
+    assert asyncio.run(scenario()) == 200 and seen == [True]
+
+
+def test_the_otlp_sink_answers_every_export_and_keeps_nothing() -> None:
+    import httpx
+
+    from bench.paired import OtlpSink, _environment
+
+    sink = OtlpSink()
+    try:
+        answer = httpx.post(sink.endpoint + "/v1/traces", content=b"\x0a\x00", headers={"Content-Type": "x"})
+        assert answer.status_code == 200
+        assert dict(sink.environment())["OTEL_EXPORTER_OTLP_ENDPOINT"] == sink.endpoint
+    finally:
+        sink.close()
+    assert _environment(["A=1", "B=x=y"]) == (("A", "1"), ("B", "x=y"))

@@ -2,10 +2,12 @@
 
 kubernetes-validate --strict checks each rendered object against the Kubernetes schema; this script checks what
 ties the objects together (selectors, probe paths, the thread count following the CPU limit, a grace period
-long enough for the drain), the KServe example (a CRD that kubernetes-validate has no schema for: its pod part is
+long enough for the drain, TLS files from a mounted Secret with HTTPS probes, an autoscaler on the Deployment: the
+HPA, whose queue-pressure metric the Prometheus adapter's rule must serve, or KEDA's ScaledObject), the KServe example (a CRD that kubernetes-validate has no schema for: its pod part is
 validated as a Pod) and the Grafana dashboard's structure.
 
-    python tests/container/check_manifests.py k8s RENDERED.yaml
+    python tests/container/check_manifests.py k8s RENDERED.yaml [--adapter-values VALUES.yaml]
+    python tests/container/check_manifests.py without-crds RENDERED.yaml OUT.yaml   # for kubernetes-validate
     python tests/container/check_manifests.py kserve deploy/k8s/kserve/inferenceservice.yaml
     python tests/container/check_manifests.py kserve-v2 deploy/k8s/kserve/v2.yaml
     python tests/container/check_manifests.py dashboard deploy/grafana/dashboards/resnet-serve.json \
@@ -152,13 +154,100 @@ def _check_server_container(
     )
 
 
-def check_k8s(rendered: Path) -> list[str]:
+QUEUE_METRIC = "resnet_serve_queue_drain_seconds"
+SSL_CERTFILE_ENV = "RESNET_SERVE_SSL_CERTFILE"
+SSL_KEYFILE_ENV = "RESNET_SERVE_SSL_KEYFILE"
+CRD_API_GROUPS = ("keda.sh/",)
+"""Custom resources kubernetes-validate has no schema for; checked here instead."""
+
+
+def _check_tls(failures: Failures, deployment: dict[str, Any], container: dict[str, Any]) -> None:
+    """With TLS on, the files come from a mounted Secret, and the probes and Prometheus speak HTTPS."""
+    certfile = (_env_value(container, SSL_CERTFILE_ENV) or {}).get("value")
+    if certfile is None:
+        return
+    keyfile = (_env_value(container, SSL_KEYFILE_ENV) or {}).get("value")
+    failures.check(keyfile is not None, f"{SSL_CERTFILE_ENV} without {SSL_KEYFILE_ENV}")
+    pod_spec = deployment["spec"]["template"]["spec"]
+    secrets = {v["name"] for v in pod_spec.get("volumes", []) if "secret" in v}
+    for path in filter(None, (certfile, keyfile)):
+        mounted = [m for m in container.get("volumeMounts", []) if path.startswith(m["mountPath"].rstrip("/") + "/")]
+        failures.check(
+            any(m["name"] in secrets and m.get("readOnly") for m in mounted),
+            f"{path} must come from a Secret volume mounted read-only",
+        )
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        scheme = container.get(probe, {}).get("httpGet", {}).get("scheme", "HTTP")
+        failures.check(scheme == "HTTPS", f"{probe} must use scheme HTTPS: the server speaks TLS only")
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+    if annotations.get("prometheus.io/scrape") == "true":
+        failures.check(annotations.get("prometheus.io/scheme") == "https", "Prometheus must scrape the pods over HTTPS")
+
+
+def _adapter_metrics(values: Path) -> set[str]:
+    """The custom metric names the Prometheus adapter's rules in a Helm values file serve."""
+    rules = (yaml.safe_load(values.read_text()).get("rules") or {}).get("custom", [])
+    return {rule.get("name", {}).get("as", "") for rule in rules}
+
+
+def _check_autoscaler(
+    failures: Failures, by_kind: dict[str, list[dict[str, Any]]], deployment: dict[str, Any], adapter: Path | None
+) -> None:
+    hpas, scaled = by_kind.get("HorizontalPodAutoscaler", []), by_kind.get("ScaledObject", [])
+    failures.check(
+        len(hpas) + len(scaled) == 1,
+        f"expected exactly one autoscaler (an HPA, or KEDA's ScaledObject, which makes its own), found "
+        f"{len(hpas)} HPA and {len(scaled)} ScaledObject",
+    )
+    name = deployment["metadata"]["name"]
+    for hpa in hpas:
+        target = hpa["spec"]["scaleTargetRef"]
+        failures.check((target["kind"], target["name"]) == ("Deployment", name), "HPA does not scale the Deployment")
+        failures.check(hpa["spec"].get("minReplicas", 1) >= 2, "HPA minReplicas below 2 leaves the PDB nothing to keep")
+        for metric in hpa["spec"].get("metrics", []):
+            if metric["type"] != "Pods":
+                continue
+            metric_name = metric["pods"]["metric"]["name"]
+            failures.check(metric_name == QUEUE_METRIC, f"HPA Pods metric {metric_name!r} is not {QUEUE_METRIC}")
+            if adapter is not None:
+                failures.check(
+                    metric_name in _adapter_metrics(adapter),
+                    f"no rule in {adapter} serves the HPA's metric {metric_name!r}",
+                )
+    for obj in scaled:
+        spec = obj["spec"]
+        target = spec["scaleTargetRef"]
+        failures.check(
+            (target.get("kind", "Deployment"), target["name"]) == ("Deployment", name),
+            "ScaledObject does not scale the Deployment",
+        )
+        failures.check(spec.get("minReplicaCount", 0) >= 2, "ScaledObject minReplicaCount below 2 (or scale to zero)")
+        failures.check(spec.get("maxReplicaCount", 100) >= spec.get("minReplicaCount", 0), "max below min replicas")
+        prometheus = [t for t in spec.get("triggers", []) if t["type"] == "prometheus"]
+        failures.check(len(prometheus) == 1, "ScaledObject needs one prometheus trigger")
+        for trigger in prometheus:
+            metadata = trigger["metadata"]
+            failures.check(
+                QUEUE_METRIC in metadata.get("query", ""), f"the prometheus trigger must query {QUEUE_METRIC}"
+            )
+            failures.check(float(metadata.get("threshold", "nan")) > 0, "the prometheus trigger needs a threshold > 0")
+            failures.check(metadata.get("serverAddress", "").startswith("http"), "serverAddress must be a URL")
+
+
+def without_crds(rendered: Path, out: Path) -> list[str]:
+    objects = [o for o in yaml.safe_load_all(rendered.read_text()) if o]
+    kept = [o for o in objects if not o["apiVersion"].startswith(CRD_API_GROUPS)]
+    out.write_text(yaml.safe_dump_all(kept))
+    return []
+
+
+def check_k8s(rendered: Path, adapter: Path | None = None) -> list[str]:
     failures = Failures()
     objects = [o for o in yaml.safe_load_all(rendered.read_text()) if o]
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for obj in objects:
         by_kind.setdefault(obj["kind"], []).append(obj)
-    for kind in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"):
+    for kind in ("Deployment", "Service", "PodDisruptionBudget"):
         failures.check(
             len(by_kind.get(kind, [])) == 1, f"expected exactly one {kind}, found {len(by_kind.get(kind, []))}"
         )
@@ -190,18 +279,14 @@ def check_k8s(rendered: Path) -> list[str]:
             port["targetPort"] in ports, f"Service targetPort {port['targetPort']!r} is not a container port"
         )
 
-    hpa = by_kind["HorizontalPodAutoscaler"][0]
-    target = hpa["spec"]["scaleTargetRef"]
-    failures.check(
-        (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"]),
-        "HPA does not scale the Deployment",
-    )
-    failures.check(hpa["spec"].get("minReplicas", 1) >= 2, "HPA minReplicas below 2 leaves the PDB nothing to keep")
-    uses_cpu = any(m.get("resource", {}).get("name") == "cpu" for m in hpa["spec"].get("metrics", []))
-    failures.check(
-        not uses_cpu or "cpu" in container.get("resources", {}).get("requests", {}),
-        "HPA scales on CPU utilization but the container requests no CPU",
-    )
+    _check_autoscaler(failures, by_kind, deployment, adapter)
+    _check_tls(failures, deployment, container)
+    for hpa in by_kind.get("HorizontalPodAutoscaler", []):
+        uses_cpu = any(m.get("resource", {}).get("name") == "cpu" for m in hpa["spec"].get("metrics", []))
+        failures.check(
+            not uses_cpu or "cpu" in container.get("resources", {}).get("requests", {}),
+            "HPA scales on CPU utilization but the container requests no CPU",
+        )
 
     pdb = by_kind["PodDisruptionBudget"][0]
     failures.check(
@@ -365,7 +450,12 @@ def check_dashboard(dashboard_path: Path, datasources_path: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    sub.add_parser("k8s").add_argument("rendered", type=Path)
+    k8s = sub.add_parser("k8s")
+    k8s.add_argument("rendered", type=Path)
+    k8s.add_argument("--adapter-values", type=Path, help="the Prometheus adapter's Helm values (its rules)")
+    crds = sub.add_parser("without-crds")
+    crds.add_argument("rendered", type=Path)
+    crds.add_argument("out", type=Path)
     sub.add_parser("kserve").add_argument("path", type=Path)
     sub.add_parser("kserve-v2").add_argument("path", type=Path)
     dash = sub.add_parser("dashboard")
@@ -374,7 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.what == "k8s":
-        messages, subject = check_k8s(args.rendered), args.rendered
+        messages, subject = check_k8s(args.rendered, args.adapter_values), args.rendered
+    elif args.what == "without-crds":
+        messages, subject = without_crds(args.rendered, args.out), args.rendered
     elif args.what == "kserve":
         messages, subject = check_kserve(args.path), args.path
     elif args.what == "kserve-v2":

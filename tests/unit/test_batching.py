@@ -15,8 +15,8 @@ from service.errors import DeadlineExceeded, InferenceFailed, Overloaded, Shutti
 FAR = 1e9  # a deadline that never passes
 
 
-def item(payload: object, at: float = 0.0, deadline: float = FAR) -> QueuedItem:
-    return QueuedItem(payload=payload, enqueued_at=at, deadline=deadline, waiter=Future())
+def item(payload: object, at: float = 0.0, deadline: float = FAR, priority: int = 0) -> QueuedItem:
+    return QueuedItem(payload=payload, enqueued_at=at, deadline=deadline, waiter=Future(), priority=priority)
 
 
 def payloads(items: list[QueuedItem]) -> list[object]:
@@ -93,6 +93,26 @@ def test_policy_take_all_empties_the_queue():
     policy.admit([item(1), item(2)])
     assert payloads(policy.take_all()) == [1, 2]
     assert len(policy) == 0
+
+
+def test_policy_takes_the_highest_priority_first_in_arrival_order_within_each():
+    policy = BatchPolicy(max_batch_size=3, max_queue_size=16)
+    arrivals = [("low-1", 1), ("normal-1", 0), ("high-1", -1), ("low-2", 1), ("high-2", -1), ("normal-2", 0)]
+    policy.admit([item(name, at=n * 0.001, priority=priority) for n, (name, priority) in enumerate(arrivals)])
+    assert payloads(policy.take_batch(now=1.0).items) == ["high-1", "high-2", "normal-1"]
+    policy.admit([item("high-3", at=1.0, priority=-1)])  # a later arrival of a higher priority goes ahead
+    assert payloads(policy.take_batch(now=1.0).items) == ["high-3", "normal-2", "low-1"]
+    assert payloads(policy.take_batch(now=1.0).items) == ["low-2"]
+
+
+def test_policy_priorities_keep_the_drop_rules():
+    policy = BatchPolicy(max_batch_size=4, max_queue_size=8)
+    gone, late = item("gone", priority=-1), item("late", deadline=1.0, priority=-1)
+    policy.admit([item("low", priority=1), gone, late, item("high", priority=-1)])
+    gone.waiter.cancel()
+    batch = policy.take_batch(now=2.0)
+    assert payloads(batch.items) == ["high", "low"]
+    assert payloads(batch.expired) == ["late"] and batch.abandoned == 1
 
 
 def test_policy_wait_bound_refuses_what_would_finish_too_late():
@@ -204,6 +224,25 @@ def test_arrivals_while_busy_fill_the_next_batches_up_to_the_limit():
     assert runtime.batches == [[0], [1, 2, 3, 4], [5, 6]]
     assert [r.value for r in results] == [f"out-{n}" for n in range(7)]
     assert [r.batch_size for r in results] == [1, 4, 4, 4, 4, 2, 2]
+
+
+def test_under_load_the_next_batches_run_the_higher_priority_first():
+    async def scenario():
+        runtime = GatedRuntime()
+        batcher = DynamicBatcher(runtime, name="m", max_batch_size=2, max_queue_size=16)
+        batcher.start()
+        first = batcher.submit(["first"], deadline=FAR)
+        await runtime.wait_until_running()
+        queued = [batcher.submit(["low-1", "low-2"], deadline=FAR, priority=1)]
+        queued.append(batcher.submit(["normal"], deadline=FAR))
+        queued.append(batcher.submit(["high"], deadline=FAR, priority=-1))
+        runtime.gate.set()
+        await asyncio.gather(*first, *(future for futures in queued for future in futures))
+        await batcher.close()
+        return runtime
+
+    runtime = run(scenario())
+    assert runtime.batches == [["first"], ["high", "normal"], ["low-1", "low-2"]]
 
 
 def test_a_full_batch_does_not_wait_for_the_delay():
@@ -385,3 +424,53 @@ def test_wait_bound_uses_measured_inference_time_and_says_why_it_refuses():
 
     runtime = run(scenario())
     assert runtime.batches == [["a", "b"], ["c"], ["d", "e"]]
+
+
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.drains: list[float] = []
+
+    def batch_ran(self, size: int, inference_s: float) -> None:
+        pass
+
+    def item_dequeued(self, queue_wait_s: float) -> None:
+        pass
+
+    def items_dropped(self, reason, count: int) -> None:
+        pass
+
+    def queue_changed(self, depth: int, drain_s: float = 0.0) -> None:
+        self.drains.append(drain_s)
+
+
+def test_retry_after_and_the_drain_gauge_follow_the_measured_drain_rate():
+    async def scenario():
+        runtime = GatedRuntime()
+        clock = FakeClock()
+        observer = RecordingObserver()
+        batcher = DynamicBatcher(runtime, name="m", max_batch_size=2, max_queue_size=4, clock=clock, observer=observer)
+        batcher.start()
+        try:
+            assert batcher.retry_after_s() == 1  # nothing measured yet: the least
+            first = batcher.submit(["a", "b"], deadline=FAR)
+            await runtime.wait_until_running()
+            clock.now += 3.0  # 1.5 s per image
+            runtime.gate.set()
+            await asyncio.gather(*first)
+            assert observer.drains[-1] == 0.0  # nothing left once the batch is done
+            runtime.gate.clear()
+            running = batcher.submit(["c"], deadline=FAR)
+            await runtime.wait_until_running()
+            queued = batcher.submit(["d", "e", "f", "g"], deadline=FAR)  # the queue is full
+            assert batcher.drain_s() == pytest.approx(5 * 1.5)
+            assert observer.drains[-1] == pytest.approx(7.5)
+            with pytest.raises(Overloaded) as refused:
+                batcher.submit(["h"], deadline=FAR)
+            assert refused.value.headers["Retry-After"] == "8"  # 7.5 s to drain, rounded up
+            runtime.gate.set()
+            await asyncio.gather(*running, *queued)
+        finally:
+            runtime.gate.set()
+            await batcher.close()
+
+    run(scenario())

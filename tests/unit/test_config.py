@@ -98,3 +98,14 @@ def test_every_setting_is_in_the_operations_doc():
     doc = (REPO_ROOT / "docs" / "SERVICE.md").read_text()
     for name in Settings.model_fields:
         assert f"`RESNET_SERVE_{name.upper()}`" in doc, f"docs/SERVICE.md does not document {name}"
+
+
+def test_cors_origins_are_a_comma_separated_list_of_origins(monkeypatch):
+    monkeypatch.setenv("RESNET_SERVE_CORS_ORIGINS", "https://app.example.com, http://127.0.0.1:5173")
+    assert Settings().cors_origins == ["https://app.example.com", "http://127.0.0.1:5173"]
+    assert Settings(cors_origins="*").cors_origins == ["*"]
+    assert Settings().model_copy(update={"cors_origins": []}).cors_origins == []
+    with pytest.raises(ValueError, match="is not an origin: write a scheme and a host"):
+        Settings(cors_origins="https://app.example.com/path")
+    with pytest.raises(ValueError, match="is not an origin"):
+        Settings(cors_origins="app.example.com")

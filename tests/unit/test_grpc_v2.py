@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+from tritonclient.grpc import model_config_pb2 as triton_config_pb
 from tritonclient.grpc import service_pb2 as triton_pb
 
 from service.config import Settings
@@ -44,13 +45,24 @@ def _compare(ours, theirs) -> None:
     assert _fields(ours) == _fields(theirs), ours.full_name
     for name, nested in ours.nested_types_by_name.items():
         _compare(nested, theirs.nested_types_by_name[name])
+    for name, enum in ours.enum_types_by_name.items():
+        expected = {v.name: v.number for v in theirs.enum_types_by_name[name].values}
+        assert {v.name: v.number for v in enum.values} == expected, f"{ours.full_name}.{name}"
 
 
 def test_the_wire_format_is_triton_s():
-    """Every message of ours has Triton's full name, field names, numbers and types, so tritonclient.grpc and our
-    server read each other's bytes; every method of ours has Triton's path and message types."""
+    """Every message of ours has Triton's full name, field names, numbers and types (ModelConfig's from Triton's
+    model_config.proto), and every enum its values, so tritonclient.grpc and our server read each other's bytes;
+    every method of ours has Triton's path and message types."""
     for name, ours in pb.DESCRIPTOR.message_types_by_name.items():
-        _compare(ours, triton_pb.DESCRIPTOR.message_types_by_name[name])
+        theirs = (
+            triton_pb.DESCRIPTOR.message_types_by_name.get(name)
+            or triton_config_pb.DESCRIPTOR.message_types_by_name[name]
+        )
+        _compare(ours, theirs)
+    for name, ours in pb.DESCRIPTOR.enum_types_by_name.items():
+        theirs = triton_config_pb.DESCRIPTOR.enum_types_by_name[name]
+        assert {v.name: v.number for v in ours.values} == {v.name: v.number for v in theirs.values}, name
     ours_service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     theirs_service = triton_pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert ours_service.full_name == v2.SERVICE_NAME == theirs_service.full_name
@@ -67,6 +79,8 @@ def test_the_wire_format_is_triton_s():
         "ServerMetadata",
         "ModelMetadata",
         "ModelInfer",
+        "ModelConfig",
+        "ModelStatistics",
         "RepositoryIndex",
         "RepositoryModelLoad",
         "RepositoryModelUnload",

@@ -132,10 +132,14 @@ class Server:
         self.observer = RecordingObserver()
         self.protocol_class = guarded_protocol(base, limits, self.observer)
 
-    def connect(self) -> tuple[Any, FakeTransport]:
-        protocol: Any = self.protocol_class(
+    def accept(self) -> Any:
+        """A protocol as the loop makes it when it accepts a connection (over TLS: before the handshake)."""
+        return self.protocol_class(
             config=self.config, server_state=self.state, app_state={}, _loop=asyncio.get_running_loop()
         )
+
+    def connect(self) -> tuple[Any, FakeTransport]:
+        protocol = self.accept()
         transport = FakeTransport()
         protocol.connection_made(transport)
         return protocol, transport
@@ -325,6 +329,46 @@ def test_a_refused_connection_lingers_and_discards_what_its_client_still_sends(b
         assert protocol.eof_received() is False  # the client is done: the transport may close
         protocol.connection_lost(None)
         assert server.observer.refusals == [ConnectionRefusal.FRAMING]
+
+    asyncio.run(scenario())
+
+
+@PARSERS
+def test_tls_handshakes_under_way_count_in_the_cap_until_done_or_their_deadline(base):
+    async def scenario() -> None:
+        limits = dataclasses.replace(LIMITS, max_connections=2, tls_handshake_timeout_s=0.2)
+        server = Server(base, limits)
+        handshaking = [server.accept(), server.accept()]  # accepted; their handshakes go on
+        refused, refused_transport = server.connect()
+        status, _, body = response(refused_transport.written)
+        assert status == 503
+        assert "2 connections open" in json_error(body, 503, "too_many_connections")
+        refused.connection_lost(None)
+
+        # A handshake that fails is reported as a lost connection that was never made (uvloop, at the deadline):
+        # nothing was opened, so nothing is closed.
+        handshaking[0].connection_lost(ConnectionAbortedError("SSL handshake is taking longer than 0.2 seconds"))
+        assert (server.observer.opened, server.observer.closed) == (1, 1)
+
+        # The other finishes its handshake and is served within the cap; the failed one no longer counts.
+        done = handshaking[1]
+        done_transport = FakeTransport()
+        done.connection_made(done_transport)
+        done.data_received(GET)
+        await until(lambda: b"/hello " in done_transport.written, "the app's answer after the handshake")
+        assert response(done_transport.written)[0] == 200
+
+        # One that never reports (asyncio) counts no longer than its deadline.
+        server.accept()
+
+        def next_connection_is_served() -> bool:
+            protocol, transport = server.connect()
+            protocol.connection_lost(None)
+            return not transport.written  # not refused
+
+        await until(next_connection_is_served, "the silent handshake's deadline to pass")
+        done.connection_lost(None)
+        await until(lambda: not server.state.tasks, "the request's task to end")
 
     asyncio.run(scenario())
 
