@@ -250,7 +250,8 @@ class DynamicBatcher(Generic[P, R]):
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            # Joined from another thread: the event loop serves other models meanwhile.
+            await asyncio.to_thread(self._executor.shutdown, True)
 
     def _idle_for(self, reserved: int) -> bool:
         """Nothing queued, running, or held by a request other than the one holding `reserved` images, and no

@@ -187,7 +187,11 @@ class ModelControl:
             await self._apply(command)
             return
         sequence = self._log.append(command)
-        await self._catch_up()  # applies this command, after any earlier one
+        failure: ModelLoadFailed | None = None
+        try:
+            await self._catch_up()  # applies this command, after any earlier one
+        except ModelLoadFailed as exc:
+            failure = exc  # answered once every worker has tried too, so that all of them say why
         give_up = time.monotonic() + ACK_PATIENCE_S
         while laggards := self._log.laggards(sequence):
             if time.monotonic() > give_up:
@@ -196,6 +200,8 @@ class ModelControl:
                     f"after {ACK_PATIENCE_S:g} s; see their logs"
                 )
             await asyncio.sleep(FOLLOW_INTERVAL_S)
+        if failure is not None:
+            raise failure
 
     async def _apply(self, command: dict[str, Any]) -> None:
         name = command["name"]

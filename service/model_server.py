@@ -9,6 +9,7 @@ The HTTP app's lifespan runs it, since uvicorn drives both listeners' start and 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -152,6 +153,10 @@ class ModelServer:
         if await self.registry.warm_up_and_start():
             # A worker that starts after explicit loads and unloads makes them before it is ready.
             await self.control.start()
+            # What start-up made (the web stack, schemas, sessions) lives as long as the process: out of the
+            # collector's sight, a full collection no longer walks it, which stalled the event loop for tens of
+            # milliseconds whenever one ran under traffic (a model load made one run).
+            gc.freeze()
             self.lifecycle.mark_ready()
             logger.info("all %d model(s) ready", len(self.registry.models))
             if self._on_ready is not None:

@@ -82,6 +82,8 @@ class InferenceRuntime(Protocol):
 
     def time_batch(self, batch: np.ndarray, output_name: str | None = None) -> float: ...
 
+    def release(self) -> None: ...
+
     def batch1_seconds(self, sample_shape: Sequence[int], output_name: str | None = None) -> float: ...
 
 
@@ -183,6 +185,10 @@ class OnnxModelRuntime:
         """Run each batch size once so allocation and kernel selection do not land on the first requests."""
         for size in batch_sizes:
             self.run(np.zeros((size, *sample_shape), dtype=np.float32), output_name)
+
+    def release(self) -> None:
+        """Free the session (its weights, arena and thread pool) now, in the calling thread; no run after this."""
+        self.__dict__.pop("_session", None)
 
     def time_batch(self, batch: np.ndarray, output_name: str | None = None) -> float:
         """Seconds one run of `batch` takes (batch-size tuning: `service.autotune`)."""

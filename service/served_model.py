@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -28,10 +29,12 @@ from service.metrics import ServiceMetrics
 from service.modelspec import AUTO, ModelSpec
 from service.postprocess import ScoredLabel, rank
 from service.preprocess import DecodeOptions, ImageUpload, PreprocessedImage, preprocess_upload
-from service.priority import thread_initializer
+from service.priority import call_in_lowered_thread, thread_initializer
 from service.runtime import InferenceRuntime, OnnxModelRuntime, run_batch
 
 logger = logging.getLogger("service")
+
+T = TypeVar("T")
 
 
 def open_onnx_runtime(path: Path, providers: Sequence[str], intra_op_threads: int | None) -> OnnxModelRuntime:
@@ -128,6 +131,8 @@ class ServedModel:
             self._released = asyncio.Event()
             await self._released.wait()
         await self.close()
+        # Its memory goes back now, freed in a thread rather than whenever the last reference drops on the loop.
+        await asyncio.to_thread(self.runtime.release)
 
     def describe(self) -> ModelDescription:
         return ModelDescription(
@@ -181,11 +186,11 @@ class ServedModel:
                 batch = np.zeros((1, *spec.input_shape), dtype=np.float32)
                 # One run: it plans batch 1's memory, and its time (an overestimate) seeds the wait estimate,
                 # which the first real batches correct.
-                seconds = await asyncio.to_thread(self.runtime.time_batch, batch, spec.output_name)
+                seconds = await self._below_serving(partial(self.runtime.time_batch, batch, spec.output_name))
                 self.batcher.seed_seconds_per_image(seconds)
             else:
                 sizes = warm_up_sizes(self.batcher.max_batch_size)
-                await asyncio.to_thread(self.runtime.warm_up, sizes, spec.input_shape, spec.output_name)
+                await self._below_serving(partial(self.runtime.warm_up, sizes, spec.input_shape, spec.output_name))
         except Exception as exc:
             logger.exception("warm-up of model %s failed; the server stays not ready", self.name)
             self._set_state(ModelState.FAILED, f"warm-up failed: {exc}")
@@ -203,6 +208,11 @@ class ServedModel:
         if self.auto_batch and not tune_first:
             self._tuning = asyncio.get_running_loop().create_task(self.tune_batch_size(), name=f"tune-{self.name}")
         return True
+
+    async def _below_serving(self, work: Callable[[], T]) -> T:
+        """Warm-up runs in a thread at the inference threads' priority: a version loaded beside one that serves
+        takes CPU from it no more than another batch would, and the event loop keeps its precedence."""
+        return await asyncio.to_thread(call_in_lowered_thread, work, self.worker_nice)
 
     async def tune_batch_size(self) -> None:
         """Time the served path at batch sizes 1, 2, 4, ... in the batcher's own thread, between the batches it

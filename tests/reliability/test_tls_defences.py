@@ -140,6 +140,24 @@ def test_a_client_refused_by_the_connection_cap_reads_the_503_after_writing_its_
             assert responses[0].error_code == "too_many_connections"
 
 
+def _two_accepted(port: int) -> tuple[socket.socket, socket.socket] | None:
+    """Two silent connections, when the server kept both open for a moment; a refused one is closed at once."""
+    pair = (connect(port), connect(port))
+    for connection in pair:
+        connection.settimeout(0.3)
+        try:
+            closed = connection.recv(1) == b""
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            closed = True
+        if closed:
+            for each in pair:
+                each.close()
+            return None
+    return pair
+
+
 def test_grpc_cuts_unfinished_handshakes_and_counts_them_in_its_connection_cap(tls_server, issued):
     server = tls_server("--grpc-port", str(free_port()), "--max-connections", "2", "--tls-handshake-timeout-s", "3")
     port = poll(lambda: (match := GRPC_LISTENING.search(server.log())) and int(match.group(1)), "gRPC to listen")
@@ -147,8 +165,13 @@ def test_grpc_cuts_unfinished_handshakes_and_counts_them_in_its_connection_cap(t
     def client() -> tritongrpc.InferenceServerClient:
         return tritongrpc.InferenceServerClient(f"localhost:{port}", ssl=True, root_certificates=str(issued.ca_file))
 
-    assert client().is_server_live()
-    with connect(port) as silent, connect(port):
+    first = client()
+    assert first.is_server_live()
+    first.close()
+    # The server frees the first client's slot when it reads its close, a moment later: until then, one of two new
+    # connections is refused at acceptance. Hold two that the cap accepted.
+    held = poll(lambda: _two_accepted(port), "the cap to accept two connections that never send a byte")
+    with held[0] as silent, held[1]:
         with pytest.raises(InferenceServerException, match="UNAVAILABLE"):
             client().is_server_live(client_timeout=HANG_LIMIT_S)
         assert closed_by_server(silent)  # at its handshake deadline
