@@ -3,7 +3,8 @@
 kubernetes-validate --strict checks each rendered object against the Kubernetes schema; this script checks what
 ties the objects together (selectors, probe paths, the thread count following the CPU limit, a grace period
 long enough for the drain, TLS files from a mounted Secret with HTTPS probes, an autoscaler on the Deployment: the
-HPA, whose queue-pressure metric the Prometheus adapter's rule must serve, or KEDA's ScaledObject), the KServe example (a CRD that kubernetes-validate has no schema for: its pod part is
+HPA, whose queue-pressure metric the Prometheus adapter's rule must serve, or KEDA's ScaledObject; a model
+repository on a mounted volume, shared by every pod when they poll it), the KServe example (a CRD that kubernetes-validate has no schema for: its pod part is
 validated as a Pod) and the Grafana dashboard's structure.
 
     python tests/container/check_manifests.py k8s RENDERED.yaml [--adapter-values VALUES.yaml]
@@ -29,6 +30,9 @@ import kubernetes_validate
 import yaml
 
 SERVER_CONTAINER = "resnet-serve"
+SERVER_COMPONENT = "server"
+"""The app.kubernetes.io/component label of the server's pods (a Deployment such as the model publisher may sit
+beside theirs)."""
 KSERVE_CONTAINER = "kserve-container"
 THREADS_ENV = "RESNET_SERVE_INTRA_OP_THREADS"
 TIMEOUT_ENV = "RESNET_SERVE_REQUEST_TIMEOUT_S"
@@ -184,6 +188,53 @@ def _check_tls(failures: Failures, deployment: dict[str, Any], container: dict[s
         failures.check(annotations.get("prometheus.io/scheme") == "https", "Prometheus must scrape the pods over HTTPS")
 
 
+MODEL_DIR_ENV = "RESNET_SERVE_MODEL_DIR"
+MODEL_CONTROL_MODE_ENV = "RESNET_SERVE_MODEL_CONTROL_MODE"
+
+
+def _pod_component(deployment: dict[str, Any]) -> str | None:
+    return deployment["spec"]["template"]["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+
+
+def _text_setting(objects: Iterable[dict[str, Any]], container: dict[str, Any], name: str) -> str | None:
+    """A RESNET_SERVE_ setting as the server will see it (env, else envFrom config maps); None when unset."""
+    value = (_env_value(container, name) or {}).get("value")
+    return _config_map_value(objects, container, name) if value is None else value
+
+
+def _check_model_repository(
+    failures: Failures, objects: list[dict[str, Any]], pod_spec: dict[str, Any], container: dict[str, Any]
+) -> None:
+    """A model repository is a mounted volume; in poll mode every pod must see the same files (a ReadWriteMany
+    claim, or NFS), which the server mounts read-only; the pod's other containers run the server's image."""
+    for init in pod_spec.get("initContainers", []):
+        failures.check(
+            init.get("image") == container.get("image"), f"init container {init['name']}: not the server's image"
+        )
+    model_dir = _text_setting(objects, container, MODEL_DIR_ENV)
+    if model_dir is None:
+        return  # the bundled model, inside the image
+    mounts = [
+        m
+        for m in container.get("volumeMounts", [])
+        if (model_dir.rstrip("/") + "/").startswith(m["mountPath"].rstrip("/") + "/")
+    ]
+    failures.check(bool(mounts), f"{MODEL_DIR_ENV}={model_dir} is not on a volume mounted in the server container")
+    if not mounts or (_text_setting(objects, container, MODEL_CONTROL_MODE_ENV) or "none") != "poll":
+        return
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    failures.check(mount.get("readOnly") is True, f"the server only reads {model_dir}: mount it read-only")
+    volume = next((v for v in pod_spec.get("volumes", []) if v["name"] == mount["name"]), {})
+    claims = {o["metadata"]["name"]: o for o in objects if o["kind"] == "PersistentVolumeClaim"}
+    claim = claims.get(volume.get("persistentVolumeClaim", {}).get("claimName"))
+    shared = "nfs" in volume or (claim is not None and "ReadWriteMany" in claim["spec"].get("accessModes", []))
+    failures.check(
+        shared,
+        f"in poll mode every pod must see the same repository: {model_dir} must be an NFS volume or a "
+        "PersistentVolumeClaim (in these manifests) with accessModes ReadWriteMany",
+    )
+
+
 def _adapter_metrics(values: Path) -> set[str]:
     """The custom metric names the Prometheus adapter's rules in a Helm values file serve."""
     rules = (yaml.safe_load(values.read_text()).get("rules") or {}).get("custom", [])
@@ -247,14 +298,16 @@ def check_k8s(rendered: Path, adapter: Path | None = None) -> list[str]:
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for obj in objects:
         by_kind.setdefault(obj["kind"], []).append(obj)
-    for kind in ("Deployment", "Service", "PodDisruptionBudget"):
+    servers = [d for d in by_kind.get("Deployment", []) if _pod_component(d) == SERVER_COMPONENT]
+    failures.check(len(servers) == 1, f"expected exactly one Deployment of the server's pods, found {len(servers)}")
+    for kind in ("Service", "PodDisruptionBudget"):
         failures.check(
             len(by_kind.get(kind, [])) == 1, f"expected exactly one {kind}, found {len(by_kind.get(kind, []))}"
         )
     if failures.messages:
         return failures.messages
 
-    deployment = by_kind["Deployment"][0]
+    deployment = servers[0]
     pod_spec = deployment["spec"]["template"]["spec"]
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     selector = deployment["spec"]["selector"]["matchLabels"]
@@ -281,6 +334,7 @@ def check_k8s(rendered: Path, adapter: Path | None = None) -> list[str]:
 
     _check_autoscaler(failures, by_kind, deployment, adapter)
     _check_tls(failures, deployment, container)
+    _check_model_repository(failures, objects, pod_spec, container)
     for hpa in by_kind.get("HorizontalPodAutoscaler", []):
         uses_cpu = any(m.get("resource", {}).get("name") == "cpu" for m in hpa["spec"].get("metrics", []))
         failures.check(

