@@ -31,7 +31,14 @@ from typing import Any
 
 from service import repository
 from service.config import Settings
-from service.errors import DeadlineExceeded, ModelControlOff, ModelControlRefused, ModelLoadFailed, ModelNotFound
+from service.errors import (
+    DeadlineExceeded,
+    InsufficientMemory,
+    ModelControlOff,
+    ModelControlRefused,
+    ModelLoadFailed,
+    ModelNotFound,
+)
 from service.registry import LoadFailed, ModelRegistry, VersionStatus
 
 logger = logging.getLogger("service")
@@ -187,10 +194,10 @@ class ModelControl:
             await self._apply(command)
             return
         sequence = self._log.append(command)
-        failure: ModelLoadFailed | None = None
+        failure: ModelLoadFailed | InsufficientMemory | None = None
         try:
             await self._catch_up()  # applies this command, after any earlier one
-        except ModelLoadFailed as exc:
+        except (ModelLoadFailed, InsufficientMemory) as exc:
             failure = exc  # answered once every worker has tried too, so that all of them say why
         give_up = time.monotonic() + ACK_PATIENCE_S
         while laggards := self._log.laggards(sequence):
@@ -212,7 +219,8 @@ class ModelControl:
         try:
             await self._registry.reconcile(name, default_version=command.get("default_version"))
         except LoadFailed as exc:
-            raise ModelLoadFailed(f"cannot load {name}: {exc}; the versions that served go on serving") from None
+            refusal = InsufficientMemory if exc.insufficient_memory else ModelLoadFailed
+            raise refusal(f"cannot load {name}: {exc}; the versions that served go on serving") from None
 
     # ------------------------------------------------------------------------------------------ followers
 
@@ -227,16 +235,16 @@ class ModelControl:
     async def _follow_once(self) -> None:
         try:
             await self._catch_up()
-        except ModelLoadFailed as exc:
+        except (ModelLoadFailed, InsufficientMemory) as exc:
             logger.error("%s", exc.message)
 
     async def _catch_up(self) -> None:
         assert self._log is not None
-        failure: ModelLoadFailed | None = None
+        failure: ModelLoadFailed | InsufficientMemory | None = None
         for command in self._log.read_after(self._applied):
             try:
                 await self._apply(command)
-            except ModelLoadFailed as exc:
+            except (ModelLoadFailed, InsufficientMemory) as exc:
                 failure = exc
             self._applied = command["seq"]
             self._log.acknowledge(self._applied)

@@ -51,6 +51,11 @@ class StartupError(RuntimeError):
 class LoadFailed(Exception):
     """One model version cannot be served; the message says why."""
 
+    def __init__(self, message: str, *, insufficient_memory: bool = False) -> None:
+        super().__init__(message)
+        self.insufficient_memory = insufficient_memory
+        """Refused before it started because it would pass the memory budget (the API answers 507)."""
+
 
 @dataclass(frozen=True)
 class VersionStatus:
@@ -81,6 +86,11 @@ class _Model:
     failures: dict[int, str] = field(default_factory=dict)
     pinned: int | None = None
     pinned_by_api: int | None = None
+    loading: dict[int, ServedModel] = field(default_factory=dict)
+    """Versions opened and warming up beside those that serve; they take no traffic yet."""
+    counts_for_readiness: bool = True
+    """Whether the server's readiness waits on this model: always for those served at start-up, and for a model
+    added later only once one of its versions was ready, so that a bad file under a new name takes no pod out."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def route(self, version: str | None) -> ServedModel:
@@ -121,6 +131,8 @@ class ModelRegistry:
         self._open_runtime = open_runtime or open_onnx_runtime
         self._models: dict[str, _Model] = {}
         self._unloading: set[asyncio.Task[None]] = set()
+        self._retired: dict[tuple[str, int], ServedModel] = {}
+        """Versions out of the routing, closing after their last request."""
         self.default_model: str | None = None
         self.decode_memory = DecodeMemory(settings.max_decode_bytes, metrics.decode_memory_bytes.set)
         """One budget for the decodes of every model."""
@@ -150,7 +162,7 @@ class ModelRegistry:
     @property
     def ready(self) -> bool:
         """Every model has a ready version (a version that failed beside one that serves does not count)."""
-        return self.loaded and all(entry.ready for entry in self._models.values())
+        return self.loaded and all(entry.ready for entry in self._models.values() if entry.counts_for_readiness)
 
     def get(self, name: str | None, version: str | None = None) -> ServedModel:
         """The named model (the default one for None) at `version` (None: the one that answers by default);
@@ -173,9 +185,13 @@ class ModelRegistry:
         for name, disk in on_disk.items():
             for number in disk.versions:
                 statuses[(name, number)] = VersionStatus(name, str(number), "UNAVAILABLE", "not loaded")
+        for name, number in self._retired:
+            statuses[(name, number)] = VersionStatus(name, str(number), "UNLOADING")
         for name, entry in self._models.items():
             for number, reason in entry.failures.items():
                 statuses[(name, number)] = VersionStatus(name, str(number), "UNAVAILABLE", reason)
+            for number in entry.loading:
+                statuses[(name, number)] = VersionStatus(name, str(number), "LOADING")
             for number, model in entry.versions.items():
                 statuses[(name, number)] = VersionStatus(
                     name, str(number), _INDEX_STATES[model.state], model.error or ""
@@ -242,7 +258,7 @@ class ModelRegistry:
         another is ready, and the whole model when it is gone from disk. Raises LoadFailed (with every reason)
         when a selected version could not be loaded; what served goes on serving. `default_version` pins the
         version that answers requests naming none (until another load pins another), over config.json's."""
-        entry = self._models.get(name) or _Model(name)
+        entry = self._models.get(name) or _Model(name, counts_for_readiness=False)
         async with entry.lock:
             disk = repository.scan_model(self._settings.model_dir, name)
             if disk is None:
@@ -256,7 +272,7 @@ class ModelRegistry:
             if default_version is not None:
                 entry.pinned_by_api = default_version
             entry.pinned = entry.pinned_by_api or disk.config.default_version
-            failures = []
+            failures: list[LoadFailed] = []
             selected = disk.selected
             for model_file in selected:
                 current = entry.versions.get(model_file.version)
@@ -267,7 +283,7 @@ class ModelRegistry:
                 try:
                     await self._load_beside(entry, model_file)
                 except LoadFailed as exc:
-                    failures.append(str(exc))
+                    failures.append(exc)
             wanted = {model_file.version for model_file in selected}
             if any(entry.versions[number].ready for number in wanted if number in entry.versions):
                 for number in [number for number in entry.versions if number not in wanted]:
@@ -277,7 +293,9 @@ class ModelRegistry:
             entry.refresh()
             self._mark_default()
             if failures:
-                raise LoadFailed("; ".join(failures))
+                raise LoadFailed(
+                    "; ".join(map(str, failures)), insufficient_memory=any(f.insufficient_memory for f in failures)
+                )
 
     async def unload_model(self, name: str) -> None:
         """Take the model out of the routing now and close each version after its last request."""
@@ -305,15 +323,21 @@ class ModelRegistry:
             reason = exc.message if isinstance(exc, InsufficientMemory) else str(exc)
             entry.failures[model_file.version] = reason
             logger.error("cannot load %s: %s; what served goes on serving", label, reason)
-            raise LoadFailed(f"{label}: {reason}") from None
+            raise LoadFailed(f"{label}: {reason}", insufficient_memory=isinstance(exc, InsufficientMemory)) from None
         model.is_default = entry.name == self.default_model
-        if not await model.warm_up_and_start(tune_first=True):
+        entry.loading[model_file.version] = model
+        try:
+            warmed = await model.warm_up_and_start(tune_first=True)
+        finally:
+            entry.loading.pop(model_file.version, None)
+        if not warmed:
             entry.failures[model_file.version] = model.error or "warm-up failed"
             await model.close()
             raise LoadFailed(f"{label}: {model.error}")
         previous = entry.versions.get(model_file.version)
         entry.versions[model_file.version] = model
         entry.failures.pop(model_file.version, None)
+        entry.counts_for_readiness = True
         if previous is not None:
             self._retire(previous)  # the same version, reloaded from changed files
         logger.info("%s loaded and serving", label)
@@ -323,9 +347,11 @@ class ModelRegistry:
         resident = resident_memory_bytes()
         if budget is None or resident is None:
             return
+        # What opening took for a version already served (else the file's size), plus the batch memory its warm-up
+        # and tuning may add, up to the per-model budget they keep to.
         measured = [model.memory_bytes for model in entry.versions.values() if model.memory_bytes]
         batches = round(self._settings.batch_memory_budget_mb * 2**20)
-        needed = max(measured) if measured else model_file.path.stat().st_size + batches
+        needed = max([*measured, model_file.path.stat().st_size]) + batches
         if resident + needed > budget:
             raise InsufficientMemory(
                 f"loading {model_file.name} version {model_file.version} needs about {needed / 2**20:.0f} MiB beside "
@@ -335,9 +361,17 @@ class ModelRegistry:
 
     def _retire(self, model: ServedModel) -> None:
         model.mark_unloading()
+        key = (model.name, int(model.version))
+        self._retired[key] = model
         task = asyncio.get_running_loop().create_task(model.unload(), name=f"unload-{model.name}-{model.version}")
         self._unloading.add(task)
-        task.add_done_callback(self._unloading.discard)
+
+        def closed(done: asyncio.Task[None]) -> None:
+            self._unloading.discard(done)
+            if self._retired.get(key) is model:
+                del self._retired[key]
+
+        task.add_done_callback(closed)
 
     async def close(self) -> None:
         for model in self.models:

@@ -11,6 +11,7 @@ is returned. And a corrupt version 3 leaves version 2 serving, with its reason i
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -287,6 +288,32 @@ def test_model_control_is_refused_unless_allowed(start_server, tmp_path, make_cl
             f"{off.url}/v2/repository/models/{MODEL}/load", json={"parameters": parameters}, timeout=30
         )
         assert outside.status_code == 422 and "repository folder only" in outside.json()["error"]
+
+
+def test_a_load_past_the_memory_budget_is_refused_with_507_and_the_numbers(
+    start_server, tmp_path, make_classifier, gray_spec
+):
+    write_version(tmp_path / MODEL, make_classifier, gray_spec, 1)
+    server = start_server(
+        "--model-dir",
+        str(tmp_path),
+        "--model-control-mode",
+        "explicit",
+        "--allow-model-control-without-keys",
+        "--workers",
+        "1",
+        "--memory-budget-mb",
+        "1",  # below what any Python process holds: start-up loads regardless, later loads are checked
+    )
+    server.wait_ready()
+    write_version(tmp_path / MODEL, make_classifier, gray_spec, 2)
+    refused = httpx.post(f"{server.url}/v2/repository/models/{MODEL}/load", timeout=120)
+    assert refused.status_code == 507, refused.text
+    assert re.search(r"needs about \d+ MiB beside the \d+ MiB .* memory budget of 1 MiB", refused.json()["error"])
+    state, reason = index(server.url)["2"]
+    assert state == "UNAVAILABLE" and "memory budget" in reason
+    assert index(server.url)["1"][0] == "READY"
+    assert httpx.get(f"{server.url}/readyz", timeout=30).status_code == 200
 
 
 def test_explicit_unload_then_load_and_a_pinned_rollback(start_server, tmp_path, make_classifier, gray_spec):

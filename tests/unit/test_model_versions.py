@@ -13,7 +13,7 @@ import pytest
 from service import repository
 from service.config import Settings
 from service.contract import ModelState
-from service.errors import InsufficientMemory, ModelNotFound, NotReady
+from service.errors import ModelNotFound, NotReady
 from service.metrics import ServiceMetrics
 from service.registry import LoadFailed, ModelRegistry, StartupError
 
@@ -121,6 +121,7 @@ def test_swapping_versions_routes_new_requests_to_the_new_one_and_closes_the_old
         await registry.reconcile("m")
         assert label_of(registry, "m") == "v2"  # new requests: version 2
         assert old.state is ModelState.UNLOADING and old.batcher.running  # the held one is not closed under it
+        assert [(s.version, s.state) for s in registry.index()] == [("1", "UNLOADING"), ("2", "READY")]
         with pytest.raises(ModelNotFound, match="has no version '1'"):
             registry.get("m", "1")
         old.request_finished()
@@ -220,13 +221,37 @@ def test_a_load_past_the_memory_budget_is_refused_with_the_numbers(tmp_path, mak
     async def scenario() -> None:
         assert await registry.warm_up_and_start()
         write_version(tmp_path / "m", make_classifier, gray_spec, 2)
-        with pytest.raises(LoadFailed, match=r"needs about \d+ MiB beside the \d+ MiB .* memory budget of 1 MiB"):
+        with pytest.raises(
+            LoadFailed, match=r"needs about \d+ MiB beside the \d+ MiB .* memory budget of 1 MiB"
+        ) as refused:
             await registry.reconcile("m")
+        assert refused.value.insufficient_memory  # which the repository API answers with 507
         assert label_of(registry, "m") == "v1"
         await registry.close()
 
     asyncio.run(scenario())
-    assert issubclass(InsufficientMemory, Exception)
+
+
+def test_a_new_model_that_cannot_load_takes_no_readiness_away(tmp_path, make_classifier, gray_spec):
+    write_version(tmp_path / "m", make_classifier, gray_spec, 1)
+    registry = registry_for(tmp_path)
+
+    async def scenario() -> None:
+        assert await registry.warm_up_and_start()
+        (tmp_path / "new" / "1").mkdir(parents=True)
+        (tmp_path / "new" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+        with pytest.raises(LoadFailed, match="cannot load the model"):
+            await registry.reconcile("new")
+        assert registry.ready  # the server serves what it served; the index says why the new one does not
+        assert [(s.name, s.state) for s in registry.index()] == [("m", "READY"), ("new", "UNAVAILABLE")]
+        with pytest.raises(NotReady, match="version 1 is unavailable"):
+            registry.get("new", "1")
+        write_version(tmp_path / "new", make_classifier, gray_spec, 1)  # fixed: it serves, and now counts
+        await registry.reconcile("new")
+        assert label_of(registry, "new") == "v1" and registry.ready
+        await registry.close()
+
+    asyncio.run(scenario())
 
 
 def test_start_up_still_fails_on_a_model_it_cannot_serve(tmp_path, make_classifier, gray_spec):
