@@ -162,7 +162,8 @@ class ModelRegistry:
     @property
     def ready(self) -> bool:
         """Every model has a ready version (a version that failed beside one that serves does not count)."""
-        return self.loaded and all(entry.ready for entry in self._models.values() if entry.counts_for_readiness)
+        counted = [entry for entry in self._models.values() if entry.counts_for_readiness]
+        return bool(counted) and all(entry.ready for entry in counted)
 
     def get(self, name: str | None, version: str | None = None) -> ServedModel:
         """The named model (the default one for None) at `version` (None: the one that answers by default);

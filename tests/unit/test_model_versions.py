@@ -249,6 +249,12 @@ def test_a_new_model_that_cannot_load_takes_no_readiness_away(tmp_path, make_cla
         write_version(tmp_path / "new", make_classifier, gray_spec, 1)  # fixed: it serves, and now counts
         await registry.reconcile("new")
         assert label_of(registry, "new") == "v1" and registry.ready
+        for name in ("m", "new"):
+            await registry.unload_model(name)
+        (tmp_path / "new" / "1" / "model.onnx").write_bytes(b"broken again")
+        with pytest.raises(LoadFailed):
+            await registry.reconcile("new")
+        assert not registry.ready  # nothing serves: a failed model alone is not a ready server
         await registry.close()
 
     asyncio.run(scenario())
