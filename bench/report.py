@@ -1103,8 +1103,9 @@ def render(results: BenchResults) -> str:
         "- Ours with a fixed batch size: the defaults plus `--max-batch-size N`, N in "
         f"{', '.join(str(n) for n in results.fixed_batch_sizes) or '—'}, on "
         f"{', '.join(_fixed_batch_models(results)) or 'no model'}, each right after that model's default run; "
-        "against auto (the default), which times the model at start-up and keeps the largest batch that still "
-        "buys 5% throughput.",
+        "against auto (the default), which serves at batch 1 once ready and then, in the background, times the "
+        "served path at doubling batch sizes and keeps the largest within 3% of the best that fits the per-model "
+        "batch memory budget (`service.autotune`).",
         f"- Before its first load, each server must be ready, then keep the same processes and stay idle for "
         f"{results.settings.get('settle', '1 s')}.",
         "- V2 and gRPC: requests built once (bench/loadgen.py `v2_binary_request`, `grpc_infer_request`); the "
