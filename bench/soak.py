@@ -10,7 +10,9 @@ of the saturation throughput measured first, one 500x375 JPEG or one Fashion-MNI
 top label and score must equal the server's own answer for that image taken before the soak (an unloaded,
 one-by-one reference). Hostile traffic beside it, all the time: slow heads and bodies, idle sockets, truncated
 bodies, request smuggling, oversized chunk declarations, decompression bombs, 16-bit PNGs, broken images,
-clients that disconnect mid-upload. Memory, descriptors and threads are sampled from /proc every 10 s; growth is
+clients that disconnect mid-upload, and the newer surfaces: V2 JSON nested thousands deep, with a 5,000-digit
+number or NaN, gzip bodies with a second member behind the first, a transfer coding we do not implement, a
+multipart boundary longer than the parser takes. A hostile request answered 500 fails the verdict. Memory, descriptors and threads are sampled from /proc every 10 s; growth is
 judged from the end of the first minute (warm-up) to the end.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import logging
 import random
@@ -132,10 +135,34 @@ async def _disconnecting_upload(host: str, port: int, path: str, data: bytes) ->
     return "disconnected"
 
 
-def hostile_mix(host: str, port: int, path: str, jpeg: bytes) -> dict[str, object]:
+def _v2_json(host: str, port: int, v2_path: str, body: bytes, *, headers: str = "") -> bytes:
+    return (
+        f"POST {v2_path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n{headers}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def _v2_input(data: str) -> bytes:
+    return (
+        '{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": ' + data + "}]}"
+    ).encode()
+
+
+def hostile_mix(host: str, port: int, path: str, v2_path: str, jpeg: bytes) -> dict[str, object]:
     """The hostile requests the soak cycles through: name -> coroutine factory."""
     head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\n".encode()
     sixteen = attacks.sixteen_bit_png(3000)
+    valid_v2 = _v2_input("[" + ", ".join(["0.5"] * 784) + "]")
+    two_members = gzip.compress(valid_v2) + gzip.compress(b'{"inputs": []}')
+    boundary = "b" * 2000
+    long_boundary = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + jpeg
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return {
         "smuggling": lambda: _exchange(
             host,
@@ -156,6 +183,28 @@ def hostile_mix(host: str, port: int, path: str, jpeg: bytes) -> dict[str, objec
         "slow head": lambda: attacks.slow_request(host, port, "slow-head"),
         "short body": lambda: attacks.slow_request(host, port, "short-body"),
         "idle": lambda: attacks.slow_request(host, port, "idle"),
+        "v2 deep json": lambda: _exchange(host, port, _v2_json(host, port, v2_path, b"[" * 5000 + b"]" * 5000)),
+        "v2 huge number": lambda: _exchange(
+            host, port, _v2_json(host, port, v2_path, _v2_input("[" + "9" * 5000 + "]"))
+        ),
+        "v2 nan": lambda: _exchange(host, port, _v2_json(host, port, v2_path, _v2_input("[NaN" + ", 0.5" * 783 + "]"))),
+        "gzip trailing member": lambda: _exchange(
+            host, port, _v2_json(host, port, v2_path, two_members, headers="Content-Encoding: gzip\r\n")
+        ),
+        "transfer gzip": lambda: _exchange(
+            host,
+            port,
+            f"POST {v2_path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n".encode()
+            + b"Transfer-Encoding: gzip, chunked\r\n\r\n"
+            + f"{len(valid_v2):x}\r\n".encode()
+            + valid_v2
+            + b"\r\n0\r\n\r\n",
+        ),
+        "long boundary": lambda: _exchange(
+            host,
+            port,
+            attacks.raw_request(host, port, path, long_boundary, f"multipart/form-data; boundary={boundary}"),
+        ),
     }
 
 
@@ -232,7 +281,8 @@ async def _soak_loop(
     started = time.monotonic()
     end = started + duration_s
     rng = random.Random(0)
-    mix = hostile_mix("127.0.0.1", server.port, server.classify_path, uploads[0][1])
+    v2_path = f"/v2/models/{server.model.name}/infer"
+    mix = hostile_mix("127.0.0.1", server.port, server.classify_path, v2_path, uploads[0][1])
     statuses: dict[str, int] = {}
     # A pool of 64 beside the hostile connections stays within the manifest's --max-connections 256 even when the
     # kernel gives one worker most of the connections (the cap is split between the workers). The lean client
@@ -317,6 +367,7 @@ def render(result: SoakResult, command: str) -> str:
         and threads_after <= threads_before
         and result.valid_wrong == 0
         and result.valid_lost == 0
+        and not any("500" in counts for counts in result.hostile.values())
     )
     lines += [
         "Descriptors and threads are summed over the supervisor and its workers; their change is from the "
@@ -349,7 +400,7 @@ def render(result: SoakResult, command: str) -> str:
         ),
         "",
         f"Verdict: **{'met' if verdict else 'missed'}** (RSS growth under {RSS_GROWTH_MB:g} MB, no growth in "
-        "descriptors or threads, every valid request answered and every answer right).",
+        "descriptors or threads, every valid request answered and every answer right, no hostile request answered 500).",
         "",
         "RSS samples (MB, every 10 s): " + ", ".join(f"{s.rss_mb:.0f}" for s in result.samples),
         "",
