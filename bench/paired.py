@@ -4,12 +4,13 @@ r"""``python -m bench.paired``: our server against a baseline, side by side in a
     python -m bench.paired --baseline cd0350c       # ours vs ours at an earlier commit (a paired comparison)
     python -m bench.paired --models resnet50 --concurrency 1,8,32 --rounds 5 --seconds 10
 
-    # What this branch's features cost (docs/DEPLOY.md, "What the features cost"):
-    python -m bench.paired --baseline main                  # every feature off, against main
+    # What the operators' features cost (docs/DEPLOY.md, "What the features cost"):
+    python -m bench.paired --baseline cea1f06               # every feature off, against the commit before them
     python -m bench.paired --baseline HEAD                  # nothing differs: the noise of the machine
     python -m bench.paired --baseline HEAD --tls ours       # TLS on ours, plain HTTP on the same commit
-    python -m bench.paired --baseline HEAD --otlp-sink --ours-args=--tracing --ours-env OTEL_TRACES_SAMPLER=always_on
-    python -m bench.paired --baseline HEAD --otlp-sink --ours-args=--tracing \
+    python -m bench.paired --baseline HEAD --otlp-sink --ours-args=--tracing --baseline-args= \
+        --ours-env OTEL_TRACES_SAMPLER=always_on            # --baseline-args= keeps the baseline untraced
+    python -m bench.paired --baseline HEAD --otlp-sink --ours-args=--tracing --baseline-args= \
         --ours-env OTEL_TRACES_SAMPLER=traceidratio --ours-env OTEL_TRACES_SAMPLER_ARG=0.01
 
 Each round starts every server in turn (the order alternates from round to round, so that drift on a shared
