@@ -34,6 +34,17 @@ class ModelState(StrEnum):
 
 
 @dataclass(frozen=True)
+class VersionStatus:
+    """One line of the repository index: a model version on disk or loaded, its state and why."""
+
+    name: str
+    version: str
+    state: str
+    """READY, LOADING, UNLOADING or UNAVAILABLE (Triton's words)."""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class ModelDescription:
     """Everything the front ends show about a model version, read at one moment."""
 

@@ -26,7 +26,7 @@ from service.admission import Admission, ByteBudget, Ticket
 from service.auth import current_key
 from service.batching import ItemResult
 from service.config import LimitsSettings
-from service.contract import ModelDescription, ModelSource, ServableModel
+from service.contract import ModelDescription, ModelSource, ServableModel, VersionStatus
 from service.errors import (
     ClientDisconnected,
     DeadlineExceeded,
@@ -53,7 +53,6 @@ from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 from service.model_control import Caller, ModelControl
 from service.preprocess import ImageUpload, PreprocessedImage
-from service.registry import VersionStatus
 from service.statistics import ModelStatistics
 
 _T = TypeVar("_T")

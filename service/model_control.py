@@ -31,6 +31,7 @@ from typing import Any
 
 from service import repository
 from service.config import Settings
+from service.contract import VersionStatus
 from service.errors import (
     DeadlineExceeded,
     InsufficientMemory,
@@ -39,7 +40,7 @@ from service.errors import (
     ModelLoadFailed,
     ModelNotFound,
 )
-from service.registry import LoadFailed, ModelRegistry, VersionStatus
+from service.registry import LoadFailed, ModelRegistry
 
 logger = logging.getLogger("service")
 

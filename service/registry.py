@@ -25,7 +25,7 @@ from pathlib import Path
 
 from service import repository
 from service.config import Settings
-from service.contract import ModelState
+from service.contract import ModelState, VersionStatus
 from service.decode_memory import DecodeMemory
 from service.errors import InsufficientMemory, ModelNotFound, NotReady
 from service.memory import cgroup_memory_limit_bytes, resident_memory_bytes
@@ -36,7 +36,7 @@ from service.priority import call_in_lowered_thread
 from service.runtime import InferenceRuntime, available_cpus
 from service.served_model import ServedModel, open_onnx_runtime, warm_up_sizes
 
-__all__ = ["ModelRegistry", "RuntimeFactory", "StartupError", "VersionStatus", "warm_up_sizes"]
+__all__ = ["ModelRegistry", "RuntimeFactory", "StartupError", "warm_up_sizes"]
 
 logger = logging.getLogger("service")
 
@@ -55,17 +55,6 @@ class LoadFailed(Exception):
         super().__init__(message)
         self.insufficient_memory = insufficient_memory
         """Refused before it started because it would pass the memory budget (the API answers 507)."""
-
-
-@dataclass(frozen=True)
-class VersionStatus:
-    """One line of the repository index: a model version on disk or loaded, its state and why."""
-
-    name: str
-    version: str
-    state: str
-    """READY, LOADING, UNLOADING or UNAVAILABLE (Triton's words)."""
-    reason: str = ""
 
 
 _INDEX_STATES = {

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.contract import ModelDescription
+from service.contract import ModelDescription, VersionStatus
 from service.errors import InvalidParameter, InvalidTensor
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.inference import Admit, InferenceResult, ReceivedBody, RequestedOutput, RequestParameters
-from service.registry import VersionStatus
 from service.v2 import codec
 from service.v2.codec import InputTensor
 
