@@ -198,29 +198,31 @@ def test_a_swap_under_load_loses_nothing(start_server, tmp_path, make_classifier
     control = httpx.Client(timeout=300)
     traffic = Traffic(server.url, grpc_url, saturation_interval_s(server.url, grpc_url))
     threads = traffic.start()
-    time.sleep(6.0)  # a steady window long enough for its p99 to mean something
-    rss_before = tree_rss_bytes(server.process.pid)
-    swap_started = time.monotonic()
-    publish(staged)
-    # The test's own calls go over a client made before the traffic, and poll twice a second: making a client (its
-    # TLS context) or polling hard in this process would slow its own load clients and show as the swap's cost.
-    if mode == "explicit":
-        response = control.post(f"{server.url}/v2/repository/models/{MODEL}/load")
-        assert response.status_code == 200, response.text
-    else:
-        give_up = time.monotonic() + 120
-        while not (
-            index(server.url, control).get("2", ("",))[0] == "READY" and "1" not in _loaded(server.url, control)
-        ):
-            assert time.monotonic() < give_up, "version 2 did not replace version 1"
-            time.sleep(0.5)
-        time.sleep(2 * 0.5)  # the other worker's scan: within two intervals of this one's (docs/SERVICE.md)
-    swap_over = time.monotonic()
-    time.sleep(6.0)
-    traffic.stop.set()
-    for thread in threads:
-        thread.join(timeout=120)
-    control.close()
+    try:
+        time.sleep(6.0)  # a steady window long enough for its p99 to mean something
+        rss_before = tree_rss_bytes(server.process.pid)
+        swap_started = time.monotonic()
+        publish(staged)
+        # The test's own calls go over a client made before the traffic, and poll twice a second: making a client (its
+        # TLS context) or polling hard in this process would slow its own load clients and show as the swap's cost.
+        if mode == "explicit":
+            response = control.post(f"{server.url}/v2/repository/models/{MODEL}/load")
+            assert response.status_code == 200, response.text
+        else:
+            give_up = time.monotonic() + 120
+            while not (
+                index(server.url, control).get("2", ("",))[0] == "READY" and "1" not in _loaded(server.url, control)
+            ):
+                assert time.monotonic() < give_up, "version 2 did not replace version 1"
+                time.sleep(0.5)
+            time.sleep(2 * 0.5)  # the other worker's scan: within two intervals of this one's (docs/SERVICE.md)
+        swap_over = time.monotonic()
+        time.sleep(6.0)
+    finally:  # the clients stop and close whatever failed, so that no socket outlives the test
+        traffic.stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+        control.close()
 
     failures = [a.error for a in traffic.answers if a.error is not None]
     assert not failures, f"{len(failures)} of {len(traffic.answers)} requests failed: {failures[:3]}"
