@@ -243,6 +243,8 @@ class ServiceMetrics:
             multiprocess_mode="livemin",
             registry=r,
         )
+        self._readiness: dict[tuple[str, str], bool] = {}
+        self._readiness_published = True
         self.statistics = StatisticsCollectors(r)
         """Triton's statistics extension (`service.statistics`)."""
         self._recorders: dict[tuple[str, str], ModelStatisticsRecorder] = {}
@@ -268,6 +270,23 @@ class ServiceMetrics:
     def connection_closed(self) -> None:
         self.open_connections.dec()
 
+    def set_model_ready(self, model: str, version: str, ready: bool) -> None:
+        self._readiness[(model, version)] = ready
+        if self._readiness_published:
+            self.model_ready.labels(model, version).set(1 if ready else 0)
+
+    def withhold_readiness(self) -> None:
+        """Stop writing readiness. Across workers it is the live workers' minimum, so a worker that takes no
+        connections must not vote: one that warms up before it joins those already serving, or one that retires
+        (its unload at exit would read as the model gone while the others serve it)."""
+        self._readiness_published = False
+
+    def publish_readiness(self) -> None:
+        """Write readiness again, as it is now (a worker that now takes connections)."""
+        self._readiness_published = True
+        for (model, version), ready in self._readiness.items():
+            self.model_ready.labels(model, version).set(1 if ready else 0)
+
     def model_statistics(self, model: str, version: str) -> ModelStatisticsRecorder:
         """Where a model version's requests and batches are counted for the statistics extension."""
         recorder = self._recorders.get((model, version))
@@ -283,7 +302,7 @@ class ServiceMetrics:
             self.dropped_images.labels(model, version, drop)
         self.images_decoded.labels(model, version)
         self.images_inferred.labels(model, version)
-        self.model_ready.labels(model, version).set(0)
+        self.set_model_ready(model, version, False)
         return ModelBatchObserver(self, model, version)
 
     def _readable(self) -> CollectorRegistry:

@@ -127,6 +127,8 @@ class ModelServer:
     @asynccontextmanager
     async def running(self, *, warm_before_serving: bool = False) -> AsyncIterator[None]:
         registry = self.registry
+        if warm_before_serving:
+            self.metrics.withhold_readiness()
         try:
             await asyncio.to_thread(registry.load)
         except StartupError as exc:
@@ -135,9 +137,12 @@ class ModelServer:
         warm_up = asyncio.create_task(self._warm_up(), name="warm-up")
         if warm_before_serving:
             await asyncio.shield(warm_up)
+            self.metrics.publish_readiness()
         try:
             yield
         finally:
+            if self.lifecycle.retiring:
+                self.metrics.withhold_readiness()
             self.lifecycle.begin_drain()
             warm_up.cancel()
             await asyncio.gather(warm_up, return_exceptions=True)

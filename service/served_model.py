@@ -172,7 +172,7 @@ class ServedModel:
     def _set_state(self, state: ModelState, error: str | None = None) -> None:
         self.state = state
         self.error = error
-        self.metrics.model_ready.labels(self.name, self.version).set(1 if state is ModelState.READY else 0)
+        self.metrics.set_model_ready(self.name, self.version, state is ModelState.READY)
 
     async def warm_up_and_start(self, *, tune_first: bool = False) -> bool:
         """Warm the model up, start its batcher and serve; False (and state failed) if warm-up raised. With an auto
@@ -289,7 +289,7 @@ class ServedModel:
             self._tuning.cancel()
             await asyncio.gather(self._tuning, return_exceptions=True)
         await self.batcher.close()
-        self.metrics.model_ready.labels(self.name, self.version).set(0)
+        self.metrics.set_model_ready(self.name, self.version, False)
 
 
 def warm_up_sizes(max_batch_size: int) -> list[int]:

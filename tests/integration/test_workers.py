@@ -49,6 +49,7 @@ def test_auto_moves_a_cheap_model_to_one_worker_per_core_without_losing_readines
     server = start_server("--model-dir", str(gray_dir), "--workers", "auto", "--grpc-port", "0").wait_ready()
     expected = classify(server.url, 1).json()["results"][0]["top_k"]
     statuses: Counter[int] = Counter()
+    readiness: list[float] = []
     stop = threading.Event()
 
     def keep_probing() -> None:
@@ -57,6 +58,7 @@ def test_auto_moves_a_cheap_model_to_one_worker_per_core_without_losing_readines
         while not stop.is_set():
             statuses[httpx.get(server.url + "/readyz", timeout=30).status_code] += 1
             statuses[classify(server.url, 1).status_code] += 1
+            readiness.append(metrics_of(server.url)[("resnet_serve_model_ready", (("model", "gray"),))])
 
     prober = threading.Thread(target=keep_probing)
     prober.start()
@@ -67,6 +69,8 @@ def test_auto_moves_a_cheap_model_to_one_worker_per_core_without_losing_readines
         stop.set()
         prober.join()
     assert set(statuses) == {200}, statuses  # readiness never lapsed, no request was refused
+    # Nor in the metrics: a worker that warms up before it serves, or that retires, has no say in the minimum.
+    assert readiness and set(readiness) == {1}, readiness
     answers = [classify(server.url, 1) for _ in range(20)]
     assert {r.status_code for r in answers} == {200}
     assert all(r.json()["results"][0]["top_k"] == expected for r in answers)

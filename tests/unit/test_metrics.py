@@ -75,3 +75,16 @@ def test_every_error_class_reason_is_counted_and_an_unknown_reason_fails():
 
     with pytest.raises(ValueError, match="never_listed"):
         metrics.count_rejection(Unlisted("x"))
+
+
+def test_readiness_withheld_is_remembered_and_written_when_published_again():
+    metrics = ServiceMetrics()
+    metrics.withhold_readiness()
+    metrics.register_model("m")
+    assert "resnet_serve_model_ready{" not in metrics.render().decode()  # a worker not yet serving has no say
+    metrics.set_model_ready("m", "1", True)
+    metrics.publish_readiness()
+    assert 'resnet_serve_model_ready{model="m",version="1"} 1.0' in metrics.render().decode()
+    metrics.withhold_readiness()
+    metrics.set_model_ready("m", "1", False)  # a retiring worker unloads: the others still serve the model
+    assert 'resnet_serve_model_ready{model="m",version="1"} 1.0' in metrics.render().decode()
