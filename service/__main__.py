@@ -76,13 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format)
     from service.model_server import ModelServer
     from service.registry import StartupError
-    from service.server import serve
 
     try:
         server = ModelServer(settings)
     except StartupError as exc:
         logging.getLogger("service").error("cannot start: %s", exc)
         return EXIT_STARTUP_FAILED
+    server.begin_loading()
+    from service.server import serve  # the web stack, imported while the models load
+
     if not serve(server):
         return EXIT_STARTUP_FAILED
     return 0

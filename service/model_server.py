@@ -12,16 +12,14 @@ import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
-
-from fastapi import FastAPI
 
 from service import tracing
 from service.auth import ApiKeys, ApiKeysError
 from service.config import Settings
 from service.dataplane import DataPlane
-from service.grpc.server import GrpcFrontEnd
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics, worker_shared_folder
 from service.model_control import ModelControl
@@ -31,6 +29,9 @@ from service.registry import ModelRegistry, RuntimeFactory, StartupError
 from service.runtime import available_cpus
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from service.grpc.server import GrpcFrontEnd
     from service.tls import ServerTls
 
 logger = logging.getLogger("service")
@@ -76,6 +77,9 @@ class ModelServer:
         self.rate_limits = KeyRateLimits(worker_shared_folder())
         """Per-key request rates, shared by every worker process; nothing is made until a key with a rate is used."""
         self.metrics = ServiceMetrics()
+        # Across worker processes readiness is the minimum over the workers: one that takes no connections yet has
+        # no say (`running()` publishes it).
+        self.metrics.withhold_readiness()
         self.lifecycle = Lifecycle()
         self.registry = ModelRegistry(settings, self.metrics, open_runtime)
         self.control = ModelControl(self.registry, settings, api_keys_enabled=lambda: self.api_keys.enabled)
@@ -89,6 +93,16 @@ class ModelServer:
             decode_thread_initializer=thread_initializer(settings.worker_nice),
         )
         self._on_ready = on_ready
+        self._loading: Future[None] | None = None
+
+    def begin_loading(self) -> None:
+        """Start opening the model files, in a thread, before the front ends are imported and built: creating an
+        ONNX Runtime session releases the GIL, so on two cores it overlaps with importing the web stack (ResNet-50:
+        ready 0.2 s sooner). `running()` waits for it, and starts it if nobody did."""
+        if self._loading is None:
+            loader = ThreadPoolExecutor(1, thread_name_prefix="model-load")
+            self._loading = loader.submit(self.registry.load)
+            loader.shutdown(wait=False)
 
     def http_app(self, *, warm_before_serving: bool = False) -> FastAPI:
         """The HTTP front end; its lifespan runs the models (`running`). With `warm_before_serving` it takes no
@@ -112,6 +126,8 @@ class ModelServer:
 
     def grpc_front_end(self, *, address: str | None = None, share_port: bool = False) -> GrpcFrontEnd:
         """The V2 gRPC front end on the same data plane, admitted by the same keys."""
+        from service.grpc.server import GrpcFrontEnd
+
         return GrpcFrontEnd(
             self.dataplane,
             lifecycle=self.lifecycle,
@@ -127,17 +143,17 @@ class ModelServer:
     @asynccontextmanager
     async def running(self, *, warm_before_serving: bool = False) -> AsyncIterator[None]:
         registry = self.registry
-        if warm_before_serving:
-            self.metrics.withhold_readiness()
+        self.begin_loading()
+        assert self._loading is not None
         try:
-            await asyncio.to_thread(registry.load)
+            await asyncio.wrap_future(self._loading)
         except StartupError as exc:
             logger.error("cannot start: %s", exc)
             raise
         warm_up = asyncio.create_task(self._warm_up(), name="warm-up")
         if warm_before_serving:
             await asyncio.shield(warm_up)
-            self.metrics.publish_readiness()
+        self.metrics.publish_readiness()  # connections are taken from here on
         try:
             yield
         finally:

@@ -137,7 +137,6 @@ def worker_main(
         signal.signal(early, lambda *_: os._exit(0))
     from service import logs
     from service.model_server import ModelServer
-    from service.server import serve
 
     settings = Settings(**settings_values)
     logs.configure(settings.log_level, settings.log_format)
@@ -154,7 +153,10 @@ def worker_main(
     except StartupError as exc:
         logger.error("cannot start: %s", exc)
         sys.exit(3)
+    server.begin_loading()
     logger.info("worker %d (pid %d) starting", index, os.getpid())
+    from service.server import serve  # the web stack, imported while the models load
+
     sys.exit(0 if serve(server, sockets=[sock], warm_before_serving=warm_before_serving) else 3)
 
 
