@@ -1,0 +1,41 @@
+"""Several runs into one report: each point is the median run's row, whole, and a saved run reads back as it was."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.median import load_results, main, median_of
+from bench.results import ServerResources
+from tests.bench.test_report import _results, _row
+
+
+def _resources(ready: float, rss: float) -> ServerResources:
+    return ServerResources(server="ours", model="bundled", ready_after_s=ready, rss_mb=rss, peak_rss_mb=rss + 1)
+
+
+def test_each_point_is_the_median_runs_row_and_a_point_one_run_lacks_is_kept() -> None:
+    runs = []
+    for throughput, p99, ready, rss in ((10.0, 5.0, 1.5, 300.0), (30.0, 9.0, 1.2, 100.0), (20.0, 7.0, 1.9, 200.0)):
+        run = _results(_row(concurrency=1, throughput=throughput, p99_ms=p99))
+        run.resources = [_resources(ready, rss)]
+        runs.append(run)
+    runs[0].load.append(_row(concurrency=8, throughput=3.0))
+    median = median_of(runs, ["a", "b", "c"])
+    c1 = median.load_at("ours", "bundled", "small-jpeg", 1)
+    assert c1 is not None and (c1.throughput, c1.p99_ms) == (20.0, 7.0)  # the median run's p99, not the median p99
+    c8 = median.load_at("ours", "bundled", "small-jpeg", 8)
+    assert c8 is not None and c8.throughput == 3.0
+    (resources,) = median.resources
+    assert (resources.ready_after_s, resources.rss_mb, resources.peak_rss_mb) == (1.5, 200.0, 201.0)
+    assert "median of 3 full runs: a, b, c" in median.notes[-1]
+
+
+def test_a_saved_run_reads_back_and_renders(tmp_path: Path) -> None:
+    run = _results(_row(throughput=12.5), titles={"bundled": "the bundled model"})
+    run.resources = [_resources(1.0, 50.0)]
+    run.server_titles = {"ours": "ours"}
+    saved = tmp_path / "run.json"
+    run.save_json(saved)
+    assert load_results(saved) == run
+    assert main([str(saved), str(saved), "--output", str(tmp_path / "report.md")]) == 0
+    assert "median of 2 full runs" in (tmp_path / "report.md").read_text()
