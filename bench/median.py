@@ -85,11 +85,7 @@ def median_of(runs: Sequence[BenchResults], names: Sequence[str]) -> BenchResult
         ceilings=median_rows([run.ceilings for run in ordered], _ceiling_key, lambda row: row.images_per_second),
         resources=resources,
         wall_seconds=wall,
-        notes=[
-            *newest.notes,
-            f"each measured point (closed-loop runs, ceilings, ready times, memory) is the median of {len(runs)} "
-            f"full runs: {', '.join(names)}; everything else is the newest run's",
-        ],
+        median_of=list(names),
     )
 
 

@@ -624,12 +624,23 @@ def render(results: BenchResults) -> str:
     titles = results.model_titles
     servers = results.server_titles
     primary = results.primary_model
+    if results.median_of:
+        origin = (
+            f"Written by `python -m bench.median` from {len(results.median_of)} runs of `{env.command}` "
+            f"({env.mode} runs, {results.wall_seconds / 60:.1f} minutes each, the median): "
+            f"{', '.join(results.median_of)}. Each measured point (a closed-loop run, a ceiling, a server's ready time "
+            "and memory) is the median run's, whole; the rest (machine, profiles, rate searches, batch curves) is "
+            "the newest run's."
+        )
+    else:
+        origin = (
+            f"Written by `{env.command}` ({env.mode} run, {results.wall_seconds / 60:.1f} minutes). Every number "
+            "below comes from that one run on this machine."
+        )
     out: list[str] = [
         "# Benchmarks",
         "",
-        f"Written by `{env.command}` ({env.mode} run, {results.wall_seconds / 60:.1f} minutes). Every number below "
-        "comes from that one run on this machine; rerun it to refresh this file. What is measured and how: see "
-        "[Method](#method).",
+        f"{origin} Rerun it to refresh this file. What is measured and how: see [Method](#method).",
         "",
         "## Machine",
         "",

@@ -260,6 +260,9 @@ class BenchResults:
     """How each server and the load were configured, for the method section."""
     wall_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    median_of: list[str] = field(default_factory=list)
+    """The full runs this is the per-point median of (`bench.median`), each named with its date and commit; empty
+    for one run."""
 
     # ------------------------------------------------------------------ look-ups used by the report and targets
 

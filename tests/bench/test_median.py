@@ -27,7 +27,7 @@ def test_each_point_is_the_median_runs_row_and_a_point_one_run_lacks_is_kept() -
     assert c8 is not None and c8.throughput == 3.0
     (resources,) = median.resources
     assert (resources.ready_after_s, resources.rss_mb, resources.peak_rss_mb) == (1.5, 200.0, 201.0)
-    assert "median of 3 full runs: a, b, c" in median.notes[-1]
+    assert median.median_of == ["a", "b", "c"]
 
 
 def test_a_saved_run_reads_back_and_renders(tmp_path: Path) -> None:
@@ -38,4 +38,4 @@ def test_a_saved_run_reads_back_and_renders(tmp_path: Path) -> None:
     run.save_json(saved)
     assert load_results(saved) == run
     assert main([str(saved), str(saved), "--output", str(tmp_path / "report.md")]) == 0
-    assert "median of 2 full runs" in (tmp_path / "report.md").read_text()
+    assert "Written by `python -m bench.median` from 2 runs" in (tmp_path / "report.md").read_text()
