@@ -95,14 +95,15 @@ class ModelServer:
         self._on_ready = on_ready
         self._loading: Future[None] | None = None
 
-    def begin_loading(self) -> None:
+    def begin_loading(self) -> Future[None]:
         """Start opening the model files, in a thread, before the front ends are imported and built: creating an
-        ONNX Runtime session releases the GIL, so on two cores it overlaps with importing the web stack (ResNet-50:
-        ready 0.2 s sooner). `running()` waits for it, and starts it if nobody did."""
+        ONNX Runtime session releases the GIL, so on two cores it overlaps with importing the web stack (ResNet-50,
+        workers auto: ready after 1.54 s against 1.81 s). `running()` waits for it, and starts it if nobody did."""
         if self._loading is None:
             loader = ThreadPoolExecutor(1, thread_name_prefix="model-load")
             self._loading = loader.submit(self.registry.load)
             loader.shutdown(wait=False)
+        return self._loading
 
     def http_app(self, *, warm_before_serving: bool = False) -> FastAPI:
         """The HTTP front end; its lifespan runs the models (`running`). With `warm_before_serving` it takes no
@@ -143,10 +144,8 @@ class ModelServer:
     @asynccontextmanager
     async def running(self, *, warm_before_serving: bool = False) -> AsyncIterator[None]:
         registry = self.registry
-        self.begin_loading()
-        assert self._loading is not None
         try:
-            await asyncio.wrap_future(self._loading)
+            await asyncio.wrap_future(self.begin_loading())
         except StartupError as exc:
             logger.error("cannot start: %s", exc)
             raise
