@@ -222,7 +222,10 @@ class Supervisor:
             count = int(settings.workers)
             share = split_settings(settings, count, self.cpus)
             for index in range(count):
-                self._start(index, share, sock, None, warm_before_serving=False)
+                # One worker takes connections from the start, so that probes and scrapes are answered while the
+                # models load; the others only once warm, so that a 200 from /readyz means every worker taking
+                # connections is ready (a request that reached a worker still warming up was answered 503).
+                self._start(index, share, sock, None, warm_before_serving=index > 0)
             return self._wait()
         costs = self._await_report(self._start_reporting(0, settings, sock, warm_before_serving=False))
         if costs is None:

@@ -89,6 +89,26 @@ def test_auto_moves_a_cheap_model_to_one_worker_per_core_without_losing_readines
     assert threads == {1}  # each worker has its share of the two cores
 
 
+def test_once_ready_every_worker_answers(start_server, tmp_path, make_classifier, gray_spec):
+    # A probe's 200 comes from one worker; the requests after it may meet any of them, so a worker that is still
+    # warming up must not take connections (it answered 503 not_ready right after /readyz said 200). Warming up
+    # many models one after the other spreads the workers' ready times apart.
+    for seed in range(12):
+        make_classifier(tmp_path / ("gray.onnx" if seed == 0 else f"gray{seed}.onnx"), gray_spec, seed=seed)
+    server = start_server("--model-dir", str(tmp_path), "--workers", "3", "--grpc-port", "0").wait_ready()
+    answers: list[int] = []
+
+    def fresh_connection(seed: int) -> None:
+        answers.append(classify(server.url, seed).status_code)
+
+    clients = [threading.Thread(target=fresh_connection, args=(seed,)) for seed in range(24)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join()
+    assert Counter(answers) == {200: 24}
+
+
 def test_sigterm_drains_every_worker_and_exits_0(start_server, gray_dir, wait_until):
     server = start_server("--model-dir", str(gray_dir), "--workers", "2", "--grpc-port", "0").wait_ready()
     wait_until(lambda: len(children(server.process.pid)) == 2, "two workers")
