@@ -128,20 +128,29 @@ def read_until_closed(connection: socket.socket) -> bytes:
         data += chunk
 
 
+def _response_end(data: bytes) -> int | None:
+    """Where the first response in `data` ends, once its head and its Content-Length body are all there."""
+    head, separator, _ = data.partition(b"\r\n\r\n")
+    if not separator:
+        return None
+    length = re.search(rb"(?im)^content-length:[ \t]*(\d+)", head)
+    end = len(head) + len(separator) + (int(length.group(1)) if length else 0)
+    return end if len(data) >= end else None
+
+
 def read_one_response(connection: socket.socket) -> Response:
-    """One complete response (head and Content-Length body), without waiting for the connection to close."""
+    """One complete response (head and Content-Length body), without waiting for the connection to close. Takes
+    no byte past it from the socket: a pipelined answer that arrived in the same segment is left for the next
+    read (reading it here and dropping it made a second answer look missing)."""
     data = b""
     give_up = time.monotonic() + HANG_LIMIT_S
     while True:
-        head, separator, _ = data.partition(b"\r\n\r\n")
-        if separator:
-            length = re.search(rb"(?im)^content-length:[ \t]*(\d+)", head)
-            end = len(head) + len(separator) + (int(length.group(1)) if length else 0)
-            if len(data) >= end:
-                return parse_responses(data[:end])[0]
         _wait_readable(connection, give_up, data, "a complete response")
         try:
-            chunk = connection.recv(65536)
+            waiting = connection.recv(65536, socket.MSG_PEEK)
+            end = _response_end(data + waiting)
+            # What arrived belongs to this response up to its end; all of it when the response is not complete yet.
+            chunk = connection.recv(len(waiting) if end is None else end - len(data)) if waiting else b""
         except OSError as exc:
             if exc.errno not in CLOSED_BY_PEER:
                 raise
@@ -149,6 +158,8 @@ def read_one_response(connection: socket.socket) -> Response:
         if not chunk:
             pytest.fail(f"the connection closed before a complete response; the server had sent {data[:300]!r}")
         data += chunk
+        if _response_end(data) is not None:
+            return parse_responses(data)[0]
 
 
 def request_bytes(
