@@ -12,6 +12,8 @@ synchronously); `DynamicBatcher` is the thin async loop around it:
   one fixed deadline from that image's arrival (not a timeout that restarts on every arrival);
 - images whose client has gone (their future is done) are skipped, images past their deadline are failed with
   `DeadlineExceeded` without running, and a result is only ever set on a future that is not done;
+- once the model has been idle for ``idle_after_s`` after serving, ``on_idle(largest batch since the last call)``
+  runs in the batcher's thread (a model gives back the memory its batches held);
 - `close()` fails whatever is still queued with `ShuttingDown` and lets the running batch finish.
 
 All times come from a monotonic clock.
@@ -27,6 +29,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 from service import tracing
@@ -88,6 +91,8 @@ class DynamicBatcher(Generic[P, R]):
         clock: Callable[[], float] = time.monotonic,
         observer: BatchObserver | None = None,
         thread_initializer: Callable[[], None] | None = None,
+        on_idle: Callable[[int], None] | None = None,
+        idle_after_s: float = 0.0,
     ) -> None:
         self.name = name
         self._run_batch = run_batch
@@ -104,6 +109,10 @@ class DynamicBatcher(Generic[P, R]):
         self._running_batch_size = 0
         self._alone_running = False
         """A lone image runs (`run_alone`): the loop starts no batch until it is done."""
+        self._on_idle = on_idle
+        self._idle_after_s = idle_after_s
+        self._largest_since_idle = 0
+        """The largest batch run since `on_idle` was last called (0: none, nothing to call it for)."""
 
     @property
     def max_batch_size(self) -> int:
@@ -302,6 +311,7 @@ class DynamicBatcher(Generic[P, R]):
         if tracing.enabled():
             tracing.batch_ran(self.name, [tracing.link()], started, ended)
         self._policy.record_batch(1, inference_s)
+        self._largest_since_idle = max(self._largest_since_idle, 1)
         (output,) = outputs
         return prepared, ItemResult(output, 0.0, inference_s, 1, started)
 
@@ -326,7 +336,13 @@ class DynamicBatcher(Generic[P, R]):
                 if abandoned and self._observer:
                     self._observer.items_dropped(DropReason.CLIENT_DISCONNECTED, abandoned)
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                if self._on_idle is None or not self._largest_since_idle:
+                    await self._wakeup.wait()
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=self._idle_after_s)
+                if not self._wakeup.is_set() and not self._alone_running and self._policy.reserved == 0:
+                    await self._call_on_idle()
                 continue
             delay = ready_at - self._clock()
             if delay > 0:
@@ -338,6 +354,14 @@ class DynamicBatcher(Generic[P, R]):
             self._report_dropped(batch)
             if batch.items:
                 await self._run(batch.items)
+
+    async def _call_on_idle(self) -> None:
+        assert self._on_idle is not None
+        largest, self._largest_since_idle = self._largest_since_idle, 0
+        try:
+            await self.run_in_thread(partial(self._on_idle, largest))
+        except Exception:
+            logger.exception("the idle hook of model %s failed", self.name)
 
     def _report_dropped(self, batch: FormedBatch[P]) -> None:
         for item in batch.expired:
@@ -379,6 +403,7 @@ class DynamicBatcher(Generic[P, R]):
         ended = self._clock()
         inference_s = ended - started
         self._policy.record_batch(len(items), inference_s)
+        self._largest_since_idle = max(self._largest_since_idle, len(items))
         if self._observer:
             self._observer.batch_ran(len(items), inference_s)
         if tracing.enabled():

@@ -261,6 +261,10 @@ class RuntimeSettings(BaseModel):
     worker_nice: int = Field(default=10, ge=0, le=19)
     """How much lower than the event loop's the priority (nice value) of the decode and inference threads is, so
     that admitting and refusing requests never waits for CPU behind them; 0 runs them all alike."""
+    batch_memory_release_s: float = Field(default=5.0, ge=0.0)
+    """Seconds a model stays idle, after batches of more than one image, before ONNX Runtime gives back the memory
+    they held (its arena otherwise keeps the largest batch's for good: about 390 MB at batch 32 on ResNet-50); one
+    run of a single image does it, and the next large batch allocates again. 0: keep it."""
     jpeg_draft: bool = True
     """Let large JPEGs decode at 1/2, 1/4 or 1/8 scale (never below twice the model's resize size): several times
     faster, a few levels of difference per pixel (measured in docs/SERVICE.md)."""

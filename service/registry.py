@@ -407,6 +407,7 @@ class ModelRegistry:
             ),
             metrics=self._metrics,
             worker_nice=settings.worker_nice,
+            batch_memory_release_s=settings.batch_memory_release_s,
             version=str(model_file.version),
             stamp=self._stamp(model_file),
             memory_bytes=None if before is None or after is None else max(0, after - before),

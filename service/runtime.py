@@ -84,6 +84,8 @@ class InferenceRuntime(Protocol):
 
     def release(self) -> None: ...
 
+    def release_batch_memory(self, sample_shape: Sequence[int], output_name: str | None = None) -> None: ...
+
     def batch1_seconds(self, sample_shape: Sequence[int], output_name: str | None = None) -> float: ...
 
 
@@ -119,6 +121,8 @@ class OnnxModelRuntime:
         self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=self.providers)
         self._input = self._session.get_inputs()[0]
         self._output_names = [output.name for output in self._session.get_outputs()]
+        self._shrinking_run = ort.RunOptions()
+        self._shrinking_run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     @property
     def session_options(self) -> ort.SessionOptions:
@@ -185,6 +189,13 @@ class OnnxModelRuntime:
         """Run each batch size once so allocation and kernel selection do not land on the first requests."""
         for size in batch_sizes:
             self.run(np.zeros((size, *sample_shape), dtype=np.float32), output_name)
+
+    def release_batch_memory(self, sample_shape: Sequence[int], output_name: str | None = None) -> None:
+        """Give back to the system what ONNX Runtime's arena holds for past batches: its CPU arena keeps the largest
+        batch's activations for the life of the session (about 390 MB at batch 32 on ResNet-50) and frees its
+        unused regions only at the end of a run that asks for it. So: one run of a single image that does."""
+        batch = np.zeros((1, *sample_shape), dtype=np.float32)
+        self._session.run([output_name or self._output_names[0]], {self._input.name: batch}, self._shrinking_run)
 
     def release(self) -> None:
         """Free the session (its weights, arena and thread pool) now, in the calling thread; no run after this."""

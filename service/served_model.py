@@ -56,6 +56,8 @@ class ServedModel:
     metrics: ServiceMetrics
     worker_nice: int = 0
     """How much lower than the event loop the threads running this model's batches are (service.priority)."""
+    batch_memory_release_s: float = 0.0
+    """Idle seconds after batches of more than one image before their memory is given back; 0: kept."""
     version: str = "1"
     is_default: bool = False
     """Whether requests that name no model go to this one (the registry decides)."""
@@ -77,6 +79,7 @@ class ServedModel:
     _holds: int = field(default=0, init=False, repr=False)
     _released: asyncio.Event | None = field(default=None, init=False, repr=False)
     _memory_before_batches: int | None = field(default=None, init=False, repr=False)
+    _tuning_now: bool = field(default=False, init=False, repr=False)
 
     @property
     def auto_batch(self) -> bool:
@@ -98,6 +101,8 @@ class ServedModel:
             max_wait_s=serving.max_queue_wait_s,
             observer=self.metrics.register_model(self.name, self.version),
             thread_initializer=thread_initializer(self.worker_nice),
+            on_idle=self._release_batch_memory if self.batch_memory_release_s > 0 else None,
+            idle_after_s=self.batch_memory_release_s,
         )
 
     @property
@@ -246,6 +251,7 @@ class ServedModel:
             if curve.chosen != self.batcher.max_batch_size:
                 self.batcher.set_max_batch_size(curve.chosen)
 
+        self._tuning_now = True
         try:
             curve = await autotune.tune(
                 measure,
@@ -258,6 +264,8 @@ class ServedModel:
                 "batch-size tuning of model %s failed; it keeps batch size %d", self.name, self.batcher.max_batch_size
             )
             return
+        finally:
+            self._tuning_now = False
         step(curve)
         served = ", ".join(
             f"{t.batch_size}: {t.images_per_second:.1f}"
@@ -271,6 +279,21 @@ class ServedModel:
             curve.chosen,
             "none" if curve.memory_limit_bytes is None else f"{curve.memory_limit_bytes / 2**20:.0f} MiB",
         )
+        # The sizes tried left their memory in the arena, the largest above the one chosen (and the batches served
+        # meanwhile theirs): given back now, once, rather than held until the model next idles.
+        if self.batch_memory_release_s > 0:
+            largest = max(timing.batch_size for timing in curve.timings)
+            await self.batcher.run_in_thread(partial(self._release_batch_memory, largest))
+
+    def _release_batch_memory(self, largest_batch: int) -> None:
+        """In the batcher's thread, once idle: what batches of more than one image held goes back to the system.
+        Not while tuning measures memory and time between served batches: it gives it all back when it ends."""
+        if largest_batch > 1 and not self._tuning_now:
+            before = resident_memory_bytes()
+            self.runtime.release_batch_memory(self.spec.input_shape, self.spec.output_name)
+            after = resident_memory_bytes()
+            if before is not None and after is not None:
+                logger.debug("model %s idle: %.0f MiB of batch memory given back", self.name, (before - after) / 2**20)
 
     async def _hand_off_seconds(self) -> float:
         started = time.perf_counter()

@@ -237,6 +237,7 @@ class GatedRuntime:
         self.run_gate.set()
         self.batch_sizes: list[int] = []
         self.batches_entered = threading.Semaphore(0)
+        self.memory_releases = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -252,6 +253,10 @@ class GatedRuntime:
 
     def batch1_seconds(self, *args: Any) -> float:
         return self.inner.batch1_seconds(*args)
+
+    def release_batch_memory(self, *args: Any) -> None:
+        self.memory_releases += 1
+        self.inner.release_batch_memory(*args)
 
     def run(self, batch: np.ndarray, output_name: str | None = None) -> np.ndarray:
         self.batch_sizes.append(len(batch))

@@ -226,6 +226,69 @@ def test_arrivals_while_busy_fill_the_next_batches_up_to_the_limit():
     assert [r.batch_size for r in results] == [1, 4, 4, 4, 4, 2, 2]
 
 
+def test_once_idle_after_batches_the_idle_hook_runs_once_in_the_batcher_thread_with_the_largest_batch():
+    async def scenario():
+        runtime = GatedRuntime()
+        idle_calls: list[tuple[int, str]] = []
+        called = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_idle(largest: int) -> None:
+            idle_calls.append((largest, threading.current_thread().name))
+            loop.call_soon_threadsafe(called.set)
+
+        batcher = DynamicBatcher(
+            runtime, name="m", max_batch_size=4, max_queue_size=16, on_idle=on_idle, idle_after_s=0.05
+        )
+        batcher.start()
+        await asyncio.sleep(0.3)
+        assert idle_calls == []  # nothing ran yet: nothing to give back
+        first = batcher.submit([0], deadline=FAR)
+        await runtime.wait_until_running()
+        later = [batcher.submit([n], deadline=FAR)[0] for n in range(1, 4)]
+        runtime.gate.set()
+        await asyncio.gather(*first, *later)
+        await called.wait()
+        await asyncio.sleep(0.3)
+        calls_after_one_idle_period = list(idle_calls)
+        called.clear()
+        await asyncio.gather(*batcher.submit([7], deadline=FAR))  # served again: idle again later
+        await called.wait()
+        await batcher.close()
+        return runtime, calls_after_one_idle_period, idle_calls
+
+    runtime, after_one, calls = run(scenario())
+    assert runtime.batches == [[0], [1, 2, 3], [7]]
+    assert [largest for largest, _ in after_one] == [3]  # once per idle period, not again while nothing ran
+    assert after_one[0][1].startswith("batcher-m")
+    assert [largest for largest, _ in calls] == [3, 1]
+
+
+def test_the_idle_hook_waits_while_an_admitted_request_is_still_arriving():
+    async def scenario():
+        runtime = GatedRuntime()
+        runtime.gate.set()
+        idle_calls: list[int] = []
+        batcher = DynamicBatcher(
+            runtime, name="m", max_batch_size=4, max_queue_size=16, on_idle=idle_calls.append, idle_after_s=0.05
+        )
+        batcher.start()
+        await asyncio.gather(*batcher.submit([0, 1], deadline=FAR))
+        with batcher.reserve(1):  # uploading or decoding: the model is not idle
+            await asyncio.sleep(0.3)
+            held = list(idle_calls)
+        for _ in range(200):
+            if idle_calls:
+                break
+            await asyncio.sleep(0.05)
+        await batcher.close()
+        return held, idle_calls
+
+    held, calls = run(scenario())
+    assert held == []
+    assert calls == [2]
+
+
 def test_under_load_the_next_batches_run_the_higher_priority_first():
     async def scenario():
         runtime = GatedRuntime()
