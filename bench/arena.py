@@ -5,7 +5,9 @@
 Each configuration runs in a fresh process (RSS is per process): the server's own session options
 (`service.runtime.OnnxModelRuntime`), with the arena on (ONNX Runtime's default, which the server keeps) or off.
 It reports RSS after the session is created, after runs at batch 1, after runs at the largest batch, and after
-more runs at batch 1 (an arena keeps what the large batch took), and the median time per batch.
+more runs at batch 1 (an arena keeps what the large batch took), the median time per batch, and what the server's
+idle release (`OnnxModelRuntime.release_batch_memory`, after `batch_memory_release_s`) gives back, what it takes,
+and what the first large batch after it takes (its memory allocated again).
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ def measure_one(model_path: Path, arena: bool, large_batch: int) -> dict[str, fl
     import onnxruntime as ort
 
     from service.runtime import OnnxModelRuntime
+    from service.server import return_freed_memory_to_the_os
 
+    return_freed_memory_to_the_os()  # as the server does
     original = ort.InferenceSession
 
     def session(path: str, sess_options: ort.SessionOptions, **kwargs: object) -> ort.InferenceSession:
@@ -64,6 +68,16 @@ def measure_one(model_path: Path, arena: bool, large_batch: int) -> dict[str, fl
     figures["after_large_mb"] = _rss_mb()
     timed(1)
     figures["after_batch1_again_mb"] = _rss_mb()
+    if not arena:  # nothing to give back (and ONNX Runtime refuses to shrink an arena it does not have)
+        return figures
+    started = time.perf_counter()
+    runtime.release_batch_memory(shape[1:])
+    figures["release_ms"] = (time.perf_counter() - started) * 1000
+    figures["after_release_mb"] = _rss_mb()
+    large_data = np.random.default_rng(0).random([large_batch, *shape[1:]], dtype=np.float32)
+    started = time.perf_counter()
+    runtime.run(large_data)
+    figures["large_after_release_ms"] = (time.perf_counter() - started) * 1000
     return figures
 
 
@@ -83,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{case.title}, {RUNS} timed runs per batch, one process per row (RSS in MB, times in ms)\n")
     print(
         f"| CPU arena | after session | after batch 1 | after batch {large} | batch 1 again | batch 1 (ms) "
-        f"| batch {large} (ms) |"
+        f"| batch {large} (ms) | after the idle release | release (ms) | first batch {large} after it (ms) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for arena in ("on", "off"):
         out = subprocess.run(
             [
@@ -106,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         f = json.loads(out.strip().splitlines()[-1])
         print(
             f"| {arena} | {f['session_mb']:.0f} | {f['after_batch1_mb']:.0f} | {f['after_large_mb']:.0f} | "
-            f"{f['after_batch1_again_mb']:.0f} | {f['batch1_ms']:.1f} | {f[f'batch{large}_ms']:.1f} |"
+            f"{f['after_batch1_again_mb']:.0f} | {f['batch1_ms']:.1f} | {f[f'batch{large}_ms']:.1f} | "
+            + (
+                f"{f['after_release_mb']:.0f} | {f['release_ms']:.1f} | {f['large_after_release_ms']:.1f} |"
+                if "release_ms" in f
+                else "— | — | — |"
+            )
         )
     return 0
 

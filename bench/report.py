@@ -437,6 +437,19 @@ def _rss_after_load(model_of: Callable[[BenchResults], str | None]) -> Callable[
     return measure
 
 
+def _rss_after_saturation(results: BenchResults) -> Measurement | None:
+    model = _primary(results)
+    ours, naive = results.resources_for("ours", model), results.resources_for("naive", model)
+    if ours is None or naive is None:
+        return None
+    return Measurement(
+        f"ours {ours.rss_mb:.0f} vs naive {naive.rss_mb:.0f} MiB after their load runs and an idle period (peak "
+        f"{ours.peak_rss_mb:.0f} vs {naive.peak_rss_mb:.0f})",
+        ours.rss_mb <= naive.rss_mb,
+        f"{naive.rss_mb - ours.rss_mb:+.0f} MiB",
+    )
+
+
 def _auto_batch_throughput(key: str) -> Callable[[BenchResults], Measurement | None]:
     def measure(results: BenchResults) -> Measurement | None:
         model, c = results.bench_model(key), SATURATION_CONCURRENCY
@@ -583,6 +596,7 @@ TARGETS: tuple[TargetDefinition, ...] = (
     TargetDefinition(_model_name("Ready time", _bundled), f"≤ naive + {READY_SLACK_S:g} s", _ready_time(_bundled)),
     TargetDefinition(_model_name("RSS after load", _primary), "≤ naive", _rss_after_load(_primary)),
     TargetDefinition(_model_name("RSS after load", _bundled), "≤ naive", _rss_after_load(_bundled)),
+    TargetDefinition(_model_name("RSS after a saturation run", _primary), "≤ naive", _rss_after_saturation),
     *(
         TargetDefinition(
             _bench_name("Auto batch size, throughput", key),
@@ -1021,8 +1035,9 @@ def render(results: BenchResults) -> str:
         "processes then stayed the same and idle (with --workers auto ours answers ready from a first worker, "
         "then may start one worker per core and retire the first); no load ran before. Processes and RSS once "
         "settled: the model loaded, no request served yet. Idle CPU: CPU time of all its processes and threads "
-        "(/proc/PID/stat) over an idle period after its load runs, in percent of one core. RSS (summed over its "
-        "processes, /proc/PID/status) at the end of its runs.",
+        "(/proc/PID/stat) over an idle period after its load runs, in percent of one core, from 1 s after our "
+        "server's batch_memory_release_s (when it has given back its batches' memory, a one-off run of one image). "
+        "RSS (summed over its processes, /proc/PID/status) at the end of its runs, after that idle period.",
         "",
     ]
     out += _table(

@@ -45,6 +45,7 @@ from bench.results import (
 from bench.servers import NAIVE, OURS, OURS_ADMISSION_ARGS, OURS_MAX_QUEUE_WAIT_MS, RunningServer, ServerKind
 from bench.workload import IMAGE_SIZES, SIZES_BY_KEY, EncodedImage, ModelCase
 from service.__main__ import load_settings
+from service.config import Settings
 from service.modelspec import ModelSpec
 from service.preprocess import DecodeOptions, preprocess_image
 from service.runtime import OnnxModelRuntime, available_cpus
@@ -578,7 +579,9 @@ class BenchmarkRun:
     def resources(self, server: RunningServer, settled_rss_mb: float, processes: int, *, idle: bool) -> None:
         idle_percent = None
         if idle:
-            time.sleep(1.0)  # let the last answers and connection closes settle
+            # Let the last answers and connection closes settle, and our server give back its batches' memory (a
+            # one-off run, batch_memory_release_s after its last batch): idle CPU is what it costs at rest.
+            time.sleep(1.0 + Settings.model_fields["batch_memory_release_s"].default)
             logger.info("idle CPU of %s for %g s", server.key, self.plan.idle_s)
             before = server.cpu_seconds()
             started = time.monotonic()

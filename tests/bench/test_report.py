@@ -199,6 +199,18 @@ def test_start_up_targets_compare_ready_time_and_memory_with_the_naive_server() 
     assert (memory.met, memory.margin) == (False, "-155 MiB")
 
 
+def test_rss_after_a_saturation_run_compares_the_primary_model_at_the_end_of_its_runs() -> None:
+    results = _results(primary="resnet50", titles={"resnet50": "ResNet-50"})
+    results.resources += [
+        ServerResources("ours", "resnet50", ready_after_s=1.5, rss_mb=410.0, peak_rss_mb=980.0, rss_settled_mb=400.0),
+        ServerResources("naive", "resnet50", ready_after_s=1.0, rss_mb=752.0, peak_rss_mb=2567.0, rss_settled_mb=340.0),
+    ]
+    outcome = _outcome(results, "RSS after a saturation run, ResNet-50")
+    assert "ours 410 vs naive 752 MiB" in outcome.measured and "peak 980 vs 2567" in outcome.measured
+    assert (outcome.met, outcome.margin) == (True, "+342 MiB")
+    assert _outcome(results, "RSS after load, ResNet-50").met is False  # settled, before any request: 400 vs 340
+
+
 def test_concurrency_1_against_the_naive_server_per_model() -> None:
     results = _results(
         _row(concurrency=1, throughput=400.0),
