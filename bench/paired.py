@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="resnet50,bundled", help="comma-separated (default: resnet50,bundled)")
     parser.add_argument("--concurrency", default="1,32", help="comma-separated client counts (default: 1,32)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default: 3)")
-    parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per point (default: 6)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per point (default: 5)")
     parser.add_argument("--ours-args", default="", help="extra flags for our server (default: none, its defaults)")
     parser.add_argument(
         "--baseline-args", default=None, help="flags for a baseline of ours (default: the same as --ours-args)"
