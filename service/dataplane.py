@@ -124,9 +124,9 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        """Every model has a ready version with its batcher running, and the server is neither starting nor
-        draining."""
-        return self._lifecycle.ready and self._models.ready
+        """Every model has a ready version with its batcher running, the server is neither starting nor draining,
+        and no other worker process that takes connections is still warming up."""
+        return self._models.ready and self._lifecycle.ready_everywhere
 
     @property
     def phase(self) -> str:
@@ -159,7 +159,7 @@ class DataPlane:
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         """Whether the model version takes requests now; `ModelNotFound` when there is no such model or version."""
-        return self._models.get(name, version).ready and self._lifecycle.ready
+        return self._models.get(name, version).ready and self._lifecycle.ready_everywhere
 
     # ---------------------------------------------------------------------------------------------- model control
 

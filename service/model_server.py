@@ -80,7 +80,7 @@ class ModelServer:
         # Across worker processes readiness is the minimum over the workers: one that takes no connections yet has
         # no say (`running()` publishes it).
         self.metrics.withhold_readiness()
-        self.lifecycle = Lifecycle()
+        self.lifecycle = Lifecycle(worker_shared_folder())
         self.registry = ModelRegistry(settings, self.metrics, open_runtime)
         self.control = ModelControl(self.registry, settings, api_keys_enabled=lambda: self.api_keys.enabled)
         self.dataplane = DataPlane(

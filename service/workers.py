@@ -34,9 +34,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 
+from service import peer_readiness
 from service.config import Settings
 from service.memory import cgroup_memory_limit_bytes
 
@@ -182,6 +184,9 @@ class Supervisor:
         )
         process.start()
         self.processes[index] = process
+        if not warm_before_serving and process.pid is not None:
+            # Before any other worker starts, so that none of them can say ready while this one warms up.
+            peer_readiness.mark_warming(Path(os.environ[MULTIPROCESS_ENV]), process.pid)
 
     def _forward(self, sig: int, frame: FrameType | None) -> None:
         self.signals += 1
@@ -223,8 +228,9 @@ class Supervisor:
             share = split_settings(settings, count, self.cpus)
             for index in range(count):
                 # One worker takes connections from the start, so that probes and scrapes are answered while the
-                # models load; the others only once warm, so that a 200 from /readyz means every worker taking
-                # connections is ready (a request that reached a worker still warming up was answered 503).
+                # models load, and its mark keeps every worker's /readyz at 503 until it is warm; the others take
+                # connections only once warm. So a 200 from /readyz means every worker taking connections is ready
+                # (a request that reached a worker still warming up was answered 503).
                 self._start(index, share, sock, None, warm_before_serving=index > 0)
             return self._wait()
         costs = self._await_report(self._start_reporting(0, settings, sock, warm_before_serving=False))
