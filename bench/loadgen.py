@@ -311,10 +311,20 @@ class LoadRun:
 
     @property
     def throughput(self) -> float:
-        """Successful answers that arrived inside the window, per second."""
+        """Successful answers per second inside the window: the least-squares slope of their count against their
+        arrival times. Answers that come in batches (32 at once every 3.5 s) would otherwise be counted 5 or 6
+        batches at a time in a 20 s window, depending only on where it falls: 8.0 or 9.6 img/s for a server that
+        serves 9.1. The slope runs through the batches' centres, wherever the window starts; for answers spread
+        evenly it is their count over the window. With fewer than 3 answers or all at one instant: count / window."""
         end = self.window_start + self.window_s
-        done = sum(1 for s in self.samples if s.status == 200 and self.window_start <= s.done_at < end)
-        return done / self.window_s
+        done = sorted(s.done_at for s in self.samples if s.status == 200 and self.window_start <= s.done_at < end)
+        if len(done) < 3 or done[-1] - done[0] < 1e-9:
+            return len(done) / self.window_s
+        count = len(done)
+        mean_t = sum(done) / count
+        mean_n = (count - 1) / 2
+        spread = sum((t - mean_t) ** 2 for t in done)
+        return sum((t - mean_t) * (n - mean_n) for n, t in enumerate(done)) / spread
 
     def latencies(self, status: int | None = 200) -> list[float]:
         return [s.latency_s for s in self.in_window if status is None or s.status == status]

@@ -1142,7 +1142,11 @@ def render(results: BenchResults) -> str:
         "per request at batch 1, PIL decoding at full size, a default `InferenceSession`, no queue limit.",
         f"- Load: {results.settings.get('load', '')}. The load generator (bench/loadgen.py) is a raw-asyncio "
         "HTTP/1.1 client with keep-alive that reports its own CPU; it runs on the same cores as the server.",
-        "- Percentiles are nearest-rank over the requests sent in the measurement window.",
+        "- Percentiles are nearest-rank over the requests sent in the measurement window. Throughput is the "
+        "least-squares slope of the count of successful answers against their arrival times within the window "
+        "(bench/loadgen.py `LoadRun.throughput`): answers that arrive a batch at a time, 32 every 3.5 s, would "
+        "otherwise count 5 or 6 batches in a 20 s window by where it falls (8.0 or 9.6 img/s); for answers spread "
+        "evenly it is their count over the window.",
         "- The ceiling leaves out HTTP handling and the load generator, which share the same cores; a server "
         "can still measure slightly above it because timings drift by a few percent on this shared machine.",
     ]

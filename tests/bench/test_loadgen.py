@@ -54,6 +54,26 @@ def test_rate_search_gives_up_after_its_halvings() -> None:
     assert best_passing(trials) is None
 
 
+def test_throughput_of_answers_in_batches_does_not_depend_on_where_the_window_falls() -> None:
+    # 32 answers at once every 3.5 s (9.14 a second); a 20 s window holds 5 or 6 such batches depending on its start.
+    samples = [Sample(batch * 3.5 - 1.0, 1.0, 200) for batch in range(20) for _ in range(32)]
+    seen = []
+    for start in (3.0, 3.4, 4.0, 5.2, 6.0, 6.9):
+        run = LoadRun(samples, window_start=start, window_s=20.0, client_cpu_s=0.0, server_cpu_s=None)
+        done = sum(1 for s in samples if start <= s.done_at < start + 20.0)
+        assert done / 20.0 in (8.0, 9.6)  # what counting alone says
+        seen.append(run.throughput)
+    assert all(abs(value - 32 / 3.5) < 1e-6 for value in seen), seen
+
+
+def test_throughput_of_answers_spread_evenly_is_their_rate() -> None:
+    samples = [Sample(10.0 + i / 50, 0.02, 200) for i in range(1000)] + [Sample(12.0, 0.01, 503)] * 5
+    run = LoadRun(samples, window_start=11.0, window_s=10.0, client_cpu_s=0.0, server_cpu_s=None)
+    assert abs(run.throughput - 50.0) < 0.1
+    few = LoadRun(samples[:2], window_start=10.0, window_s=1.0, client_cpu_s=0.0, server_cpu_s=None)
+    assert few.throughput == 2.0
+
+
 def test_failures_count_as_infinitely_slow() -> None:
     samples = [Sample(10.0 + i * 0.01, 0.01, 200) for i in range(98)] + [Sample(10.5, 0.001, 503)] * 2
     run = LoadRun(samples, window_start=10.0, window_s=1.0, client_cpu_s=0.0, server_cpu_s=None)
