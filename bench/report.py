@@ -1146,7 +1146,8 @@ def render(results: BenchResults) -> str:
         "least-squares slope of the count of successful answers against their arrival times within the window "
         "(bench/loadgen.py `LoadRun.throughput`): answers that arrive a batch at a time, 32 every 3.5 s, would "
         "otherwise count 5 or 6 batches in a 20 s window by where it falls (8.0 or 9.6 img/s); for answers spread "
-        "evenly it is their count over the window.",
+        "evenly it is their count over the window, and it is that count when the answers span less than half the "
+        "window.",
         "- The ceiling leaves out HTTP handling and the load generator, which share the same cores; a server "
         "can still measure slightly above it because timings drift by a few percent on this shared machine.",
     ]

@@ -74,6 +74,13 @@ def test_throughput_of_answers_spread_evenly_is_their_rate() -> None:
     assert few.throughput == 2.0
 
 
+def test_throughput_of_one_batch_in_a_short_window_is_its_count_over_the_window() -> None:
+    # A slope through one cluster (32 answers within 2 ms) would read as 16,000 a second.
+    samples = [Sample(11.0 + i * 0.0000625, 1.0, 200) for i in range(32)]
+    run = LoadRun(samples, window_start=10.0, window_s=5.0, client_cpu_s=0.0, server_cpu_s=None)
+    assert run.throughput == 32 / 5.0
+
+
 def test_failures_count_as_infinitely_slow() -> None:
     samples = [Sample(10.0 + i * 0.01, 0.01, 200) for i in range(98)] + [Sample(10.5, 0.001, 503)] * 2
     run = LoadRun(samples, window_start=10.0, window_s=1.0, client_cpu_s=0.0, server_cpu_s=None)
