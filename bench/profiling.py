@@ -1,9 +1,11 @@
 """py-spy samples of a server under load, boiled down to where its threads spend their time.
 
 py-spy (``pip install py-spy``, the bench extra) samples the Python stacks of a running process without changing
-it. Only threads that are running count (waiting ones are left out), so a thread group's share of the samples,
-times the sampling rate, says how many cores' worth of work it does; ONNX Runtime's own pool threads are native
-and invisible, but the thread that calls `run` shows it.
+it. Threads that wait on a lock or a socket are left out, but a thread that is ready to run and waits for a core
+counts, so samples say where threads want time, not how much CPU they get: on 2 busy cores the groups' samples
+added up to 4 cores' worth. What each group used is read from /proc instead (`cpu_by_group`), thread by thread,
+before and after the recording; py-spy's raw output names each thread with its native ID. Threads py-spy never
+saw running Python (ONNX Runtime's pool, gRPC's) are one group of their own, `NATIVE_GROUP`.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class ProfileSummary:
     rate_hz: int = 100
     by_group: Counter[str] = field(default_factory=Counter)
     self_frames: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    thread_groups: dict[int, str] = field(default_factory=dict)
+    """Native thread ID to group, for the threads py-spy sampled."""
 
     def cores(self, count: int) -> float:
         """Samples turned into cores' worth of busy time over the recording."""
@@ -97,5 +101,21 @@ def summarise(raw: str, duration_s: float, rate_hz: int = 100) -> ProfileSummary
         count = int(match["count"])
         summary.samples += count
         summary.by_group[group] += count
+        summary.thread_groups[int(match["tid"])] = group
         summary.self_frames[group][_frame_name(frames[-1]) if len(frames) > 1 else "(no Python frame)"] += count
     return summary
+
+
+NATIVE_GROUP = "other threads (native)"
+"""Threads without Python frames in the samples: ONNX Runtime's intra-op pool, gRPC's, the supervisor's idle ones."""
+
+
+def cpu_by_group(
+    summary: ProfileSummary, before: dict[int, float], after: dict[int, float], seconds: float
+) -> dict[str, float]:
+    """Cores each thread group used between two `bench.servers.thread_cpu_seconds` readings `seconds` apart.
+    A thread that started in between counts from zero; one that ended in between is lost (not in `after`)."""
+    used: Counter[str] = Counter()
+    for tid, cpu_s in after.items():
+        used[summary.thread_groups.get(tid, NATIVE_GROUP)] += max(0.0, cpu_s - before.get(tid, 0.0))
+    return {group: cpu_s / seconds for group, cpu_s in used.items()} if seconds > 0 else {}

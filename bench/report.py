@@ -57,6 +57,13 @@ class TargetOutcome:
     margin: str
 
 
+def _profile_cpu_cells(cpu_cores: float | None, throughput: float) -> list[str]:
+    """A profile group's CPU in cores and in milliseconds per image answered."""
+    if cpu_cores is None:
+        return ["—", "—"]
+    return [_num(cpu_cores, 2), _num(1000 * cpu_cores / throughput, 2) if throughput > 0 else "—"]
+
+
 def _num(value: float | None, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
@@ -1086,23 +1093,29 @@ def render(results: BenchResults) -> str:
     for profile in results.profiles:
         out += [
             f"## Profile: {servers[profile.server]}, {titles[profile.model]}, "
-            f"{SIZES_BY_KEY[profile.size].label}, "
+            f"{SIZES_BY_KEY[profile.size].label}{'' if profile.protocol == V1 else ', ' + PROTOCOLS[profile.protocol]}, "
             f"concurrency {profile.concurrency}",
             "",
             f"py-spy, {profile.seconds:g} s at 100 Hz during a separate run ({profile.throughput:.1f} img/s while "
-            f"sampled), {profile.samples} samples of running Python threads. Cores: a thread group's samples as "
-            "cores' worth of busy time. ONNX Runtime's own pool threads are native and not sampled; the batcher "
-            "thread that calls it is.",
+            f"sampled), {profile.samples} samples of Python threads that were not idle. CPU: what a thread "
+            "group's threads used over the recording, read from /proc thread by thread, in cores and in "
+            "milliseconds per image at the throughput while sampled; ONNX Runtime's pool threads and gRPC's are "
+            "native, never sampled, and counted together as other threads. Samples: the group's samples as cores; "
+            "a thread ready to run but waiting for a core counts, so on busy cores they add up to more than the "
+            "CPU used.",
             "",
         ]
+        with_cpu = any(group.cpu_cores is not None for group in profile.groups)
+        cpu_headers = ["CPU (cores)", "CPU per image (ms)"] if with_cpu else []
         out += _table(
-            ["Thread group", "Cores", "Share", "Innermost frames (share of the group)"],
+            ["Thread group", *cpu_headers, "Samples (cores)", "Share", "Innermost frames (share of its samples)"],
             [
                 [
                     group.thread_group,
+                    *(_profile_cpu_cells(group.cpu_cores, profile.throughput) if with_cpu else []),
                     _num(group.cores, 2),
                     _pct(group.share, 0),
-                    "; ".join(f"{frame} {100 * share:.0f}%" for frame, share in group.top_frames),
+                    "; ".join(f"{frame} {100 * share:.0f}%" for frame, share in group.top_frames) or "—",
                 ]
                 for group in profile.groups
             ],

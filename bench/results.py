@@ -209,6 +209,8 @@ class ProfileGroup:
     share: float
     top_frames: list[tuple[str, float]]
     """Innermost frames and their share of this group's samples."""
+    cpu_cores: float | None = None
+    """CPU the group's threads used over the recording, in cores, from /proc (None in runs before it was read)."""
 
 
 @dataclass
@@ -221,6 +223,7 @@ class ProfileResult:
     samples: int
     throughput: float
     groups: list[ProfileGroup]
+    protocol: str = V1
 
 
 @dataclass

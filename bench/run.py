@@ -14,7 +14,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +42,15 @@ from bench.results import (
     ServerResources,
     fixed_batch_key,
 )
-from bench.servers import NAIVE, OURS, OURS_ADMISSION_ARGS, OURS_MAX_QUEUE_WAIT_MS, RunningServer, ServerKind
+from bench.servers import (
+    NAIVE,
+    OURS,
+    OURS_ADMISSION_ARGS,
+    OURS_MAX_QUEUE_WAIT_MS,
+    RunningServer,
+    ServerKind,
+    thread_cpu_seconds,
+)
 from bench.workload import IMAGE_SIZES, SIZES_BY_KEY, EncodedImage, ModelCase
 from service.__main__ import load_settings
 from service.config import Settings
@@ -487,36 +495,36 @@ class BenchmarkRun:
             for datatype, shape, data in inputs
         ]
 
+    def _closed_loop(
+        self, server: RunningServer, size: str, concurrency: int, protocol: str, duration_s: float
+    ) -> Awaitable[loadgen.LoadRun]:
+        requests = self._requests(server, size, protocol)
+        if protocol in (GRPC_BYTES, GRPC_FP32):
+            return loadgen.grpc_closed_loop(
+                server.grpc_target,
+                requests,
+                concurrency=concurrency,
+                warmup_s=self.plan.warmup_s,
+                duration_s=duration_s,
+                server_cpu=server.cpu_seconds,
+            )
+        return loadgen.closed_loop(
+            "127.0.0.1",
+            server.port,
+            requests,
+            concurrency=concurrency,
+            warmup_s=self.plan.warmup_s,
+            duration_s=duration_s,
+            server_cpu=server.cpu_seconds,
+        )
+
     def closed(
         self, server: RunningServer, size: str, concurrency: int, *, protocol: str = V1, record: bool = True
     ) -> loadgen.LoadRun:
         logger.info(
             "closed loop: %s %s %s %s concurrency %d", server.key, server.model.key, size, protocol, concurrency
         )
-        requests = self._requests(server, size, protocol)
-        if protocol in (GRPC_BYTES, GRPC_FP32):
-            run = asyncio.run(
-                loadgen.grpc_closed_loop(
-                    server.grpc_target,
-                    requests,
-                    concurrency=concurrency,
-                    warmup_s=self.plan.warmup_s,
-                    duration_s=self.plan.load_s,
-                    server_cpu=server.cpu_seconds,
-                )
-            )
-        else:
-            run = asyncio.run(
-                loadgen.closed_loop(
-                    "127.0.0.1",
-                    server.port,
-                    requests,
-                    concurrency=concurrency,
-                    warmup_s=self.plan.warmup_s,
-                    duration_s=self.plan.load_s,
-                    server_cpu=server.cpu_seconds,
-                )
-            )
+        run = asyncio.run(self._closed_loop(server, size, concurrency, protocol, self.plan.load_s))
         if record:
             row = load_row(server.key, server.model.key, size, run, protocol)
             (self.results.load if protocol == V1 else self.results.protocol_load).append(row)
@@ -603,12 +611,13 @@ class BenchmarkRun:
             )
         )
 
-    def profile(self, server: RunningServer, size: str, concurrency: int) -> None:
+    def profile(self, server: RunningServer, size: str, concurrency: int, protocol: str = V1) -> None:
         if self.plan.profile_s <= 0 or profiling.py_spy() is None:
-            if self.plan.profile_s > 0:
+            if self.plan.profile_s > 0 and not any("py-spy" in note for note in self.results.notes):
                 self.results.notes.append("py-spy is not installed, so the run has no profile (pip install py-spy).")
             return
-        output = self.log_dir / f"profile-{server.key}-{server.model.key}-{size}-c{concurrency}.txt"
+        logger.info("profile: %s %s %s %s concurrency %d", server.key, server.model.key, size, protocol, concurrency)
+        output = self.log_dir / f"profile-{server.key}-{server.model.key}-{size}-{protocol}-c{concurrency}.txt"
         seconds = self.plan.profile_s
         # The profiled run is separate and not reported as a load row: sampling costs the server some CPU.
         plan_load = self.plan.load_s
@@ -617,28 +626,28 @@ class BenchmarkRun:
         async def profiled() -> loadgen.LoadRun:
             async def start_recorder() -> None:
                 await asyncio.sleep(self.plan.warmup_s)
-                recorder_holder["process"] = profiling.start_recording(server.pid, seconds, output)
+                cpu_before, started = thread_cpu_seconds(server.pid), time.monotonic()
+                recorder = profiling.start_recording(server.pid, seconds, output)
+                recorder_holder["process"] = recorder
+                # The CPU read again as the recording ends, while the load still runs (it lasts a second longer).
+                recorder_holder["out"] = (await asyncio.to_thread(recorder.communicate, timeout=seconds + 60))[0]
+                recorder_holder["cpu"] = (cpu_before, thread_cpu_seconds(server.pid), time.monotonic() - started)
 
             recorder_task = asyncio.ensure_future(start_recorder())
-            run = await loadgen.closed_loop(
-                "127.0.0.1",
-                server.port,
-                self._requests(server, size),
-                concurrency=concurrency,
-                warmup_s=self.plan.warmup_s,
-                duration_s=max(plan_load, seconds + 1.0),
-            )
+            run = await self._closed_loop(server, size, concurrency, protocol, max(plan_load, seconds + 1.0))
             await recorder_task
             return run
 
         run = asyncio.run(profiled())
         recorder = recorder_holder["process"]
-        assert isinstance(recorder, subprocess.Popen)
-        out, _ = recorder.communicate(timeout=60)
+        out = recorder_holder["out"]
+        assert isinstance(recorder, subprocess.Popen) and isinstance(out, bytes)
         if recorder.returncode != 0 or not output.exists():
             self.results.notes.append(f"py-spy failed ({recorder.returncode}): {out.decode(errors='replace')[-300:]}")
             return
         summary = profiling.summarise(output.read_text(), seconds)
+        cpu_before, cpu_after, cpu_seconds = recorder_holder["cpu"]  # type: ignore[misc]
+        cpu = profiling.cpu_by_group(summary, cpu_before, cpu_after, cpu_seconds)
         groups = []
         for group, count in summary.by_group.most_common():
             frames = summary.self_frames[group]
@@ -648,11 +657,22 @@ class BenchmarkRun:
                     summary.cores(count),
                     count / summary.samples,
                     [(frame, n / count) for frame, n in frames.most_common(6)],
+                    cpu.get(group, 0.0),
                 )
             )
+        if profiling.NATIVE_GROUP in cpu:
+            groups.append(ProfileGroup(profiling.NATIVE_GROUP, 0.0, 0.0, [], cpu[profiling.NATIVE_GROUP]))
         self.results.profiles.append(
             ProfileResult(
-                server.key, server.model.key, size, concurrency, seconds, summary.samples, run.throughput, groups
+                server.key,
+                server.model.key,
+                size,
+                concurrency,
+                seconds,
+                summary.samples,
+                run.throughput,
+                groups,
+                protocol,
             )
         )
 
@@ -735,6 +755,10 @@ class BenchmarkRun:
             if key in (self.primary, "bundled"):
                 # On the light model per-request overhead, not inference, sets the pace.
                 self.profile(server, SMALL, self.plan.size_concurrency)
+            if key == "bundled":
+                # Where a gRPC call costs more than a V2 HTTP request with the same image (a target compares them).
+                for protocol in (V2_BYTES, GRPC_BYTES):
+                    self.profile(server, SMALL, self.plan.size_concurrency, protocol)
         if key in self.resolved(self.plan.batch_models):
             self.load_fixed_batches(key)
 

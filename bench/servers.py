@@ -58,6 +58,25 @@ def process_cpu_seconds(pid: int) -> float:
     return total
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User plus system CPU time of each thread of `pid` and its worker processes so far, by native thread ID,
+    from /proc/PID/task/TID/stat (threads that ended are gone from it)."""
+    seconds = {}
+    for member in process_tree(pid):
+        try:
+            threads = [int(tid) for tid in os.listdir(f"/proc/{member}/task")]
+        except OSError:
+            continue
+        for tid in threads:
+            try:
+                stat = Path(f"/proc/{member}/task/{tid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            seconds[tid] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime: fields 14 and 15
+    return seconds
+
+
 @dataclass(frozen=True)
 class Memory:
     rss_bytes: int
