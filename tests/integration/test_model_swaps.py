@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import threading
 import time
@@ -250,7 +251,7 @@ def test_a_swap_under_load_loses_nothing(start_server, tmp_path, make_classifier
     assert not failures, f"{len(failures)} of {len(traffic.answers)} requests failed: {failures[:3]}"
     assert {a.version for a in traffic.answers} == {"1", *(swap.version for swap in swaps)}
     for swap, following in zip(swaps, [*swaps[1:], None], strict=True):
-        late = [a for a in traffic.answers if swap.over < a.started < (following.started if following else 1e18)]
+        late = [a for a in traffic.answers if swap.over < a.started < (following.started if following else math.inf)]
         assert late and all(a.version == swap.version for a in late), (
             f"an answer from an older version after the swap to version {swap.version} was over"
         )
