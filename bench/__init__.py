@@ -10,7 +10,7 @@ server over /v1 multipart, the Open Inference Protocol over HTTP and gRPC. Modul
 - `servers`: starting the servers under test and reading their CPU and memory from /proc;
 - `loadgen`: the lean asyncio HTTP/1.1 load generator (closed loop, Poisson open loop), its V2 request builder,
   and a gRPC closed loop on grpc.aio;
-- `profiling`: py-spy samples of a server under load, summarised;
+- `profiling`: py-spy samples of a server under load, summarised, and the CPU each thread group used (from /proc);
 - `report`: the results as markdown, with each issue target met or missed;
 - `naive_server`: the baseline as a user would write it.
 """
