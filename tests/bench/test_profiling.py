@@ -8,8 +8,9 @@ import time
 
 from bench.profiling import NATIVE_GROUP, cpu_by_group, summarise, thread_group
 from bench.report import render
-from bench.results import GRPC_BYTES, BenchResults, Environment, ProfileGroup, ProfileResult
+from bench.results import GRPC_BYTES, BenchResults, ProfileGroup, ProfileResult
 from bench.servers import thread_cpu_seconds
+from tests.bench.hand_made import environment
 
 RAW = """\
 thread (101): MainThread;run_forever (asyncio/base_events.py:600);_run_once (asyncio/base_events.py:1880);feed (/x/lib/python3.11/site-packages/h11/_receivebuffer.py) 30
@@ -90,20 +91,8 @@ def test_a_profile_of_another_protocol_says_which() -> None:
 
 
 def _profiled_results(groups: list[ProfileGroup]) -> BenchResults:
-    environment = Environment(
-        cpu_model="test",
-        simd="",
-        cores=2,
-        online_cpus=2,
-        date="",
-        versions={},
-        git_commit="",
-        mode="test",
-        command="",
-        load_average="",
-    )
     results = BenchResults(
-        environment=environment,
+        environment=environment(),
         primary_model="bundled",
         model_titles={"bundled": "Bundled"},
         server_titles={"ours": "ours"},

@@ -11,31 +11,19 @@ from bench.results import (
     BatchingRow,
     BatchRow,
     BenchResults,
-    Environment,
     LoadRow,
     RawInference,
     ServerResources,
     fixed_batch_key,
 )
+from tests.bench.hand_made import environment
 
 REFUSAL_TARGET = "Concurrency 64, requests beyond the queue"
 
 
 def _results(*load: LoadRow, primary: str = "bundled", titles: dict[str, str] | None = None) -> BenchResults:
-    environment = Environment(
-        cpu_model="test",
-        simd="",
-        cores=2,
-        online_cpus=2,
-        date="",
-        versions={},
-        git_commit="",
-        mode="test",
-        command="",
-        load_average="",
-    )
     return BenchResults(
-        environment=environment,
+        environment=environment(),
         primary_model=primary,
         model_titles=dict(titles or {}),
         server_titles={},
