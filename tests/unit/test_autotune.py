@@ -76,15 +76,56 @@ def test_the_search_moves_the_choice_after_every_size_and_stops_at_the_limit():
     measured = Measured({1: 10.0, 2: 9.0, 4: 8.0, 8: 7.9, 16: 8.0})
     steps: list[BatchCurve] = []
     curve = asyncio.run(tune(measured, limit=16, memory_limit_bytes=None, on_step=steps.append))
-    assert measured.sizes == [1, 2, 4, 8, 16]
-    assert [step.chosen for step in steps] == [1, 2, 4, 8, 16] and not any(step.finished for step in steps)
+    # The sweep, then one pass over the contenders (within 90% of the best), largest first: the choice held.
+    assert measured.sizes == [1, 2, 4, 8, 16, 16, 8, 4]
+    assert [step.chosen for step in steps] == [1, 2, 4, 8, 16, 16, 16, 16] and not any(s.finished for s in steps)
     assert curve.finished and curve.chosen == 16 and curve.seconds_per_image(8) == pytest.approx(0.0079)
+
+
+class Noisy(Measured):
+    """A table whose sizes read slower the first time they are measured (a neighbour's burst), by `slowdown`."""
+
+    def __init__(self, per_image_ms: dict[int, float], slowdown: dict[int, float]) -> None:
+        super().__init__(per_image_ms, mib_per_image=1.0)
+        self.slowdown = slowdown
+
+    async def __call__(self, size: int) -> BatchTiming:
+        timing = await super().__call__(size)
+        factor = self.slowdown.pop(size, 1.0)
+        return BatchTiming(size, timing.seconds * factor, memory_bytes=timing.memory_bytes * self.sizes.count(size))
+
+
+def test_a_size_slowed_once_by_noise_wins_back_its_place_in_the_second_look():
+    # A flat curve; 16 and 32 read 8% slow in the sweep, which alone would choose 8.
+    measured = Noisy(dict.fromkeys((1, 2, 4, 8, 16, 32), 10.0), slowdown={16: 1.08, 32: 1.08})
+    curve = asyncio.run(tune(measured, limit=32, memory_limit_bytes=None))
+    # The first look moved the choice (8 to 32), so a second one confirmed it.
+    assert measured.sizes == [1, 2, 4, 8, 16, 32] + [32, 16, 8, 4, 2, 1] * 2
+    assert curve.chosen == 32 and curve.seconds_per_image(32) == pytest.approx(0.010)
+    # Memory stays the first reading of each size: a later one holds the arena of the largest batch run.
+    assert [t.memory_bytes for t in curve.timings] == [round(size * MIB) for size in (1, 2, 4, 8, 16, 32)]
+
+
+def test_a_second_pass_runs_only_when_the_first_changed_the_choice():
+    # 32 is 5% faster but reads 5% slower in the sweep: the first look moves the choice from 16 to 32, the
+    # second finds it again and the search ends.
+    measured = Noisy(dict.fromkeys((1, 2, 4, 8, 16), 10.0) | {32: 9.5}, slowdown={32: 1.1})
+    curve = asyncio.run(tune(measured, limit=32, memory_limit_bytes=None))
+    assert curve.chosen == 32
+    assert measured.sizes == [1, 2, 4, 8, 16, 32] + [32, 16, 8, 4, 2, 1] * 2
+    # The first look changing nothing ends it.
+    measured = Measured({1: 12.0, 2: 9.0, 4: 9.0, 8: 9.0})
+    assert asyncio.run(tune(measured, limit=8, memory_limit_bytes=None)).chosen == 8
+    assert measured.sizes == [1, 2, 4, 8, 8, 4, 2]  # the sweep, then one look; batch 1, 25% slower, is no contender
+    # A truly faster smaller size still wins when larger ones are past the 3% band.
+    measured = Measured({1: 10.0, 2: 8.0, 4: 8.5, 8: 8.6})
+    assert asyncio.run(tune(measured, limit=8, memory_limit_bytes=None)).chosen == 2
 
 
 def test_the_search_stops_before_a_size_that_would_pass_the_memory_budget():
     measured = Measured(dict.fromkeys((1, 2, 4, 8, 16, 32), 10.0), mib_per_image=12.0)
     curve = asyncio.run(tune(measured, limit=32, memory_limit_bytes=100 * MIB))
-    assert measured.sizes == [1, 2, 4, 8]  # 16 would hold 192 MiB
+    assert measured.sizes[:4] == [1, 2, 4, 8] and 16 not in measured.sizes  # 16 would hold 192 MiB
     assert curve.chosen == 8
 
 
