@@ -307,3 +307,13 @@ def test_declared_types_we_never_decode_are_refused(declared):
 )
 def test_declared_types_promise_a_format(declared, promised):
     assert check_declared_type(declared) == promised
+
+
+@pytest.mark.parametrize("model", [spec("RGB", 256, 224), spec("L", 28, 28)], ids=["rgb-256-224", "gray-28-28"])
+def test_the_tensor_is_torchvisions_bit_for_bit_and_contiguous(photos, model):
+    # Scaling and normalising happen in place in one buffer; the float32 operations and their order are
+    # torchvision's (ToTensor's x / 255, then Normalize's (x - mean) / std), so not a bit may differ.
+    image = photos["chelsea"]
+    result = preprocess_image(encode(image, "PNG"), model, NO_DRAFT)
+    np.testing.assert_array_equal(result.tensor, torchvision_reference(image.convert(model.color_mode), model))
+    assert result.tensor.flags.c_contiguous and result.tensor.dtype == np.float32
