@@ -552,7 +552,7 @@ def render(results: Reliability, command: str, wall_s: float) -> str:
         "",
         "32 clients each send a real PNG of random pixels just under the 32 MiB upload limit at once, to the "
         "bundled model. RSS from /proc/PID/status: before, its high-water mark, and once it stops falling. "
-        "`server default` is the server as shipped (it fixes glibc's mmap threshold at 128 KiB); `glibc 32 MiB "
+        "`server default` is the server as shipped (it fixes glibc's mmap threshold at 4 MiB); `glibc 32 MiB "
         "threshold` starts it with `MALLOC_MMAP_THRESHOLD_=33554432`, which glibc's own dynamic threshold rises "
         "to after large frees. RSS is summed over the supervisor and its workers, so pages the forked workers "
         "share with it count once per process; idle PSS counts each page once, as the pod's memory limit does.",
