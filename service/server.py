@@ -262,8 +262,9 @@ def return_freed_memory_to_the_os() -> bool:
     decodes come from heap arenas, which are seldom given back: after 32 concurrent 32 MiB uploads RSS stayed
     about 110 MB above idle. Fixed, it also stops adjusting. At 128 KiB, RSS returned to within 5 MB of idle, but
     every buffer of an ordinary request was a fresh mapping that the kernel faulted in page by page and unmapped
-    again: 1,370 page faults per ResNet-50 request of a 500x375 JPEG (the decoded image, its resized and cropped
-    copies, the tensor). At 4 MiB those buffers (up to a 12-megapixel JPEG's draft decode, 2.3 MB) are reused from
+    again: 147 page faults for each 600 kB buffer (tests/unit/test_server_memory.py counts them), and a ResNet-50
+    request of a 500x375 JPEG has about a dozen of 150-600 kB (the decoded image, its resized and cropped copies, the
+    tensor). At 4 MiB those buffers (up to a 12-megapixel JPEG's draft decode, 2.3 MB) are reused from
     the heap: under one fault per request; an upload or image of 4 MiB and more, which the memory limits are about,
     is still mapped and given back (32 uploads at the limit: +14 MB after, in docs/RELIABILITY.md). Not glibc
     (musl): nothing to do. An operator's own MALLOC_MMAP_THRESHOLD_ wins."""
