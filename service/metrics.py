@@ -6,12 +6,14 @@ they do in tests. All names start with ``resnet_serve_``; docs/SERVICE.md lists 
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 
 from service.errors import ConnectionRefusal, DropReason, ServiceError, rejection_reasons
 from service.statistics import ModelStatistics, ModelStatisticsRecorder, StatisticsCollectors
@@ -23,6 +25,31 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """Set by the worker supervisor (service.workers) for its workers: metric values then live in files there."""
+
+
+class WorkerFilesCollector:
+    """Every worker's metric files, summed: prometheus-client's MultiProcessCollector less its one race.
+
+    A worker creates a metrics file before it sizes it, so a scrape that lists the folder at that moment finds a file
+    of 0 bytes, and MultiProcessCollector's merge fails on it with struct.error (prometheus/client_python#1199): the
+    whole scrape answers 500, and a worker killed in that moment leaves the empty file, so every later scrape fails too.
+    An empty file holds nothing yet; it is skipped. A file with any bytes has been sized (the size is set before
+    anything is written), so it reads whole."""
+
+    def __init__(self, folder: str) -> None:
+        self._folder = folder
+
+    def collect(self) -> Iterable[Metric]:
+        files = [name for name in glob.glob(os.path.join(self._folder, "*.db")) if _sized(name)]
+        # prometheus_client ships py.typed but leaves its multiprocess module unannotated.
+        return multiprocess.MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-any-return,no-untyped-call]
+
+
+def _sized(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except FileNotFoundError:  # a dead worker's live gauges, removed since the listing
+        return False
 
 
 def worker_shared_folder() -> Path | None:
@@ -309,10 +336,10 @@ class ServiceMetrics:
         """What to read values from: this process's registry, or with several worker processes
         (PROMETHEUS_MULTIPROC_DIR set by the supervisor) every worker's values, summed (gauges: the live workers'
         sum, or their minimum for readiness)."""
-        if MULTIPROCESS_ENV in os.environ:
+        folder = os.environ.get(MULTIPROCESS_ENV)
+        if folder:
             merged = CollectorRegistry()
-            # prometheus_client ships py.typed but leaves its multiprocess module unannotated.
-            multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            merged.register(WorkerFilesCollector(folder))
             return merged
         return self.registry
 

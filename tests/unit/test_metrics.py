@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.metrics import ServiceMetrics
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "SERVICE.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "SERVICE.md"
 
 
 def families(metrics: ServiceMetrics) -> dict[str, str]:
@@ -88,3 +92,33 @@ def test_readiness_withheld_is_remembered_and_written_when_published_again():
     metrics.withhold_readiness()
     metrics.set_model_ready("m", "1", False)  # a retiring worker unloads: the others still serve the model
     assert 'resnet_serve_model_ready{model="m",version="1"} 1.0' in metrics.render().decode()
+
+
+WORKER_SCRAPE = """
+import sys
+from pathlib import Path
+from service.metrics import ServiceMetrics
+
+folder = Path(sys.argv[1])
+metrics = ServiceMetrics()
+metrics.images_classified.labels("m", "1").inc(3)
+# A worker that created its file and died before sizing it (or is about to size it): 0 bytes.
+(folder / "counter_4194304.db").touch()
+(folder / "gauge_livesum_4194304.db").touch()
+sys.stdout.write(metrics.render().decode())
+"""
+
+
+def test_a_scrape_with_worker_processes_reads_past_a_file_not_yet_sized(tmp_path):
+    # prometheus-client picks its file-backed values at import, so the workers' mode needs a process of its own.
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_SCRAPE, str(tmp_path)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert 'resnet_serve_images_classified_total{model="m",version="1"} 3.0' in done.stdout
