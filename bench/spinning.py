@@ -1,8 +1,8 @@
-"""``python -m bench.spinning``: what ONNX Runtime's thread spinning buys and costs, measured (about 2 minutes).
+"""``python -m bench.spinning``: what ONNX Runtime's thread spinning buys and costs, measured (about 3 minutes).
 
 The server's sessions run with ``session.intra_op.allow_spinning = 0`` (`service.runtime.OnnxModelRuntime`); a
-default session, as the naive server has it, spins. Two sessions of one model that differ only in that flag, with
-the server's other options, take turns in rounds:
+default session, as the naive server has it, spins. Three sessions of one model that differ only in spinning (off,
+on, on only while a run lasts: ``MODES``), with the server's other options, take turns in rounds:
 
 - **alone**: batch-1 runs back to back with the server's own preprocessing of a photo between them, as a lone
   request pays it: the median latency of a run, and the process's CPU per request (spinning burns CPU after each
@@ -35,16 +35,27 @@ from service.runtime import available_cpus
 CACHE = Path(__file__).resolve().parent / ".cache"
 
 
-def session(path: Path, spinning: bool) -> ort.InferenceSession:
+MODES = {
+    "off": ("0", "0"),
+    "on": ("1", "0"),
+    "during runs": ("1", "1"),
+}
+"""Spinning modes: (session.intra_op.allow_spinning, session.force_spinning_stop). ORT's default is on: its threads
+spin after a run until they give up; with force_spinning_stop they spin between a run's operators only and stop
+when the run returns."""
+
+
+def session(path: Path, mode: str) -> ort.InferenceSession:
     """The server's session options (`service.runtime.OnnxModelRuntime`), with spinning as asked."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = available_cpus()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    flag = "1" if spinning else "0"
-    options.add_session_config_entry("session.intra_op.allow_spinning", flag)
-    options.add_session_config_entry("session.inter_op.allow_spinning", flag)
+    spin, stop = MODES[mode]
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    options.add_session_config_entry("session.force_spinning_stop", stop)
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
@@ -115,40 +126,43 @@ def main(argv: list[str] | None = None) -> None:
     def preprocess() -> np.ndarray:
         return preprocess_image(photo.data, spec, options, photo.size.content_type).tensor[None]
 
-    sessions = {spinning: session(path, spinning) for spinning in (False, True)}
-    tallies = {spinning: Tally() for spinning in sessions}
-    input_name = sessions[False].get_inputs()[0].name
+    sessions = {mode: session(path, mode) for mode in MODES}
+    tallies = {mode: Tally() for mode in sessions}
+    input_name = sessions["off"].get_inputs()[0].name
     for round_number in range(args.rounds):
-        order = (False, True) if round_number % 2 == 0 else (True, False)
-        for spinning in order:
-            chosen = sessions[spinning]
+        order = list(MODES) if round_number % 2 == 0 else list(reversed(MODES))
+        for mode in order:
+            chosen = sessions[mode]
 
             def run(tensor: np.ndarray, chosen: ort.InferenceSession = chosen) -> None:
                 chosen.run(None, {input_name: tensor})
 
             run(preprocess())
-            alone(run, preprocess, args.seconds, tallies[spinning])
-            contended(run, preprocess, args.seconds, tallies[spinning])
+            alone(run, preprocess, args.seconds, tallies[mode])
+            contended(run, preprocess, args.seconds, tallies[mode])
         print(f"round {round_number + 1}/{args.rounds} done", flush=True)
 
     def median(values: list[float]) -> float:
         return statistics.median(values)
 
-    off, on = tallies[False], tallies[True]
+    off = tallies["off"]
     print(f"\n{path.name}, {available_cpus()} cores, {args.rounds} rounds x {args.seconds:g} s, medians over rounds")
     print("| spinning | batch-1 run, ms | CPU per lone request, ms | contended runs/s | contended photos/s |")
     print("|---|---|---|---|---|")
-    for name, tally in (("off (ours)", off), ("on (ORT default)", on)):
+    for name, tally in tallies.items():
         print(
             f"| {name} | {median(tally.run_ms):.1f} | {median(tally.cpu_ms_per_request):.1f} "
             f"| {median(tally.runs_per_s):.2f} | {median(tally.photos_per_s):.1f} |"
         )
-    print(
-        f"\non/off: run time {median(on.run_ms) / median(off.run_ms):.3f}, "
-        f"CPU per lone request {median(on.cpu_ms_per_request) / median(off.cpu_ms_per_request):.3f}, "
-        f"contended runs {median(on.runs_per_s) / median(off.runs_per_s):.3f}, "
-        f"contended photos {median(on.photos_per_s) / median(off.photos_per_s):.3f}"
-    )
+    for name, tally in tallies.items():
+        if tally is off:
+            continue
+        print(
+            f"{name} / off: run time {median(tally.run_ms) / median(off.run_ms):.3f}, "
+            f"CPU per lone request {median(tally.cpu_ms_per_request) / median(off.cpu_ms_per_request):.3f}, "
+            f"contended runs {median(tally.runs_per_s) / median(off.runs_per_s):.3f}, "
+            f"contended photos {median(tally.photos_per_s) / median(off.photos_per_s):.3f}"
+        )
 
 
 if __name__ == "__main__":
