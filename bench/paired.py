@@ -2,6 +2,8 @@ r"""``python -m bench.paired``: our server against a baseline, side by side in a
 
     python -m bench.paired                          # ours vs the naive FastAPI server (make bench-quick)
     python -m bench.paired --baseline cd0350c       # ours vs ours at an earlier commit (a paired comparison)
+    python -m bench.paired --baseline granian --ours-args="--workers 1" --models bundled
+                                                    # our app under granian instead of uvicorn, one worker each
     python -m bench.paired --models resnet50 --concurrency 1,8,32 --rounds 5 --seconds 10
 
     # What the operators' features cost (docs/DEPLOY.md, "What the features cost"):
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import shlex
 import ssl
@@ -40,7 +43,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from bench import loadgen, workload
-from bench.servers import NAIVE, OURS, RunningServer, ServerKind
+from bench.servers import GRANIAN, NAIVE, OURS, RunningServer, ServerKind
 from bench.workload import DEFAULT_CACHE_DIR, REPO_ROOT, SIZES_BY_KEY
 
 logger = logging.getLogger("bench")
@@ -251,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline",
         default=None,
         metavar="REVISION",
-        help="compare with our server at this git revision (default: the naive FastAPI server)",
+        help="compare with our server at this git revision, or with 'granian': our app at this commit served by "
+        "granian, one worker (pip install granian); default: the naive FastAPI server",
     )
     parser.add_argument("--models", default="resnet50,bundled", help="comma-separated (default: resnet50,bundled)")
     parser.add_argument("--concurrency", default="1,32", help="comma-separated client counts (default: 1,32)")
@@ -291,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.baseline is None:
         baseline = Contender("naive", NAIVE)
+    elif args.baseline == "granian":
+        if importlib.util.find_spec("granian") is None:
+            raise SystemExit("--baseline granian needs granian, which is not a dependency: pip install granian")
+        baseline = Contender("granian", GRANIAN, args=tuple(shlex.split(args.baseline_args or "")))
     else:
         baseline_tls = tls if args.tls == "both" else None
         baseline_args = ours_args if args.baseline_args is None else tuple(shlex.split(args.baseline_args))

@@ -157,6 +157,34 @@ class ServerKind:
                 "warning",
                 *extra_args,
             ]
+        if self.key == "granian":
+            # Our app (the same create_app) under granian: settings from the environment, as the factory reads them.
+            # No gRPC listener (server.py starts it beside uvicorn) and none of server.py's protocol guards.
+            return [
+                "env",
+                f"RESNET_SERVE_MODEL_DIR={model.folder}",
+                "RESNET_SERVE_ACCESS_LOG=false",
+                "RESNET_SERVE_LOG_LEVEL=warning",
+                sys.executable,
+                "-m",
+                "granian",
+                "--interface",
+                "asgi",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--loop",
+                "uvloop",
+                "--no-ws",
+                "--log-level",
+                "warning",
+                *extra_args,
+                "service.app:create_app",
+            ]
         return [
             sys.executable,
             "-m",
@@ -173,6 +201,9 @@ class ServerKind:
 
 OURS = ServerKind("ours", "ours (service)", "/readyz")
 NAIVE = ServerKind("naive", "naive FastAPI", "/healthz")
+GRANIAN = ServerKind("granian", "ours under granian", "/readyz")
+"""Our app served by granian (Rust HTTP, `pip install granian`: not a dependency) instead of uvicorn + httptools,
+one worker: what another HTTP server would save per request (`python -m bench.paired --baseline granian`)."""
 
 OURS_MAX_QUEUE_SIZE = 32
 OURS_MAX_QUEUE_WAIT_MS = 1500
