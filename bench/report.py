@@ -27,8 +27,13 @@ SATURATION_CONCURRENCY = 32
 """The concurrency of the saturation runs that the protocol and batch size targets compare."""
 CEILING_TARGET_SMALL = 0.95
 CEILING_TARGET_LARGE = 0.90
-CEILING_TARGET_BUNDLED = 0.85
-CEILING_TARGET_INT8 = 0.95
+CEILING_TARGET_BUNDLED = 0.70
+"""Issue 18 (issue 12 asked 0.85; the event loop's own cost per request is most of the bundled model's work)."""
+CEILING_TARGET_INT8 = 0.85
+"""Issue 18 (issue 12 asked 0.95; HTTP and decoding are a large share of INT8's few milliseconds per image)."""
+CEILING_TARGET_RESNET18 = 0.95
+SATURATION_VS_NAIVE = 1.0
+SATURATION_VS_NAIVE_BUNDLED = 2.5
 CEILING_TARGET_KIND = 0.93
 C1_OVERHEAD_MS = 3.0
 C1_OVERHEAD_BUNDLED_MS = 0.5
@@ -39,7 +44,8 @@ INT8_SPEEDUP = 2.0
 ACCURACY_POINTS = 0.5
 V2_BYTES_VS_V1 = 0.97
 V2_FP32_VS_RAW = 0.95
-GRPC_VS_HTTP_BUNDLED = 1.0
+GRPC_VS_HTTP_BUNDLED = 0.95
+"""Issue 18 (issue 12 asked parity)."""
 GRPC_VS_HTTP_TOLERANCE = 0.05
 READY_SLACK_S = 0.5
 AUTO_VS_BEST_FIXED = 0.97
@@ -397,6 +403,36 @@ def _c1_vs_naive(key: str) -> Callable[[BenchResults], Measurement | None]:
     return measure
 
 
+def _saturation_vs_naive(key: str, factor: float) -> Callable[[BenchResults], Measurement | None]:
+    """Our server at its defaults against the naive server, each at its best closed-loop throughput on the small
+    JPEG, and their p99 at the saturation concurrency where both ran it (issue 18: p99 no worse than naive's)."""
+
+    def measure(results: BenchResults) -> Measurement | None:
+        model = results.bench_model(key)
+        if model is None:
+            return None
+        ours, naive = results.saturation("ours", model, SMALL), results.saturation("naive", model, SMALL)
+        ratio = _ratio(ours.throughput if ours else None, naive.throughput if naive else None)
+        if ours is None or naive is None or ratio is None:
+            return None
+        c = SATURATION_CONCURRENCY
+        ours_c, naive_c = results.load_at("ours", model, SMALL, c), results.load_at("naive", model, SMALL, c)
+        p99_excess = 0.0
+        if ours_c is not None and naive_c is not None:
+            p99_excess = ours_c.p99_ms - naive_c.p99_ms
+            p99 = f"; p99 at concurrency {c}: {ours_c.p99_ms:.1f} vs {naive_c.p99_ms:.1f} ms"
+        else:
+            p99 = f"; the naive server did not run at concurrency {c}, p99 not compared"
+        return Measurement(
+            f"ours {ours.throughput:.1f} img/s (concurrency {ours.concurrency}) vs naive {naive.throughput:.1f} "
+            f"img/s (concurrency {naive.concurrency}) = {ratio:.2f}×{p99}",
+            ratio >= factor and p99_excess <= 0,
+            f"{ratio - factor:+.2f}×" + (f", p99 {p99_excess:+.1f} ms" if p99_excess > 0 else ""),
+        )
+
+    return measure
+
+
 def _ready_time(model_of: Callable[[BenchResults], str | None]) -> Callable[[BenchResults], Measurement | None]:
     def measure(results: BenchResults) -> Measurement | None:
         model = model_of(results)
@@ -592,6 +628,21 @@ TARGETS: tuple[TargetDefinition, ...] = (
         _model_name("Saturation vs ceiling", _int8_of_primary, ", 500x375 JPEG"),
         f"≥ {CEILING_TARGET_INT8:.2f} × ceiling",
         _saturation_of(_int8_of_primary, SMALL, CEILING_TARGET_INT8),
+    ),
+    # Performance at the defaults (issue 18), beside the issue-12 targets it restates above.
+    TargetDefinition(
+        _bench_name("Saturation vs ceiling", "resnet18"),
+        f"≥ {CEILING_TARGET_RESNET18:.2f} × ceiling",
+        _saturation_of(lambda results: results.bench_model("resnet18"), SMALL, CEILING_TARGET_RESNET18),
+    ),
+    *(
+        TargetDefinition(
+            _bench_name("Saturation vs naive", key),
+            f"ours ≥ {SATURATION_VS_NAIVE_BUNDLED if key == 'bundled' else SATURATION_VS_NAIVE:g}× naive, "
+            f"p99 at concurrency {SATURATION_CONCURRENCY} no worse",
+            _saturation_vs_naive(key, SATURATION_VS_NAIVE_BUNDLED if key == "bundled" else SATURATION_VS_NAIVE),
+        )
+        for key in BENCH_MODELS
     ),
     *(
         TargetDefinition(
