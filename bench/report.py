@@ -691,7 +691,9 @@ def _verdict(met: bool | None) -> str:
     return {True: "**met**", False: "**missed**", None: "not measured"}[met]
 
 
-def render(results: BenchResults) -> str:
+def render(results: BenchResults, runs: Sequence[BenchResults] = ()) -> str:
+    """The markdown report of `results`; with the `runs` a median was taken from (bench.median), also every
+    target judged in each run on its own, its ratios within that run, and how many runs met it."""
     env = results.environment
     titles = results.model_titles
     servers = results.server_titles
@@ -782,6 +784,16 @@ def render(results: BenchResults) -> str:
     headline.append(
         f"- Targets: {met} met, {missed} missed, {len(targets) - met - missed} not measured (next section)."
     )
+    by_run = [evaluate_targets(run) for run in runs]
+    if by_run:
+        majority = len(by_run) // 2 + 1
+        held = sum(
+            1 for index in range(len(targets)) if sum(1 for outcomes in by_run if outcomes[index].met) >= majority
+        )
+        headline.append(
+            f"- Judged in each run on its own, {held} targets are met in at least {majority} of the {len(by_run)} "
+            "runs ([run by run](#targets-run-by-run))."
+        )
     out += [*headline, ""]
 
     # -------------------------------------------------------------------------------------- targets
@@ -798,6 +810,28 @@ def render(results: BenchResults) -> str:
         ["Target", "Goal", "Measured", "Verdict", "Margin"],
         [[t.name, t.goal, t.measured, _verdict(t.met), t.margin] for t in targets],
     )
+    if by_run:
+        out += [
+            "## Targets, run by run",
+            "",
+            "Each target judged within each run alone (its ratios compare that run's own measurements, so a run on "
+            "a slower hour is not set against a faster run's ceiling), and how many runs met it. The table above "
+            "judges the median points, which can come from different runs. Runs are numbered in the order listed at "
+            "the top.",
+            "",
+        ]
+        out += _table(
+            ["Target", "Goal", *(f"Run {index + 1}" for index in range(len(by_run))), "Runs met"],
+            [
+                [
+                    target.name,
+                    target.goal,
+                    *(f"{_verdict(outcomes[index].met)} ({outcomes[index].margin})" for outcomes in by_run),
+                    f"{sum(1 for outcomes in by_run if outcomes[index].met)} of {len(by_run)}",
+                ]
+                for index, target in enumerate(targets)
+            ],
+        )
 
     # -------------------------------------------------------------------------------------- raw
     out += [

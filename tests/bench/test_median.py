@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.median import load_results, main, median_of
+from bench.report import render
 from bench.results import ServerResources
 from tests.bench.test_report import _results, _row
 
@@ -39,3 +40,25 @@ def test_a_saved_run_reads_back_and_renders(tmp_path: Path) -> None:
     assert load_results(saved) == run
     assert main([str(saved), str(saved), "--output", str(tmp_path / "report.md")]) == 0
     assert "Written by `python -m bench.median` from 2 runs" in (tmp_path / "report.md").read_text()
+
+
+def test_targets_are_also_judged_in_each_run_alone_and_counted() -> None:
+    runs = []
+    for ours, naive in ((100.0, 90.0), (80.0, 85.0), (95.0, 80.0)):  # run 2: a slower hour for ours
+        run = _results(
+            _row(concurrency=1, throughput=ours),
+            _row(server="naive", concurrency=1, throughput=naive),
+            titles={"bundled": "Fashion-MNIST ResNet-20 fp32 (bundled)"},
+        )
+        run.server_titles = {"ours": "ours", "naive": "naive FastAPI"}
+        runs.append(run)
+    median = median_of(runs, ["a", "b", "c"])
+    text = render(median, runs)
+    assert "## Targets, run by run" in text
+    run_by_run = text.split("## Targets, run by run", 1)[1]
+    (row,) = [line for line in run_by_run.splitlines() if line.startswith("| Concurrency 1 vs naive, Fashion-MNIST")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[2].startswith("**met** (+0.111") and cells[3].startswith("**missed** (-0.059")
+    assert cells[-1] == "2 of 3"
+    assert "met in at least 2 of the 3 runs" in text
+    assert "## Targets, run by run" not in render(median)  # one run's report has no such section
