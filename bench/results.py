@@ -227,6 +227,46 @@ class ProfileResult:
 
 
 @dataclass
+class PairedRound:
+    """One round of a side-by-side comparison: each server driven once, one after the other."""
+
+    first: str
+    """The server (key) that ran first this round; the order alternates from round to round."""
+    ours_throughput: float
+    naive_throughput: float
+    ours_p50_ms: float
+    naive_p50_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.ours_throughput / self.naive_throughput if self.naive_throughput else math.nan
+
+
+@dataclass
+class PairedRow:
+    """Our server at its defaults and the naive server on one model, both started and settled, driven in turn at
+    one concurrency in alternating rounds: the two sides of a round meet the same machine, seconds apart, where
+    the load runs meet it minutes apart."""
+
+    model: str
+    concurrency: int
+    seconds: float
+    """Measured per server per round (after a warm-up)."""
+    rounds: list[PairedRound]
+
+    @property
+    def ratio(self) -> float:
+        """The median of the rounds' ratios (ours / naive), what to judge."""
+        ratios = sorted(round_.ratio for round_ in self.rounds)
+        return ratios[(len(ratios) - 1) // 2] if ratios else math.nan
+
+    def median(self, value: str) -> float:
+        """The median over rounds of a `PairedRound` field (the lower middle of an even count)."""
+        values = sorted(getattr(round_, value) for round_ in self.rounds)
+        return values[(len(values) - 1) // 2] if values else math.nan
+
+
+@dataclass
 class BenchResults:
     environment: Environment
     primary_model: str
@@ -250,6 +290,8 @@ class BenchResults:
     c1_reference_ms: dict[str, tuple[float, float]] = field(default_factory=dict)
     """Model -> (preprocessing, batch-1 inference) on the small JPEG, measured in-process right before our server's
     concurrency-1 run on it, so the comparison is not skewed by drift since the raw measurements."""
+    paired: list[PairedRow] = field(default_factory=list)
+    """Ours against the naive server at concurrency 1, side by side (`BenchmarkRun.side_by_side`)."""
     stand_ins: dict[str, str] = field(default_factory=dict)
     """Bench model -> the model measured in its place when the run has not got it (the quick run's bundled model
     standing in for the ResNets)."""
@@ -296,6 +338,9 @@ class BenchResults:
 
     def resources_for(self, server: str, model: str) -> ServerResources | None:
         return next((row for row in self.resources if row.server == server and row.model == model), None)
+
+    def paired_for(self, model: str, concurrency: int = 1) -> PairedRow | None:
+        return next((row for row in self.paired if row.model == model and row.concurrency == concurrency), None)
 
     def protocol_at(self, model: str, protocol: str, concurrency: int) -> LoadRow | None:
         """Our server at its defaults, `model` and the small JPEG sent over `protocol` at `concurrency`."""

@@ -32,6 +32,8 @@ from bench.results import (
     CeilingRow,
     Environment,
     LoadRow,
+    PairedRound,
+    PairedRow,
     PreprocessRow,
     ProfileGroup,
     ProfileResult,
@@ -122,6 +124,12 @@ class Plan:
     """The admission flags of the server the concurrency-64 targets are judged on."""
     notes: tuple[str, ...] = ()
     """Printed under the report's method, for settings a reader must know to read the numbers."""
+    paired_rounds: int = 4
+    """Rounds of the side-by-side concurrency-1 comparison with the naive server (`BenchmarkRun.side_by_side`);
+    even, so that each server runs first as often as the other."""
+    paired_s: float = 5.0
+    """Measured per server per round, after `paired_warmup_s`."""
+    paired_warmup_s: float = 1.0
 
 
 FULL = Plan(
@@ -198,6 +206,9 @@ QUICK = Plan(
     settle_window_s=0.3,
     photos=workload.PHOTOS[:1],
     admission_args=QUICK_ADMISSION_ARGS,
+    paired_rounds=2,
+    paired_s=0.5,
+    paired_warmup_s=0.2,
     notes=(
         "Quick run: the bundled model stands in for ResNet-50 fp32 and ResNet-18, its INT8 for ResNet-50 "
         "INT8; the V2 and gRPC runs are at concurrency 32 only and the fixed batch sizes are 1 and 32. "
@@ -776,6 +787,45 @@ class BenchmarkRun:
         batching = self.results.batching_for("ours-admission", self.primary)
         self.results.admission_max_batch_size = batching.max_batch_size if batching else None
 
+    def side_by_side(self, key: str, concurrency: int = 1) -> None:
+        """Ours at its defaults and the naive server on `key`, both started and settled (one after the other, so
+        that neither's start slows the other's), then driven in turn at `concurrency` for `paired_rounds` rounds,
+        the order alternating, while the other idles. A round's two runs are seconds apart; the load runs, minutes
+        apart, each meet another hour of this shared machine, and at concurrency 1 that drift (5-10%) is larger
+        than the difference to measure."""
+        model = self.models[key]
+        logger.info("side by side at concurrency %d: ours and naive on %s", concurrency, model.title)
+        with contextlib.ExitStack() as stack:
+            servers: dict[str, RunningServer] = {}
+            for variant_key in ("ours", "naive"):
+                variant = self.variants[variant_key]
+                log = self.log_dir / f"{variant.key}-{key}-side-by-side.log"
+                server = stack.enter_context(RunningServer(variant.kind, model, log, variant.args, key=variant.key))
+                server.wait_ready()
+                server.wait_settled(self.plan.settle_window_s)
+                servers[variant_key] = server
+            rounds = []
+            for index in range(self.plan.paired_rounds):
+                order = ("ours", "naive") if index % 2 == 0 else ("naive", "ours")
+                runs = {}
+                for name in order:
+                    server = servers[name]
+                    runs[name] = asyncio.run(
+                        loadgen.closed_loop(
+                            "127.0.0.1",
+                            server.port,
+                            self._requests(server, SMALL),
+                            concurrency=concurrency,
+                            warmup_s=self.plan.paired_warmup_s,
+                            duration_s=self.plan.paired_s,
+                        )
+                    )
+                p50 = {name: _ms(loadgen.percentile(run.latencies(200), 0.50)) for name, run in runs.items()}
+                rounds.append(
+                    PairedRound(order[0], runs["ours"].throughput, runs["naive"].throughput, p50["ours"], p50["naive"])
+                )
+        self.results.paired.append(PairedRow(key, concurrency, self.plan.paired_s, rounds))
+
     def load_naive(self, key: str, concurrencies: Sequence[int]) -> None:
         primary = key == self.primary
         with self.serving("naive", key, idle=primary) as server:
@@ -875,5 +925,7 @@ def run_benchmark(plan: Plan, cache_dir: Path, command: str) -> BenchResults:
     for key in plan.models[1:]:
         run.load_ours(key)
         run.load_naive(key, [1, plan.size_concurrency])
+    for key in naive_c1:
+        run.side_by_side(key)
     results.wall_seconds = time.monotonic() - started
     return results

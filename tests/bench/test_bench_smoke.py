@@ -29,6 +29,7 @@ SECTIONS = [
     "## Ceiling",
     "## Closed-loop load",
     "## Ours against the ceiling and the naive server",
+    "## Concurrency 1, side by side",
     "## Protocols",
     "## Batch sizes: auto against fixed",
     "## Open-loop load (Poisson arrivals)",
@@ -183,6 +184,17 @@ def test_every_server_answered_at_its_concurrencies(quick_run: dict) -> None:
         assert not unexpected, f"{row['server']} {row['size']} c={row['concurrency']}: {row['statuses']}"
     ours_c1 = next(r for r in load if r["server"] == "ours" and r["size"] == "small-jpeg" and r["concurrency"] == 1)
     assert ours_c1["ok"] > 0 and ours_c1["client_cpu_cores"] >= 0 and ours_c1["server_cpu_cores"] > 0
+
+
+def test_ours_and_naive_met_side_by_side_at_concurrency_1_on_every_model(quick_run: dict) -> None:
+    paired = quick_run["results"]["paired"]
+    assert {(row["model"], row["concurrency"]) for row in paired} == {("bundled", 1), ("bundled-int8", 1)}
+    for row in paired:
+        assert [round_["first"] for round_ in row["rounds"]] == ["ours", "naive"]  # the order alternates
+        assert all(round_["ours_throughput"] > 0 and round_["naive_throughput"] > 0 for round_ in row["rounds"])
+    (targets,) = tables(section(quick_run["markdown"], "## Targets"))
+    c1 = [row for row in targets[1:] if row[0].startswith("Concurrency 1 vs naive")]
+    assert len(c1) == 4 and all("alternating rounds" in row[2] for row in c1)
 
 
 def test_every_protocol_was_run_on_the_default_server(quick_run: dict) -> None:

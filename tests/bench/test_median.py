@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bench.median import load_results, main, median_of
 from bench.report import render
-from bench.results import ServerResources
+from bench.results import PairedRound, PairedRow, ServerResources
 from tests.bench.test_report import _results, _row
 
 
@@ -31,8 +31,19 @@ def test_each_point_is_the_median_runs_row_and_a_point_one_run_lacks_is_kept() -
     assert median.median_of == ["a", "b", "c"]
 
 
+def test_the_side_by_side_comparison_is_the_median_runs_by_its_ratio() -> None:
+    runs = []
+    for ours in (90.0, 110.0, 100.0):
+        run = _results()
+        run.paired = [PairedRow("bundled", 1, 5.0, [PairedRound("ours", ours, 100.0, 1.0, 1.0)])]
+        runs.append(run)
+    paired = median_of(runs, ["a", "b", "c"]).paired_for("bundled")
+    assert paired is not None and paired.ratio == 1.0
+
+
 def test_a_saved_run_reads_back_and_renders(tmp_path: Path) -> None:
     run = _results(_row(throughput=12.5), titles={"bundled": "the bundled model"})
+    run.paired = [PairedRow("bundled", 1, 5.0, [PairedRound("naive", 12.0, 10.0, 1.0, 1.5)])]
     run.resources = [_resources(1.0, 50.0)]
     run.server_titles = {"ours": "ours"}
     saved = tmp_path / "run.json"

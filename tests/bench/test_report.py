@@ -12,6 +12,8 @@ from bench.results import (
     BatchRow,
     BenchResults,
     LoadRow,
+    PairedRound,
+    PairedRow,
     RawInference,
     ServerResources,
     fixed_batch_key,
@@ -207,6 +209,37 @@ def test_concurrency_1_against_the_naive_server_per_model() -> None:
     )
     outcome = _outcome(results, "Concurrency 1 vs naive, Bundled")
     assert outcome.met is True and "ours 400.0 img/s" in outcome.measured and "naive 300.0 img/s" in outcome.measured
+
+
+def test_concurrency_1_against_the_naive_server_is_judged_side_by_side_when_the_run_has_the_rounds() -> None:
+    # The load runs, minutes apart, say ours is ahead; the alternating rounds, seconds apart, say it is behind.
+    results = _results(
+        _row(concurrency=1, throughput=400.0),
+        _row(server="naive", concurrency=1, throughput=300.0),
+        titles={"bundled": "Bundled"},
+    )
+    results.paired.append(
+        PairedRow(
+            "bundled",
+            1,
+            5.0,
+            [
+                PairedRound("ours", 95.0, 100.0, 10.5, 10.0),
+                PairedRound("naive", 99.0, 100.0, 10.1, 10.0),
+                PairedRound("ours", 102.0, 100.0, 9.8, 10.0),
+                PairedRound("naive", 90.0, 100.0, 11.1, 10.0),
+            ],
+        )
+    )
+    outcome = _outcome(results, "Concurrency 1 vs naive, Bundled")
+    assert outcome.met is False  # the median of 0.90, 0.95, 0.99, 1.02: the lower middle, 0.95
+    assert "4 alternating rounds of 5 s" in outcome.measured and "median 0.950" in outcome.measured
+    assert "minutes apart: 400.0 vs 300.0 img/s = 1.333" in outcome.measured
+    assert outcome.margin.startswith("-0.050")
+    results.server_titles = {"ours": "ours", "naive": "naive"}
+    markdown = render(results)
+    assert "## Concurrency 1, side by side" in markdown
+    assert "| Bundled | 4 × 5 s | 95.0 | 100.0 | 10.10 / 10.00 | 0.950 (ours first), 0.990 (naive first)" in markdown
 
 
 def test_a_report_renders_from_hand_made_results_with_a_protocols_and_a_batch_size_section() -> None:
