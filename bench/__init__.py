@@ -2,8 +2,9 @@
 
 One run measures, on the same machine: raw ONNX Runtime throughput per batch size with the server's own session
 settings, preprocessing cost per image size, the resulting ceiling, our server (at its defaults, with admission
-flags, with fixed batch sizes) and a naive FastAPI server under closed-loop and open-loop (Poisson) load, and our
-server over /v1 multipart, the Open Inference Protocol over HTTP and gRPC. Modules, in the order a run uses them:
+flags, with fixed batch sizes) and a naive FastAPI server under closed-loop and open-loop (Poisson) load, our
+server over /v1 multipart, the Open Inference Protocol over HTTP and gRPC, and, last, ours and the naive server side
+by side at concurrency 1 (both up, driven in alternating rounds). Modules, in the order a run uses them:
 
 - `workload`: the models (exported with ``models.export`` when missing) and the test images;
 - `measure`: raw inference and preprocessing timings, and the ceiling they imply;
