@@ -3,9 +3,9 @@ the median of the runs.
 
 The machine is shared and noisy, and one run's ratio can move by 5-10% from the next (docs/BENCHMARKS.md's targets
 are judged over three runs, the median). Every closed-loop point (server, model, image, concurrency, protocol), every
-side-by-side comparison (by its median ratio), every ceiling and every server's ready time and memory is taken from
-the run whose value is the median at that point, whole (its p50 and p99 with its throughput), so a ratio compares
-medians measured the same way a single run's does.
+side-by-side comparison (by its median ratio), every ceiling, every server's cold starts (by their median) and its
+ready time and memory is taken from the run whose value is the median at that point, whole (its p50 and p99 with its
+throughput), so a ratio compares medians measured the same way a single run's does.
 Everything else (environment, profiles, rate searches, batch curves) comes from the newest run. The targets are
 also judged in each run alone, with how many runs met each ("Targets, run by run"): a ratio within one run is the
 comparison the issues ask for, and the median points of a ratio can come from different runs.
@@ -26,7 +26,7 @@ from typing import TypeVar
 import pydantic
 
 from bench import report
-from bench.results import BenchResults, CeilingRow, LoadRow, PairedRow, ServerResources
+from bench.results import BenchResults, CeilingRow, LoadRow, PairedRow, ReadyRow, ServerResources
 
 Row = TypeVar("Row")
 
@@ -66,6 +66,10 @@ def _paired_key(row: PairedRow) -> Hashable:
     return (row.model, row.concurrency)
 
 
+def _ready_key(row: ReadyRow) -> Hashable:
+    return (row.server, row.model)
+
+
 def median_of(runs: Sequence[BenchResults], names: Sequence[str]) -> BenchResults:
     """The newest run (the last) with its measured points replaced by the runs' medians."""
     newest = runs[-1]
@@ -92,6 +96,7 @@ def median_of(runs: Sequence[BenchResults], names: Sequence[str]) -> BenchResult
         ceilings=median_rows([run.ceilings for run in ordered], _ceiling_key, lambda row: row.images_per_second),
         resources=resources,
         paired=median_rows([run.paired for run in ordered], _paired_key, lambda row: row.ratio),
+        ready=median_rows([run.ready for run in ordered], _ready_key, lambda row: row.median_s),
         wall_seconds=wall,
         median_of=list(names),
     )

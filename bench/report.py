@@ -458,27 +458,60 @@ def _saturation_vs_naive(key: str, factor: float) -> Callable[[BenchResults], Me
     return measure
 
 
+def _ready_seconds(results: BenchResults, server: str, model: str) -> tuple[float, str] | None:
+    """A server's ready time on `model` and how it was measured: the ready phase's median cold start where the
+    run has one, else the start that began its load runs (runs before the ready phase)."""
+    row = results.ready_for(server, model)
+    if row is not None and row.starts_s:
+        return row.median_s, f"median of {len(row.starts_s)} ({', '.join(f'{start:.2f}' for start in row.starts_s)})"
+    resources = results.resources_for(server, model)
+    if resources is None:
+        return None
+    return resources.ready_after_s, "the start before its load runs"
+
+
 def _ready_time(model_of: Callable[[BenchResults], str | None]) -> Callable[[BenchResults], Measurement | None]:
     def measure(results: BenchResults) -> Measurement | None:
         model = model_of(results)
         if model is None:
             return None
-        ours, naive = results.resources_for("ours", model), results.resources_for("naive", model)
+        ours, naive = _ready_seconds(results, "ours", model), _ready_seconds(results, "naive", model)
         if ours is None or naive is None:
             return None
         raw = results.raw_for(model)
-        settled = (
-            f" (its processes settled after {ours.settled_after_s:.2f} s)" if ours.settled_after_s is not None else ""
-        )
         context = (
             f"; creating the ONNX Runtime session alone took {raw.session_load_s:.2f} s in-process"
             if raw and raw.session_load_s is not None
             else ""
         )
-        slack = naive.ready_after_s + READY_SLACK_S - ours.ready_after_s
+        slack = naive[0] + READY_SLACK_S - ours[0]
         return Measurement(
-            f"ours {ours.ready_after_s:.2f} s{settled} vs naive {naive.ready_after_s:.2f} s, from process start to "
+            f"ours {ours[0]:.2f} s ({ours[1]}) vs naive {naive[0]:.2f} s ({naive[1]}), from process start to "
             f"readiness 200{context}",
+            slack >= 0,
+            f"{slack:+.2f} s of slack",
+        )
+
+    return measure
+
+
+def _ready_after_session_load(
+    model_of: Callable[[BenchResults], str | None],
+) -> Callable[[BenchResults], Measurement | None]:
+    """Issue 18: tuning the batch size must not hold readiness back, so that ready stays within creating the
+    model's session plus `READY_SLACK_S`, from process start (interpreter, imports, session, warm-up, listeners)."""
+
+    def measure(results: BenchResults) -> Measurement | None:
+        model = model_of(results)
+        if model is None:
+            return None
+        ours, raw = _ready_seconds(results, "ours", model), results.raw_for(model)
+        if ours is None or raw is None or raw.session_load_s is None:
+            return None
+        slack = raw.session_load_s + READY_SLACK_S - ours[0]
+        return Measurement(
+            f"ours {ours[0]:.2f} s ({ours[1]}), from process start to readiness 200, vs creating the ONNX Runtime "
+            f"session {raw.session_load_s:.2f} s in-process + {READY_SLACK_S:g} s",
             slack >= 0,
             f"{slack:+.2f} s of slack",
         )
@@ -676,6 +709,14 @@ TARGETS: tuple[TargetDefinition, ...] = (
     ),
     TargetDefinition(_model_name("Ready time", _primary), f"≤ naive + {READY_SLACK_S:g} s", _ready_time(_primary)),
     TargetDefinition(_model_name("Ready time", _bundled), f"≤ naive + {READY_SLACK_S:g} s", _ready_time(_bundled)),
+    *(
+        TargetDefinition(
+            _model_name("Ready time vs session load", model_of),
+            f"≤ session load + {READY_SLACK_S:g} s",
+            _ready_after_session_load(model_of),
+        )
+        for model_of in (_primary, _bundled)
+    ),
     TargetDefinition(_model_name("RSS after load", _primary), "≤ naive", _rss_after_load(_primary)),
     TargetDefinition(_model_name("RSS after load", _bundled), "≤ naive", _rss_after_load(_bundled)),
     TargetDefinition(_model_name("RSS after a saturation run", _primary), "≤ naive", _rss_after_saturation),
@@ -1166,6 +1207,32 @@ def render(results: BenchResults, runs: Sequence[BenchResults] = ()) -> str:
                     "yes" if t.passed else "no",
                 ]
                 for t in search.trials
+            ],
+        )
+
+    # -------------------------------------------------------------------------------------- ready
+    if results.ready:
+        out += [
+            "## Ready",
+            "",
+            "Cold starts, measured first, on a quiet machine: ours at its defaults and the naive server started in "
+            "turn (the order alternating), each stopped once ready; from starting the process to the first 200 "
+            f"from its readiness endpoint, asked every {results.ready[0].poll_s * 1e3:g} ms "
+            "(`BenchmarkRun.ready_times`). The ready targets are judged on the median start. "
+            "Session load: creating the model's ONNX Runtime session in-process (the raw inference section).",
+            "",
+        ]
+        out += _table(
+            ["Model", "Server", "Starts (s)", "Median (s)", "Session load (s)"],
+            [
+                [
+                    titles[row.model],
+                    servers[row.server],
+                    ", ".join(f"{start:.2f}" for start in row.starts_s),
+                    f"**{row.median_s:.2f}**",
+                    _num(raw.session_load_s if (raw := results.raw_for(row.model)) else None, 2),
+                ]
+                for row in results.ready
             ],
         )
 

@@ -267,6 +267,25 @@ class PairedRow:
 
 
 @dataclass
+class ReadyRow:
+    """One server's cold starts on one model in the ready phase (`BenchmarkRun.ready_times`): each from starting
+    the process to its readiness endpoint's first 200, polled every few milliseconds, ours and the naive server
+    started in turn on a quiet machine."""
+
+    server: str
+    model: str
+    starts_s: list[float]
+    poll_s: float
+    """How often the readiness endpoint was asked: how late a start can read."""
+
+    @property
+    def median_s(self) -> float:
+        """The median start (the lower middle of an even count), what to judge."""
+        starts = sorted(self.starts_s)
+        return starts[(len(starts) - 1) // 2] if starts else math.nan
+
+
+@dataclass
 class BenchResults:
     environment: Environment
     primary_model: str
@@ -292,6 +311,8 @@ class BenchResults:
     concurrency-1 run on it, so the comparison is not skewed by drift since the raw measurements."""
     paired: list[PairedRow] = field(default_factory=list)
     """Ours against the naive server at concurrency 1, side by side (`BenchmarkRun.side_by_side`)."""
+    ready: list[ReadyRow] = field(default_factory=list)
+    """Cold starts, ours and the naive server in turn (`BenchmarkRun.ready_times`)."""
     stand_ins: dict[str, str] = field(default_factory=dict)
     """Bench model -> the model measured in its place when the run has not got it (the quick run's bundled model
     standing in for the ResNets)."""
@@ -338,6 +359,9 @@ class BenchResults:
 
     def resources_for(self, server: str, model: str) -> ServerResources | None:
         return next((row for row in self.resources if row.server == server and row.model == model), None)
+
+    def ready_for(self, server: str, model: str) -> ReadyRow | None:
+        return next((row for row in self.ready if row.server == server and row.model == model), None)
 
     def paired_for(self, model: str, concurrency: int = 1) -> PairedRow | None:
         return next((row for row in self.paired if row.model == model and row.concurrency == concurrency), None)

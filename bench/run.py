@@ -40,6 +40,7 @@ from bench.results import (
     RateSearch,
     RateTrialRow,
     RawInference,
+    ReadyRow,
     ServerCommand,
     ServerResources,
     fixed_batch_key,
@@ -68,6 +69,8 @@ SMALL = "small-jpeg"
 LARGE = "12mp-jpeg"
 TOP_K = 5
 """V2 and gRPC requests ask for the classification extension's top 5, what /v1/classify answers by default."""
+READY_POLL_S = 0.005
+"""How often the ready phase asks a starting server whether it is ready: well under the 0.1-0.5 s it judges."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,8 @@ class Plan:
     paired_s: float = 5.0
     """Measured per server per round, after `paired_warmup_s`."""
     paired_warmup_s: float = 1.0
+    ready_starts: int = 3
+    """Cold starts of each server per model in the ready phase (`BenchmarkRun.ready_times`)."""
 
 
 FULL = Plan(
@@ -209,6 +214,7 @@ QUICK = Plan(
     paired_rounds=2,
     paired_s=0.5,
     paired_warmup_s=0.2,
+    ready_starts=1,
     notes=(
         "Quick run: the bundled model stands in for ResNet-50 fp32 and ResNet-18, its INT8 for ResNet-50 "
         "INT8; the V2 and gRPC runs are at concurrency 32 only and the fixed batch sizes are 1 and 32. "
@@ -826,6 +832,27 @@ class BenchmarkRun:
                 )
         self.results.paired.append(PairedRow(key, concurrency, self.plan.paired_s, rounds))
 
+    def ready_times(self, key: str) -> None:
+        """Start ours at its defaults and the naive server on `key` `ready_starts` times each, in turn (the order
+        alternating), each stopped once ready: how long from starting the process to its readiness endpoint's first
+        200. Run first, on a quiet machine: a start measured in the load phases follows minutes of CPU-bound work
+        (the ceilings, the server before it) and is polled every 100 ms."""
+        model = self.models[key]
+        logger.info("ready times: ours and naive on %s, %d starts each", model.title, self.plan.ready_starts)
+        starts: dict[str, list[float]] = {"ours": [], "naive": []}
+        for index in range(self.plan.ready_starts):
+            for variant_key in ("ours", "naive") if index % 2 == 0 else ("naive", "ours"):
+                variant = self.variants[variant_key]
+                log = self.log_dir / f"{variant.key}-{key}-ready-{index}.log"
+                with RunningServer(
+                    variant.kind, model, log, variant.args, grpc=variant.kind is OURS, key=variant.key
+                ) as server:
+                    server.wait_ready(poll_s=READY_POLL_S)
+                    assert server.ready_after_s is not None
+                    starts[variant_key].append(server.ready_after_s)
+        for variant_key, times in starts.items():
+            self.results.ready.append(ReadyRow(variant_key, key, times, READY_POLL_S))
+
     def load_naive(self, key: str, concurrencies: Sequence[int]) -> None:
         primary = key == self.primary
         with self.serving("naive", key, idle=primary) as server:
@@ -911,6 +938,8 @@ def run_benchmark(plan: Plan, cache_dir: Path, command: str) -> BenchResults:
             f"The fixed --max-batch-size runs were left out for {', '.join(skipped)} (--batch-models), "
             "to keep the run short: their auto batch size targets are not measured."
         )
+    for key in run.resolved([run.primary, "bundled"]):
+        run.ready_times(key)
     run.measure_inference()
     run.measure_preprocessing()
     run.compute_ceilings()

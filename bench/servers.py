@@ -274,7 +274,9 @@ class RunningServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self) -> RunningServer:
+    def wait_ready(self, poll_s: float = POLL_INTERVAL_S) -> RunningServer:
+        """Wait for the readiness endpoint's first 200, asking every `poll_s` (which bounds how late
+        `ready_after_s` can read)."""
         started = self._started_at
         while True:
             if self.process.poll() is not None:
@@ -285,7 +287,7 @@ class RunningServer:
             if time.monotonic() - started > READY_LIMIT_S:
                 self.stop()
                 raise ServerFailed(f"{self.kind.title} not ready after {READY_LIMIT_S:g} s:\n{self.log()[-4000:]}")
-            time.sleep(POLL_INTERVAL_S)
+            time.sleep(poll_s)
 
     def wait_settled(
         self, window_s: float = SETTLE_WINDOW_S, idle_cores: float = SETTLE_IDLE_CORES, limit_s: float = SETTLE_LIMIT_S

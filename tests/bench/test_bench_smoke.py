@@ -33,6 +33,7 @@ SECTIONS = [
     "## Protocols",
     "## Batch sizes: auto against fixed",
     "## Open-loop load (Poisson arrivals)",
+    "## Ready",
     "## Server resources",
     "## INT8 accuracy",
     "## Method",
@@ -61,6 +62,7 @@ TARGET_NAMES = [
         for kind in ("500x375 JPEG", "1920x1080 JPEG", "4000x3000 JPEG", "1000x1000 PNG")
     ),
     "Ready time",
+    "Ready time vs session load",
     "RSS after load",
     *(f"Auto batch size, throughput, {model}" for model in MODELS),
     *(f"Auto batch size, latency, {model}" for model in MODELS),
@@ -258,6 +260,9 @@ def test_idle_cpu_memory_and_accuracy_are_reported(quick_run: dict) -> None:
         assert row["ready_after_s"] > 0 and row["settled_after_s"] >= row["ready_after_s"], row
         assert row["rss_settled_mb"] > 0 and row["processes"] >= 1, row
     assert all(raw["session_load_s"] > 0 for raw in results["raw"])
+    ready = {(row["server"], row["model"]): row["starts_s"] for row in results["ready"]}
+    assert set(ready) == {("ours", "bundled"), ("naive", "bundled")}  # the quick run: one start each
+    assert all(len(starts) == 1 and 0 < starts[0] < 60 for starts in ready.values()), ready
     assert set(results["c1_reference_ms"]) == {"bundled"}
     accuracy = {row["model"]: row["test_accuracy"] for row in results["accuracy"]}
     assert set(accuracy) == {"bundled", "bundled-int8"}

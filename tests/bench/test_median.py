@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bench.median import load_results, main, median_of
 from bench.report import render
-from bench.results import PairedRound, PairedRow, ServerResources
+from bench.results import PairedRound, PairedRow, ReadyRow, ServerResources
 from tests.bench.test_report import _results, _row
 
 
@@ -41,10 +41,21 @@ def test_the_side_by_side_comparison_is_the_median_runs_by_its_ratio() -> None:
     assert paired is not None and paired.ratio == 1.0
 
 
+def test_the_cold_starts_are_the_median_runs_by_their_median() -> None:
+    runs = []
+    for starts in ([0.9, 0.6, 0.7], [0.5, 0.6, 0.55], [0.8, 0.65, 0.66]):
+        run = _results()
+        run.ready = [ReadyRow("ours", "bundled", starts, 0.005)]
+        runs.append(run)
+    ready = median_of(runs, ["a", "b", "c"]).ready_for("ours", "bundled")
+    assert ready is not None and ready.starts_s == [0.8, 0.65, 0.66]  # medians 0.70, 0.55, 0.66: the middle, whole
+
+
 def test_a_saved_run_reads_back_and_renders(tmp_path: Path) -> None:
     run = _results(_row(throughput=12.5), titles={"bundled": "the bundled model"})
     run.paired = [PairedRow("bundled", 1, 5.0, [PairedRound("naive", 12.0, 10.0, 1.0, 1.5)])]
     run.resources = [_resources(1.0, 50.0)]
+    run.ready = [ReadyRow("ours", "bundled", [0.6, 0.7], 0.005)]
     run.server_titles = {"ours": "ours"}
     saved = tmp_path / "run.json"
     run.save_json(saved)
