@@ -9,6 +9,7 @@ Serving itself (uvicorn, the protocol guard, the SIGTERM drain) is `service.serv
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 import typing
@@ -73,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from service import workers
 
         return workers.run(settings, available_cpus())
+    gc.disable()  # until the models are warm (ModelServer._warm_up says why)
     logs.configure(settings.log_level, settings.log_format)
     from service.model_server import ModelServer
     from service.registry import StartupError

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import math
 import multiprocessing
@@ -131,6 +132,7 @@ def worker_main(
     warm_before_serving: bool,
 ) -> None:
     """A worker process: the app on the shared socket; reports its models' costs once ready (worker 0, auto)."""
+    gc.disable()  # until the models are warm (ModelServer._warm_up says why)
     os.setpgrp()  # terminal signals go to the supervisor, which forwards them once
     _die_with(supervisor=os.getppid())
     # Until uvicorn installs its drain, a signal finds nothing in flight: leave at once (os._exit, not sys.exit, which
