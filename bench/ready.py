@@ -15,22 +15,12 @@ import argparse
 import logging
 import shlex
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 from bench.results import BenchResults
-from bench.run import FULL, BenchmarkRun, environment, variants
+from bench.run import FULL, BenchmarkRun, environment, timed_runtime, variants
 from bench.workload import DEFAULT_CACHE_DIR, MODEL_NAMES
-from service.runtime import OnnxModelRuntime
-
-
-def session_load_s(path: Path) -> float:
-    """Creating the model's session as our server does, timed in this process (the file already in the page
-    cache: the starts before read it)."""
-    started = time.perf_counter()
-    OnnxModelRuntime(path)
-    return time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| Model | Server | Starts (s) | Median (s) | Session load (s) |")
     print("|---|---|---|---|---|")
     for key in models:
-        load_s = session_load_s(run.models[key].path)
+        _, load_s = timed_runtime(run.models[key].path)  # the file already in the page cache, as in the bench
         for server in ("ours", "naive"):
             row = results.ready_for(server, key)
             assert row is not None

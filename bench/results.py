@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -226,6 +227,12 @@ class ProfileResult:
     protocol: str = V1
 
 
+def lower_median(values: Iterable[float]) -> float:
+    """The median of `values`, the lower middle of an even count (a value that was measured); NaN when empty."""
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2] if ordered else math.nan
+
+
 @dataclass
 class PairedRound:
     """One round of a side-by-side comparison: each server driven once, one after the other."""
@@ -257,13 +264,11 @@ class PairedRow:
     @property
     def ratio(self) -> float:
         """The median of the rounds' ratios (ours / naive), what to judge."""
-        ratios = sorted(round_.ratio for round_ in self.rounds)
-        return ratios[(len(ratios) - 1) // 2] if ratios else math.nan
+        return lower_median(round_.ratio for round_ in self.rounds)
 
     def median(self, value: str) -> float:
         """The median over rounds of a `PairedRound` field (the lower middle of an even count)."""
-        values = sorted(getattr(round_, value) for round_ in self.rounds)
-        return values[(len(values) - 1) // 2] if values else math.nan
+        return lower_median(getattr(round_, value) for round_ in self.rounds)
 
 
 @dataclass
@@ -281,8 +286,7 @@ class ReadyRow:
     @property
     def median_s(self) -> float:
         """The median start (the lower middle of an even count), what to judge."""
-        starts = sorted(self.starts_s)
-        return starts[(len(starts) - 1) // 2] if starts else math.nan
+        return lower_median(self.starts_s)
 
 
 @dataclass

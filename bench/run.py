@@ -286,6 +286,13 @@ def environment(plan: Plan, command: str) -> Environment:
     )
 
 
+def timed_runtime(path: Path) -> tuple[OnnxModelRuntime, float]:
+    """The model's session as our server creates it, and the seconds creating it took in this process."""
+    started = time.perf_counter()
+    runtime = OnnxModelRuntime(path)
+    return runtime, time.perf_counter() - started
+
+
 def variants(plan: Plan) -> dict[str, Variant]:
     """Every server configuration the plan runs, by results key."""
     found = {
@@ -358,9 +365,7 @@ class BenchmarkRun:
         for key, case in self.models.items():
             logger.info("raw ONNX Runtime throughput: %s", case.title)
             gc.collect()
-            started = time.perf_counter()
-            runtime = OnnxModelRuntime(case.path)
-            session_load_s = time.perf_counter() - started
+            runtime, session_load_s = timed_runtime(case.path)
             session = measure.DefaultSession(case.path)
             spec = measure.model_spec(runtime)
             self.specs[key] = spec
