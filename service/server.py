@@ -25,7 +25,6 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.config import Settings
 from service.grpc.server import GrpcFrontEnd, GrpcStartError
@@ -65,6 +64,8 @@ def _http_parser(choice: str) -> type[asyncio.Protocol]:
                 raise
         else:
             return HttpToolsProtocol
+    from uvicorn.protocols.http.h11_impl import H11Protocol  # pure Python: imported (8 ms) only when it serves
+
     return H11Protocol
 
 

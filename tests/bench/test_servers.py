@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench.servers import GRANIAN, NAIVE, OURS
+from bench.servers import GRANIAN, NAIVE, OURS, compile_bytecode
 from bench.workload import ModelCase
 
 
@@ -32,3 +32,17 @@ def test_ours_and_the_naive_server_keep_their_own_commands(tmp_path):
     assert ours[1:3] == ["-m", "service"] and "--no-access-log" in ours
     naive = NAIVE.command(case(tmp_path), 8125, ())
     assert naive[1:3] == ["-m", "bench.naive_server"]
+
+
+def test_our_package_gets_bytecode_before_a_start_even_where_python_writes_none(tmp_path, monkeypatch):
+    # This project's machines set PYTHONDONTWRITEBYTECODE: without compile_bytecode every start of ours would compile
+    # its modules from source, which the naive server (one script) hardly pays.
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    package = tmp_path / "service"
+    (package / "api").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "api" / "schemas.py").write_text("X = 1\n")
+    compile_bytecode(tmp_path)
+    tag = sys.implementation.cache_tag
+    assert (package / "__pycache__" / f"__init__.{tag}.pyc").is_file()
+    assert (package / "api" / "__pycache__" / f"schemas.{tag}.pyc").is_file()
