@@ -2,7 +2,8 @@
 
 Issue 18 asks whether several sessions per model, each with a share of the cores, serve more than one session with
 all of them. Measured in-process, without HTTP, as the server's pipeline runs under load: decoding threads
-(`service.preprocess.preprocess_image` on the bench's 500x375 JPEGs, one per core) feed a bounded queue; each
+(`service.preprocess.preprocess_image` on the bench's photos, 500x375 JPEGs unless `--image` says otherwise, one
+per core) feed a bounded queue; each
 session's own thread takes what is queued, up to its batch size, and runs it (`service.runtime.OnnxModelRuntime`,
 the server's session options). Each layout, written SESSIONSxTHREADSbBATCH (``1x2b16``: one session of 2 threads,
 batches of up to 16), takes turns with the others in rounds, its order alternating; printed: images per second,
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.measure import model_spec_of
-from bench.workload import MODEL_NAMES, SIZES_BY_KEY, ensure_images, ensure_model, model_case
+from bench.workload import MODEL_NAMES, SIZES_BY_KEY, EncodedImage, ensure_images, ensure_model, model_case
 from service.modelspec import ModelSpec
 from service.preprocess import DecodeOptions, preprocess_image
 from service.runtime import OnnxModelRuntime, available_cpus
@@ -55,7 +56,12 @@ class Layout:
 
 
 def images_per_second(
-    runtimes: list[OnnxModelRuntime], batch: int, spec: ModelSpec, photos: list[bytes], decoders: int, seconds: float
+    runtimes: list[OnnxModelRuntime],
+    batch: int,
+    spec: ModelSpec,
+    photos: list[EncodedImage],
+    decoders: int,
+    seconds: float,
 ) -> float:
     """The pipeline's throughput over `seconds`, after `WARM_UP_S`."""
     options = DecodeOptions()
@@ -66,7 +72,8 @@ def images_per_second(
     def decode(first: int) -> None:
         index = first
         while not stop.is_set():
-            tensor = preprocess_image(photos[index % len(photos)], spec, options, "image/jpeg").tensor
+            photo = photos[index % len(photos)]
+            tensor = preprocess_image(photo.data, spec, options, photo.size.content_type).tensor
             index += 1
             while not stop.is_set():
                 try:
@@ -108,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet18", choices=MODEL_NAMES, help="a bench model (default: resnet18)")
     parser.add_argument("--layouts", default="1x2b16,2x1b8", help="comma-separated (default: 1x2b16,2x1b8)")
+    parser.add_argument("--image", default="small-jpeg", choices=SIZES_BY_KEY, help="the photos' size and format")
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per layout and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cache-dir", type=Path, default=CACHE)
@@ -119,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
 
     path = ensure_model(model_case(args.model, args.cache_dir)).path
     spec = model_spec_of(path)
-    photos = [image.data for image in ensure_images(args.cache_dir, (SIZES_BY_KEY["small-jpeg"],))["small-jpeg"]]
+    photos = ensure_images(args.cache_dir, (SIZES_BY_KEY[args.image],))[args.image]
     decoders = available_cpus()
     sessions = {
         layout: [OnnxModelRuntime(path, intra_op_threads=layout.threads) for _ in range(layout.sessions)]
@@ -132,7 +140,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
             results[str(layout)].append(rate)
             print(f"round {round_number + 1}/{args.rounds}: {layout} {rate:.1f} img/s", flush=True)
 
-    print(f"\n{path.name}, {decoders} cores, {decoders} decoding threads, {args.rounds} rounds x {args.seconds:g} s")
+    print(
+        f"\n{path.name}, {photos[0].size.label}, {decoders} cores, {decoders} decoding threads, "
+        f"{args.rounds} rounds x {args.seconds:g} s"
+    )
     print("| layout | sessions x threads | batch | img/s (median) | rounds |")
     print("|---|---|---|---|---|")
     for layout in layouts:

@@ -25,6 +25,7 @@ def test_each_layout_serves_images_through_its_own_sessions(tmp_path, capsys):
     assert all(len(rates) == 2 and min(rates) > 0 for rates in results.values())
     table = capsys.readouterr().out
     assert "| 2x1b2 | 2 x 1 | 2 |" in table
+    assert "500x375 JPEG" in table
 
 
 @pytest.mark.parametrize("text", ["2x1", "0x2b8", "2x1b0", "twoxone"])
