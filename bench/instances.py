@@ -3,9 +3,8 @@
 Issue 18 asks whether several sessions per model, each with a share of the cores, serve more than one session with
 all of them. Measured in-process, without HTTP, as the server's pipeline runs under load: decoding threads
 (`service.preprocess.preprocess_image` on the bench's photos, 500x375 JPEGs unless `--image` says otherwise, one
-per core) feed a bounded queue; each
-session's own thread takes what is queued, up to its batch size, and runs it (`service.runtime.OnnxModelRuntime`,
-the server's session options). Each layout, written SESSIONSxTHREADSbBATCH (``1x2b16``: one session of 2 threads,
+per core) feed a bounded queue; each session's own thread takes what is queued, up to its batch size, and runs it
+(`service.runtime.OnnxModelRuntime`, the server's session options). Each layout, written SESSIONSxTHREADSbBATCH (``1x2b16``: one session of 2 threads,
 batches of up to 16), takes turns with the others in rounds, its order alternating; printed: images per second,
 the median over rounds.
 
@@ -27,14 +26,21 @@ from pathlib import Path
 import numpy as np
 
 from bench.measure import model_spec_of
-from bench.workload import MODEL_NAMES, SIZES_BY_KEY, EncodedImage, ensure_images, ensure_model, model_case
+from bench.workload import (
+    DEFAULT_CACHE_DIR,
+    MODEL_NAMES,
+    SIZES_BY_KEY,
+    EncodedImage,
+    ensure_images,
+    ensure_model,
+    model_case,
+)
 from service.modelspec import ModelSpec
 from service.preprocess import DecodeOptions, preprocess_image
 from service.runtime import OnnxModelRuntime, available_cpus
 
-CACHE = Path(__file__).resolve().parent / ".cache"
 WARM_UP_S = 1.0
-"""Run before each measured window: the queue fills and every session has run its largest batch."""
+"""Run before each measured window, untimed: the queue fills and the sessions run their first batches."""
 _LAYOUT = re.compile(r"^(?P<sessions>\d+)x(?P<threads>\d+)b(?P<batch>\d+)$")
 
 
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser.add_argument("--image", default="small-jpeg", choices=SIZES_BY_KEY, help="the photos' size and format")
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per layout and round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--cache-dir", type=Path, default=CACHE)
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     args = parser.parse_args(argv)
     try:
         layouts = [Layout.parse(text) for text in args.layouts.split(",") if text.strip()]
