@@ -28,6 +28,7 @@ import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -176,6 +177,17 @@ def _native_log_levels(level: str) -> None:
     onnxruntime.set_default_logger_severity(_ORT_SEVERITY.get(level, 2))
 
 
+_on_stop: list[Callable[[], None]] = []
+
+
+def stop() -> None:
+    """Write out what the background writer still holds, and stop it. Runs at exit; a forked worker process calls it
+    itself, since multiprocessing ends a child with os._exit, which skips atexit (its last lines, such as why it
+    could not start, were lost when the writer thread had not reached them)."""
+    while _on_stop:
+        _on_stop.pop()()
+
+
 def configure(level: str, log_format: str, *, background: bool = True) -> None:
     """Route every log record (ours, uvicorn's, the libraries', Python warnings) to stderr, through one background
     writer thread unless `background` is False (the worker supervisor, which must stay free of threads and native
@@ -197,9 +209,10 @@ def configure(level: str, log_format: str, *, background: bool = True) -> None:
         handler = logging.handlers.QueueHandler(records)
         listener = logging.handlers.QueueListener(records, writer, respect_handler_level=False)
         listener.start()
-        atexit.register(listener.stop)
+        _on_stop.append(listener.stop)
         if native_lines is not None:
-            atexit.register(native_lines.close)  # runs first (atexit is last in, first out), the listener then
+            _on_stop.append(native_lines.close)  # runs first (last in, first out), the listener then
+        atexit.register(stop)
     handler.addFilter(_RequestContext())
     root = logging.getLogger()
     root.handlers[:] = [handler]

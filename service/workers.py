@@ -153,15 +153,18 @@ def worker_main(
     from service.registry import StartupError
 
     try:
-        server = ModelServer(settings, on_ready=ready if report is not None else None)
-    except StartupError as exc:
-        logger.error("cannot start: %s", exc)
-        sys.exit(3)
-    server.begin_loading()
-    logger.info("worker %d (pid %d) starting", index, os.getpid())
-    from service.server import serve  # the web stack, imported while the models load
+        try:
+            server = ModelServer(settings, on_ready=ready if report is not None else None)
+        except StartupError as exc:
+            logger.error("cannot start: %s", exc)
+            sys.exit(3)
+        server.begin_loading()
+        logger.info("worker %d (pid %d) starting", index, os.getpid())
+        from service.server import serve  # the web stack, imported while the models load
 
-    sys.exit(0 if serve(server, sockets=[sock], warm_before_serving=warm_before_serving) else 3)
+        sys.exit(0 if serve(server, sockets=[sock], warm_before_serving=warm_before_serving) else 3)
+    finally:
+        logs.stop()  # multiprocessing ends this process with os._exit: no atexit
 
 
 class Supervisor:

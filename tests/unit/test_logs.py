@@ -34,3 +34,32 @@ def test_a_native_line_keeps_the_level_its_library_gave_it():
     assert logs.native_level("[W:onnxruntime:, graph.cc:5809 CleanUnusedInitializers] Removing") == logging.WARNING
     assert logs.native_level("[E:onnxruntime:, session.cc:1] failed") == logging.ERROR
     assert logs.native_level("Traceback (most recent call last):") == logging.WARNING  # no marker: a warning
+
+
+def _log_then_exit(path: str, lines: int) -> None:
+    import logging
+    import sys
+
+    with open(path, "w") as sys.stderr:  # (pytest's capture, inherited, would hold the lines otherwise)
+        logs.configure("INFO", "text")
+        for number in range(lines):
+            logging.getLogger("service").info("line %d", number)
+        try:
+            sys.exit(0)
+        finally:
+            logs.stop()  # as service.workers.worker_main does
+
+
+def test_a_forked_worker_writes_every_line_it_logged_before_it_exits(tmp_path):
+    # multiprocessing ends a forked child with os._exit, skipping atexit: without logs.stop the background writer
+    # is cut off with lines still queued (a worker's "cannot start" reason went missing so).
+    import multiprocessing
+
+    path, lines = tmp_path / "stderr.txt", 20_000
+    child = multiprocessing.get_context("fork").Process(target=_log_then_exit, args=(str(path), lines))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    written = [line for line in path.read_text().splitlines() if " INFO service: line " in line]
+    assert len(written) == lines
+    assert written[-1].endswith(f"line {lines - 1}")
